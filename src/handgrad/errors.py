@@ -1,0 +1,9 @@
+"""Errors that mean 'the user's input is wrong', which the CLI prints as one line."""
+
+
+class DataError(ValueError):
+    """A data file or data set that cannot be read as expected; the message names the file."""
+
+
+class GradientCheckError(RuntimeError):
+    """The hand-written gradients disagree with autograd; training would be meaningless."""

@@ -1,0 +1,181 @@
+"""The seeds' functions: each forward formula beside its hand-written gradient.
+
+This is the one implementation of each piece of math; the layer classes
+(`Linear`, `ReLU`, `MSELoss`, `CrossEntropyLoss`, ...) call these functions.
+Weights here follow the seeds' layout: `w` is (n_in, n_out) and `y = x @ w + b`.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+# ----------------------------------------------------------------------- linear
+
+
+def lin(x: Tensor, w: Tensor, b: Tensor | None) -> Tensor:
+    """Y = X @ W + b   (X: (N, n_in), W: (n_in, n_out), b: (n_out,)) -> (N, n_out)."""
+    if b is not None and x.dim() == 2:
+        return torch.addmm(b, x, w)  # bias fused into the matrix multiply
+    y = x @ w
+    return y if b is None else y + b
+
+
+def lin_grads(dy: Tensor, x: Tensor, w: Tensor, needs_input_grad: bool = True) -> tuple[Tensor | None, Tensor, Tensor]:
+    """dX = dY @ W.T,  dW = X.T @ dY,  db = dY.sum(0)   (leading dims of X folded into N)."""
+    x2 = x.reshape(-1, x.shape[-1])  # (N, n_in)
+    dy2 = dy.reshape(-1, dy.shape[-1])  # (N, n_out)
+    dx = (dy @ w.t()) if needs_input_grad else None  # (..., n_in)
+    dw = x2.t() @ dy2  # (n_in, n_out)
+    db = dy2.sum(0)  # (n_out,)
+    return dx, dw, db
+
+
+def lin_grad(inp: Tensor, out: Tensor, w: Tensor, b: Tensor) -> None:
+    """The seeds' `lin_grad`: from `out.g`, set `inp.g`, `w.g` and `b.g` (assigned, not accumulated)."""
+    inp.g, w.g, b.g = lin_grads(out.g, inp, w)
+
+
+# ------------------------------------------------------------------------- relu
+
+
+def relu(x: Tensor) -> Tensor:
+    """Y = max(X, 0)."""
+    return x.clamp_min(0.0)
+
+
+def relu_grad(dy: Tensor, y: Tensor) -> Tensor:
+    """dX = dY * (X > 0); `y` may be the input or the output, since Y > 0 exactly where X > 0."""
+    return dy * (y > 0)
+
+
+# -------------------------------------------------------------------------- mse
+
+
+def _mse_diff(output: Tensor, target: Tensor) -> Tensor:
+    """output - target, with the seeds' trailing 1 dropped; never a silent broadcast.
+
+    Accepts equal shapes, or output (N, 1) against target (N,) as in the seeds.
+    """
+    if output.shape != target.shape:
+        if output.dim() == target.dim() + 1 and output.shape[-1] == 1 and output.shape[:-1] == target.shape:
+            output = output.reshape(target.shape)
+        else:
+            raise ValueError(
+                f"MSE needs output and target of the same shape (or output [N, 1] with target [N]); "
+                f"got output {list(output.shape)} and target {list(target.shape)}"
+            )
+    if not target.is_floating_point():
+        target = target.to(output.dtype)
+    return output - target
+
+
+def mse(output: Tensor, target: Tensor, reduction: str = "mean") -> Tensor:
+    """L = mean((output - target)^2)   (sum with reduction='sum')."""
+    sq = _mse_diff(output, target).pow(2)
+    return sq.mean() if reduction == "mean" else sq.sum()
+
+
+def mse_grad(output: Tensor, target: Tensor, reduction: str = "mean") -> Tensor:
+    """dL/doutput = 2 (output - target) / N   (N = number of elements; 1 with reduction='sum')."""
+    diff = _mse_diff(output, target)
+    scale = 2.0 / diff.numel() if reduction == "mean" else 2.0
+    return (diff * scale).reshape(output.shape)
+
+
+# --------------------------------------------------------------- (log-)softmax
+
+
+def log_softmax(x: Tensor, dim: int = -1) -> Tensor:
+    """Y = X - logsumexp(X)  (logsumexp shifts by the max, so no overflow)."""
+    return x - torch.logsumexp(x, dim=dim, keepdim=True)
+
+
+def log_softmax_grad(dy: Tensor, y: Tensor, dim: int = -1) -> Tensor:
+    """dX = dY - softmax(X) * sum(dY), with softmax(X) = exp(Y)."""
+    return dy - y.exp() * dy.sum(dim=dim, keepdim=True)
+
+
+def softmax(x: Tensor, dim: int = -1) -> Tensor:
+    """Y = exp(X - logsumexp(X))."""
+    return log_softmax(x, dim).exp()
+
+
+# ------------------------------------------------------------- class targets
+
+
+def check_class_targets(logits: Tensor, target: Tensor) -> None:
+    """Raise ValueError unless logits is (N, C) and target holds N integer labels in [0, C)."""
+    if logits.dim() != 2:
+        raise ValueError(f"expected logits of shape [N, C], got {list(logits.shape)}")
+    if target.is_floating_point() or target.is_complex() or target.dtype == torch.bool:
+        raise ValueError(f"expected integer class labels (int64), got dtype {target.dtype}")
+    if target.shape != logits.shape[:1]:
+        raise ValueError(
+            f"expected {logits.shape[0]} class labels (target [N]) for logits {list(logits.shape)}, "
+            f"got target {list(target.shape)}"
+        )
+    n_classes = logits.shape[1]
+    if target.numel() and bool(((target < 0) | (target >= n_classes)).any()):
+        bad = target[(target < 0) | (target >= n_classes)][0].item()
+        raise ValueError(f"class label {bad} out of range: expected labels in [0, {n_classes - 1}]")
+
+
+def _reduce(per_sample: Tensor, reduction: str) -> Tensor:
+    return per_sample.mean() if reduction == "mean" else per_sample.sum()
+
+
+def _scale(n: int, reduction: str) -> float:
+    return 1.0 / n if reduction == "mean" else 1.0
+
+
+# ------------------------------------------------------------------------- nll
+
+
+def nll(logp: Tensor, target: Tensor, reduction: str = "mean") -> Tensor:
+    """L = -mean(logp[i, target_i])."""
+    return -_reduce(logp.gather(1, target[:, None]), reduction)
+
+
+def nll_grad(logp: Tensor, target: Tensor, reduction: str = "mean") -> Tensor:
+    """dL/dlogp = -onehot(target) / N."""
+    d = torch.zeros_like(logp)  # (N, C)
+    d.scatter_(1, target[:, None], -_scale(logp.shape[0], reduction))
+    return d
+
+
+# --------------------------------------------------------------- cross-entropy
+
+
+def cross_entropy(logits: Tensor, target: Tensor, reduction: str = "mean") -> tuple[Tensor, Tensor]:
+    """L = mean(logsumexp(X_i) - X_i[target_i]); returns (L, logsumexp) so backward can reuse it."""
+    lse = torch.logsumexp(logits, dim=1, keepdim=True)  # (N, 1)
+    picked = logits.gather(1, target[:, None])  # (N, 1)
+    return _reduce(lse - picked, reduction), lse
+
+
+def cross_entropy_grad(logits: Tensor, target: Tensor, lse: Tensor, reduction: str = "mean") -> Tensor:
+    """dL/dX = (softmax(X) - onehot(target)) / N,  softmax(X) = exp(X - logsumexp(X))."""
+    d = (logits - lse).exp_()  # (N, C) softmax
+    d.scatter_add_(1, target[:, None], torch.full_like(lse, -1.0))
+    return d.mul_(_scale(logits.shape[0], reduction))
+
+
+# ------------------------------------------------------ the seeds' 2-layer MLP
+
+
+def forward_and_backward(inp: Tensor, targ: Tensor, w1: Tensor, b1: Tensor, w2: Tensor, b2: Tensor) -> Tensor:
+    """The seeds' MLP: lin -> relu -> lin -> mse, then every gradient into `.g`.
+
+    Sets `inp.g`, `w1.g`, `b1.g`, `w2.g`, `b2.g` (and `.g` of the intermediates);
+    returns the loss.
+    """
+    l1 = lin(inp, w1, b1)  # (N, nh)
+    l2 = relu(l1)  # (N, nh)
+    out = lin(l2, w2, b2)  # (N, 1)
+    loss = mse(out, targ)
+    out.g = mse_grad(out, targ)  # (N, 1)
+    lin_grad(l2, out, w2, b2)
+    l1.g = relu_grad(l2.g, l1)
+    lin_grad(inp, l1, w1, b1)
+    return loss

@@ -1,0 +1,62 @@
+"""Linear: Y = X @ W + b, with the weight in the seeds' (n_in, n_out) layout."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from ..functional import lin, lin_grads
+from ..init import init_weight
+from ..module import Module, Parameter, add_grad
+
+
+class Linear(Module):
+    """Y = X @ W + b   (X: (N, in_features), W: (in_features, out_features)).
+
+    The weight is kept as the seeds keep it, (n_in, n_out), so `x @ w` needs no
+    transpose and `weight.g` has the weight's shape. `state_dict()` exports it as
+    torch.nn.Linear's (out_features, in_features), so the two load each other's
+    state. init: 'kaiming' (default, for ReLU nets), 'randn' (the seeds') or
+    'torch' (torch.nn.Linear's default); the bias starts at zero.
+    """
+
+    def __init__(self, in_features: int, out_features: int, bias: bool = True, *, init: str = "kaiming",
+                 dtype: torch.dtype | None = None, device: torch.device | str | None = None) -> None:
+        super().__init__()
+        self.in_features, self.out_features = in_features, out_features
+        self.weight = Parameter(init_weight(in_features, out_features, init, dtype=dtype, device=device))
+        self.bias = Parameter(torch.zeros(out_features, dtype=dtype, device=device)) if bias else None
+
+    @classmethod
+    def from_weights(cls, w: Tensor, b: Tensor | None = None) -> "Linear":
+        """A Linear holding copies of the seeds' tensors: w (n_in, n_out) and b (n_out,)."""
+        layer = cls(w.shape[0], w.shape[1], bias=b is not None, dtype=w.dtype, device=w.device)
+        layer.weight.data.copy_(w)
+        if b is not None:
+            layer.bias.data.copy_(b)
+        return layer
+
+    def forward(self, x: Tensor) -> Tensor:
+        if x.shape[-1:] != (self.in_features,):
+            raise ValueError(
+                f"Linear({self.in_features} -> {self.out_features}) expects input [..., {self.in_features}], "
+                f"got {list(x.shape)}"
+            )
+        return lin(x, self.weight, self.bias)  # (N, out_features)
+
+    def bwd(self, dy: Tensor, x: Tensor) -> Tensor | None:
+        """dX = dY @ W.T,  dW = X.T @ dY,  db = dY.sum(0)."""
+        dx, dw, db = lin_grads(dy, x, self.weight, self.needs_input_grad)
+        add_grad(self.weight, dw)
+        if self.bias is not None:
+            add_grad(self.bias, db)
+        return dx
+
+    def _export(self, name: str, t: Tensor) -> Tensor:
+        return t.t() if name == "weight" else t
+
+    def _import(self, name: str, t: Tensor) -> Tensor:
+        return t.t() if name == "weight" else t
+
+    def extra_repr(self) -> str:
+        return f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}"

@@ -1,0 +1,69 @@
+"""Losses: MSELoss, CrossEntropyLoss (fused log-softmax + NLL) and NLLLoss."""
+
+from __future__ import annotations
+
+from torch import Tensor
+
+from .functional import (check_class_targets, cross_entropy, cross_entropy_grad, mse, mse_grad, nll,
+                         nll_grad)
+from .module import Module
+
+REDUCTIONS = ("mean", "sum")
+
+
+class _Loss(Module):
+    def __init__(self, reduction: str = "mean") -> None:
+        super().__init__()
+        if reduction not in REDUCTIONS:
+            raise ValueError(f"reduction must be one of {REDUCTIONS}, got {reduction!r}")
+        self.reduction = reduction
+
+    def extra_repr(self) -> str:
+        return f"reduction={self.reduction!r}" if self.reduction != "mean" else ""
+
+
+class MSELoss(_Loss):
+    """L = mean((output - target)^2).
+
+    As in the seeds, an output [N, 1] against a target [N] drops its trailing 1;
+    any other shape mismatch raises ValueError (never a silent [N, N] broadcast).
+    Integer targets are cast to the output's dtype.
+    """
+
+    def forward(self, output: Tensor, target: Tensor) -> Tensor:
+        return mse(output, target, self.reduction)
+
+    def bwd(self, dloss: Tensor, output: Tensor, target: Tensor) -> tuple[Tensor, Tensor | None]:
+        """dL/doutput = 2 (output - target) / N,  dL/dtarget = -dL/doutput (for a float target)."""
+        doutput = mse_grad(output, target, self.reduction) * dloss
+        dtarget = -doutput.reshape(target.shape) if target.is_floating_point() else None
+        return doutput, dtarget
+
+
+class CrossEntropyLoss(_Loss):
+    """L = mean(logsumexp(X_i) - X_i[y_i]) for logits X (N, C) and labels y (N,) in [0, C).
+
+    Log-softmax and NLL fused: the logsumexp is max-shifted, so logits of 1e4 do
+    not overflow, and the gradient is the short softmax(X) - onehot(y).
+    """
+
+    def forward(self, logits: Tensor, target: Tensor) -> Tensor:
+        check_class_targets(logits, target)
+        loss, self.lse = cross_entropy(logits, target, self.reduction)
+        return loss
+
+    def bwd(self, dloss: Tensor, logits: Tensor, target: Tensor) -> Tensor:
+        """dL/dX = (softmax(X) - onehot(y)) / N."""
+        return cross_entropy_grad(logits, target, self.lse, self.reduction).mul_(dloss)
+
+
+class NLLLoss(_Loss):
+    """L = -mean(logp_i[y_i]) for log-probabilities (N, C), as after LogSoftmax."""
+
+    def forward(self, logp: Tensor, target: Tensor) -> Tensor:
+        check_class_targets(logp, target)
+        return nll(logp, target, self.reduction)
+
+    def bwd(self, dloss: Tensor, logp: Tensor, target: Tensor) -> Tensor:
+        """dL/dlogp = -onehot(y) / N."""
+        return nll_grad(logp, target, self.reduction).mul_(dloss)
