@@ -1,6 +1,6 @@
 """handgrad: neural networks whose every backward pass is written by hand, on PyTorch tensors."""
 
-from . import functional, init
+from . import check, functional, init, interop
 from .aliases import Lin, Mse, Relu
 from .layers import Linear, LogSoftmax, ReLU
 from .losses import CrossEntropyLoss, MSELoss, NLLLoss
@@ -11,5 +11,5 @@ __version__ = "0.1.0"
 
 __all__ = [
     "CrossEntropyLoss", "Lin", "Linear", "LogSoftmax", "MSELoss", "Module", "Mse", "NLLLoss", "Parameter",
-    "ReLU", "Relu", "SGD", "Sequential", "WithLoss", "add_grad", "functional", "init",
+    "ReLU", "Relu", "SGD", "Sequential", "WithLoss", "add_grad", "check", "functional", "init", "interop",
 ]

@@ -41,13 +41,15 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--loss", default=d.loss, choices=LOSSES)
     t.add_argument("--epochs", type=int, default=d.epochs)
     t.add_argument("--bs", type=int, default=d.bs, help="batch size")
-    t.add_argument("--lr", type=float, default=d.lr, help="learning rate")
+    t.add_argument("--lr", type=float, default=d.lr, help="learning rate (default 0.1 for cross-entropy, 0.01 for mse)")
     t.add_argument("--seed", type=int, default=d.seed)
     t.add_argument("--device", default=d.device, help="cpu, cuda or cuda:N")
     t.add_argument("--init", default=d.init, choices=["kaiming", "randn", "torch"])
     t.add_argument("--subset", type=int, default=d.subset, metavar="N", help="train on the first N images only")
     t.add_argument("--no-check", dest="check", action="store_false", help="skip the first-batch gradient check")
     t.add_argument("--no-download", dest="download", action="store_false", help="never try to download data")
+    t.add_argument("--no-normalize", dest="normalize", action="store_false",
+                   help="feed pixels in [0, 1] as the seeds did, instead of standardising them")
     t.add_argument("--torch-twin", action="store_true",
                    help="also train the same model in torch.nn with autograd and compare")
     t.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bars")

@@ -87,8 +87,9 @@ def mse_grad(output: Tensor, target: Tensor, reduction: str = "mean") -> Tensor:
 
 
 def log_softmax(x: Tensor, dim: int = -1) -> Tensor:
-    """Y = X - logsumexp(X)  (logsumexp shifts by the max, so no overflow)."""
-    return x - torch.logsumexp(x, dim=dim, keepdim=True)
+    """Y = (X - max) - log(sum(exp(X - max))): shifted by the max, so exp cannot overflow."""
+    shifted = x - x.amax(dim=dim, keepdim=True)
+    return shifted - shifted.exp().sum(dim=dim, keepdim=True).log()
 
 
 def log_softmax_grad(dy: Tensor, y: Tensor, dim: int = -1) -> Tensor:
@@ -147,17 +148,22 @@ def nll_grad(logp: Tensor, target: Tensor, reduction: str = "mean") -> Tensor:
 # --------------------------------------------------------------- cross-entropy
 
 
-def cross_entropy(logits: Tensor, target: Tensor, reduction: str = "mean") -> tuple[Tensor, Tensor]:
-    """L = mean(logsumexp(X_i) - X_i[target_i]); returns (L, logsumexp) so backward can reuse it."""
-    lse = torch.logsumexp(logits, dim=1, keepdim=True)  # (N, 1)
-    picked = logits.gather(1, target[:, None])  # (N, 1)
-    return _reduce(lse - picked, reduction), lse
+def cross_entropy(logits: Tensor, target: Tensor, reduction: str = "mean") -> tuple[Tensor, Tensor, Tensor]:
+    """L = mean(log(sum(exp(X_i - m_i))) - (X_i[target_i] - m_i)),  m_i = max(X_i).
+
+    Working with X - m keeps exp from overflowing and keeps float32 precision for
+    logits as large as 1e4. Returns (L, m, log-sum) so backward can rebuild softmax.
+    """
+    m = logits.amax(dim=1, keepdim=True)  # (N, 1)
+    shifted = logits - m  # (N, C)
+    logsum = shifted.exp().sum(dim=1, keepdim=True).log()  # (N, 1)
+    return _reduce(logsum - shifted.gather(1, target[:, None]), reduction), m, logsum
 
 
-def cross_entropy_grad(logits: Tensor, target: Tensor, lse: Tensor, reduction: str = "mean") -> Tensor:
-    """dL/dX = (softmax(X) - onehot(target)) / N,  softmax(X) = exp(X - logsumexp(X))."""
-    d = (logits - lse).exp_()  # (N, C) softmax
-    d.scatter_add_(1, target[:, None], torch.full_like(lse, -1.0))
+def cross_entropy_grad(logits: Tensor, target: Tensor, m: Tensor, logsum: Tensor, reduction: str = "mean") -> Tensor:
+    """dL/dX = (softmax(X) - onehot(target)) / N,  softmax(X) = exp((X - m) - logsum)."""
+    d = (logits - m).sub_(logsum).exp_()  # (N, C) softmax
+    d.scatter_add_(1, target[:, None], torch.full_like(m, -1.0))
     return d.mul_(_scale(logits.shape[0], reduction))
 
 

@@ -43,18 +43,19 @@ class MSELoss(_Loss):
 class CrossEntropyLoss(_Loss):
     """L = mean(logsumexp(X_i) - X_i[y_i]) for logits X (N, C) and labels y (N,) in [0, C).
 
-    Log-softmax and NLL fused: the logsumexp is max-shifted, so logits of 1e4 do
-    not overflow, and the gradient is the short softmax(X) - onehot(y).
+    Log-softmax and NLL fused: everything is computed on X - max(X), so logits of
+    1e4 neither overflow nor lose float32 precision, and the gradient is the
+    short softmax(X) - onehot(y).
     """
 
     def forward(self, logits: Tensor, target: Tensor) -> Tensor:
         check_class_targets(logits, target)
-        loss, self.lse = cross_entropy(logits, target, self.reduction)
+        loss, self.max, self.logsum = cross_entropy(logits, target, self.reduction)
         return loss
 
     def bwd(self, dloss: Tensor, logits: Tensor, target: Tensor) -> Tensor:
         """dL/dX = (softmax(X) - onehot(y)) / N."""
-        return cross_entropy_grad(logits, target, self.lse, self.reduction).mul_(dloss)
+        return cross_entropy_grad(logits, target, self.max, self.logsum, self.reduction).mul_(dloss)
 
 
 class NLLLoss(_Loss):

@@ -96,6 +96,13 @@ class Dataset:
         moved = {k: (v.to(device) if isinstance(v, Tensor) else v) for k, v in vars(self).items()}
         return Dataset(**moved)
 
+    def normalized(self) -> "Dataset":
+        """Images standardised with the training set's mean and std (one scalar each), as SGD likes them."""
+        mean, std = self.x_train.mean(), self.x_train.std()
+        norm = lambda x: None if x is None else (x - mean) / std  # noqa: E731
+        return Dataset(self.name, self.source, self.classes, norm(self.x_train), self.y_train, norm(self.x_valid),
+                       self.y_valid, norm(self.x_test), self.y_test)
+
     def subset(self, n_train: int, n_valid: int) -> "Dataset":
         """The first n_train training and n_valid validation samples (views, no copies)."""
         return Dataset(self.name, self.source, self.classes, self.x_train[:n_train], self.y_train[:n_train],
@@ -222,7 +229,7 @@ def search_locations(name: str, path: str | Path | None = None) -> list[tuple[st
     return [
         ("path given", Path(path) if path else None),
         ("$HANDGRAD_DATA", Path(env) if env else None),
-        ("./data", Path("data")),
+        ("./data", Path.cwd() / "data"),
         ("user cache", cache_dir()),
         ("system datasets", SYSTEM_DIR / name),
     ]

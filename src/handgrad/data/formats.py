@@ -92,6 +92,12 @@ _ALLOWED_GLOBALS = {
 }
 
 
+def _latin1_encode(text: str, encoding: str = "utf-8") -> bytes:
+    if not isinstance(text, str) or encoding not in ("latin1", "latin-1"):
+        raise pickle.UnpicklingError("only latin-1 byte strings are allowed")
+    return text.encode("latin1")
+
+
 class _ArraysOnlyUnpickler(pickle.Unpickler):
     """Admits numpy arrays (and the tuples/lists around them) and nothing else, so no code can run."""
 
@@ -100,6 +106,8 @@ class _ArraysOnlyUnpickler(pickle.Unpickler):
         self.path = path
 
     def find_class(self, module: str, name: str) -> object:
+        if (module, name) == ("_codecs", "encode"):
+            return _latin1_encode  # how protocol 2 stores bytes written by Python 3
         if (module, name) in _ALLOWED_GLOBALS:
             import importlib
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -103,4 +104,7 @@ def fit(model: Module, loss_fn: Module, opt: SGD, train_batches: Iterable[tuple[
         stats = EpochStats(epoch, float(total) / max(seen, 1), valid_loss, valid_acc, time.perf_counter() - start)
         history.append(stats)
         log(stats.line(epochs))
+        if not math.isfinite(stats.train_loss):
+            raise ValueError(f"training diverged: the loss became {stats.train_loss} in epoch {epoch}; "
+                             f"try a smaller --lr (it was {opt.lr})")
     return history

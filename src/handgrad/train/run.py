@@ -78,6 +78,8 @@ def run(cfg: TrainConfig, log: Callable[[str], None] = print, progress: bool = T
     data = resolve_dataset(cfg, log)
     if cfg.subset is not None:
         data = data.subset(cfg.subset, data.x_valid.shape[0])
+    if cfg.normalize:
+        data = data.normalized()
     data = data.to(device)
     n_in, n_classes = data.x_train.shape[1], len(data.classes)
     n_out = n_outputs(cfg.loss, n_classes)
@@ -87,7 +89,7 @@ def run(cfg: TrainConfig, log: Callable[[str], None] = print, progress: bool = T
     loss_fn = make_loss(cfg.loss)
     sizes = "-".join(str(s) for s in [n_in, *cfg.hidden, n_out])
     log(f"training {sizes} MLP with {cfg.loss} on {data.name} ({data.source}): {data.x_train.shape[0]} train, "
-        f"{data.x_valid.shape[0]} valid; {cfg.epochs} epochs, bs {cfg.bs}, lr {cfg.lr}, seed {cfg.seed}, "
+        f"{data.x_valid.shape[0]} valid; {cfg.epochs} epochs, bs {cfg.bs}, lr {cfg.learning_rate}, seed {cfg.seed}, "
         f"device {device}")
     twin = to_torch(model) if cfg.torch_twin else None  # initial weights, before any step
 
@@ -96,7 +98,7 @@ def run(cfg: TrainConfig, log: Callable[[str], None] = print, progress: bool = T
         xb, yb = next(iter(DataLoader(data.x_train, data.y_train, cfg.bs, shuffle=True, seed=cfg.seed)))
         log(first_batch_check(model, loss_fn, xb, yb))
 
-    opt = SGD(model.parameters(), lr=cfg.lr)
+    opt = SGD(model.parameters(), lr=cfg.learning_rate)
     history = fit(model, loss_fn, opt, train_dl, data.x_valid, data.y_valid, cfg.epochs, n_classes, progress, log)
     result = RunResult(cfg, data.name, model, history, seconds=time.perf_counter() - start)
     last = history[-1]
@@ -105,7 +107,7 @@ def run(cfg: TrainConfig, log: Callable[[str], None] = print, progress: bool = T
 
     if twin is not None:
         twin_dl = DataLoader(data.x_train, data.y_train, cfg.bs, shuffle=True, seed=cfg.seed)
-        result.twin_history = fit_torch(twin, cfg.loss, cfg.lr, twin_dl, data.x_valid, data.y_valid, cfg.epochs,
+        result.twin_history = fit_torch(twin, cfg.loss, cfg.learning_rate, twin_dl, data.x_valid, data.y_valid, cfg.epochs,
                                         n_classes, log)
         gap = 100 * (last.valid_acc - result.twin_history[-1].valid_acc)
         log(f"torch.nn twin (autograd, same initial weights and batches): valid_acc "
