@@ -8,6 +8,11 @@ central finite differences of sum(forward(...) * dY) in float64.
 Errors are reported per tensor: the max absolute error, the max relative error
 (max |hand - ref| / max |ref|, i.e. relative to the tensor's scale, so exact
 zeros in the reference cannot blow it up) and the index of the worst element.
+
+Central differences carry a rounding error of about 1e-16 * |objective| / eps,
+so they judge gradients of the objective's own scale well; a gradient far
+smaller (the input gradient of a large batch's mean loss) is better judged
+against autograd alone.
 """
 
 from __future__ import annotations

@@ -1,0 +1,50 @@
+#!/usr/bin/env bash
+# Shared set-up for the Quickstart scripts: a virtual environment with handgrad
+# installed, and real data where it can be had.
+#   setup_venv [EXTRAS]   create .venv (if missing) and install handgrad[EXTRAS] into it
+#   ensure_data           MNIST if found or downloadable, else Fashion-MNIST, installing
+#                         Debian's dataset-fashion-mnist with apt where apt is usable
+set -euo pipefail
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+VENV="${HANDGRAD_VENV:-$ROOT/.venv}"
+HG="$VENV/bin/handgrad"
+
+setup_venv() {
+  local extras="${1:-}"
+  if [ ! -x "$VENV/bin/python" ]; then
+    python3 -m venv "$VENV"
+  fi
+  "$VENV/bin/python" -m pip install --quiet --upgrade pip >/dev/null 2>&1 || true
+  # torch is pinned in pyproject.toml (a loose requirement could pull a multi-GB CUDA build)
+  "$VENV/bin/python" -m pip install --quiet -e "$ROOT${extras:+[$extras]}"
+}
+
+apt_usable() {
+  command -v apt-get >/dev/null 2>&1 || return 1
+  [ "$(id -u)" = 0 ] && return 0
+  command -v sudo >/dev/null 2>&1 && sudo -n true 2>/dev/null
+}
+
+as_root() {
+  if [ "$(id -u)" = 0 ]; then "$@"; else sudo -n "$@"; fi
+}
+
+ensure_fashion_mnist() {
+  if "$HG" data fashion-mnist --no-download >/dev/null 2>&1; then
+    return 0
+  fi
+  if apt_usable; then
+    echo "installing Debian's dataset-fashion-mnist with apt-get ..."
+    as_root apt-get update -qq >/dev/null
+    as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq dataset-fashion-mnist >/dev/null
+  fi
+  "$HG" data fashion-mnist --no-download >/dev/null
+}
+
+ensure_data() {
+  if "$HG" data mnist >/dev/null 2>&1; then
+    return 0
+  fi
+  echo "MNIST cannot be found or downloaded here; using Fashion-MNIST"
+  ensure_fashion_mnist
+}
