@@ -14,9 +14,14 @@ setup_venv() {
   if [ ! -x "$VENV/bin/python" ]; then
     python3 -m venv "$VENV"
   fi
-  "$VENV/bin/python" -m pip install --quiet --upgrade pip >/dev/null 2>&1 || true
+  # Re-install only when pyproject.toml changed since the last install with these extras.
+  local stamp="$VENV/.handgrad-installed${extras:+-$extras}"
+  if [ -f "$stamp" ] && [ "$stamp" -nt "$ROOT/pyproject.toml" ]; then
+    return 0
+  fi
   # torch is pinned in pyproject.toml (a loose requirement could pull a multi-GB CUDA build)
   "$VENV/bin/python" -m pip install --quiet -e "$ROOT${extras:+[$extras]}"
+  touch "$stamp"
 }
 
 apt_usable() {
@@ -45,6 +50,5 @@ ensure_data() {
   if "$HG" data mnist >/dev/null 2>&1; then
     return 0
   fi
-  echo "MNIST cannot be found or downloaded here; using Fashion-MNIST"
   ensure_fashion_mnist
 }
