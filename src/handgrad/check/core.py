@@ -84,8 +84,8 @@ class CheckReport:
 
 def compare(hand: Tensor, ref: Tensor, tol: float, mask: Tensor | None = None) -> Comparison:
     """max |hand - ref| (optionally over the elements in `mask`), relative to max |ref|."""
-    diff = (hand.detach().double() - ref.detach().double()).abs()
-    scale_src = ref.detach().double().abs()
+    diff = (hand.detach().double().cpu() - ref.detach().double().cpu()).abs()
+    scale_src = ref.detach().double().cpu().abs()
     if mask is not None:
         diff = torch.where(mask, diff, torch.zeros_like(diff))
         scale_src = scale_src[mask]
@@ -112,8 +112,8 @@ def check_module(module: Module, *inputs: Tensor, dtype: torch.dtype = torch.flo
                  name: str | None = None) -> CheckReport:
     """Check `module`'s hand-written backward on `inputs`.
 
-    The module is deep-copied and cast to `dtype`, so the caller's module and
-    tensors are left untouched. Floating inputs are differentiated; integer
+    The module is deep-copied and cast to `dtype` on the inputs' device, so the
+    caller's module and tensors are left untouched. Floating inputs are differentiated; integer
     inputs (class labels) are passed through. Finite differences run only in
     float64 (default: whenever dtype is float64), on at most `fd_max_elements`
     randomly chosen elements of each tensor.
@@ -122,7 +122,8 @@ def check_module(module: Module, *inputs: Tensor, dtype: torch.dtype = torch.flo
         finite_differences = dtype == torch.float64
     tol = TOLERANCES.get(dtype, TOLERANCES[torch.float32])
     gen = torch.Generator().manual_seed(seed)
-    m = copy.deepcopy(module).to(dtype=dtype)
+    device = inputs[0].device if inputs else None
+    m = copy.deepcopy(module).to(device=device, dtype=dtype)
     xs = [x.detach().to(dtype).clone() if x.is_floating_point() else x.clone() for x in inputs]
     diff_inputs = [i for i, x in enumerate(xs) if x.is_floating_point()]
     in_names = ["input"] if len(diff_inputs) == 1 else [f"input[{i}]" for i in diff_inputs]
@@ -192,7 +193,7 @@ def check_module(module: Module, *inputs: Tensor, dtype: torch.dtype = torch.flo
                 numeric[i] = (f_plus - f_minus) / (2 * FD_EPS)
             mask = torch.zeros(t.numel(), dtype=torch.bool)
             mask[idx] = True
-            fd = compare(h.reshape(-1), numeric, tol["fd"], mask)
+            fd = compare(h.reshape(-1), numeric, tol["fd"], mask)  # compare() works on the CPU
             fd = Comparison(fd.max_abs, fd.max_rel, _unravel(fd.worst_index, shape), fd.checked, fd.tol)
         report.tensors.append(TensorCheck(tname, shape, ad, fd))
     return report
