@@ -159,9 +159,12 @@ def test_train_eval_flags_reach_every_submodule():
     assert all(m.training for m in model.modules())
 
 
-def test_to_casts_parameters_and_keeps_them_parameters():
-    model = mlp(torch.float32).double()
+def test_to_casts_parameters_in_place():
+    model = mlp(torch.float32)
+    before = model.parameters()
+    model.double()
     assert all(p.dtype == torch.float64 and isinstance(p, hg.Parameter) for p in model.parameters())
+    assert all(a is b for a, b in zip(before, model.parameters()))  # an optimizer's references stay valid
 
 
 def test_state_dict_round_trips_with_torch_linear_both_ways():

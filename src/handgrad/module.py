@@ -209,10 +209,15 @@ class Module:
         return self.train(False)
 
     def to(self, device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> Module:
-        """Move (or cast) every parameter and buffer, in place; returns self."""
+        """Move (or cast) every parameter and buffer in place; returns self.
+
+        Parameters keep their identity (an optimizer holding them still updates the
+        model); their `.g` is dropped, since it no longer matches.
+        """
         for m in self.modules():
-            for name, p in list(m._own_parameters()):
-                setattr(m, name, Parameter(p.detach().to(device=device, dtype=dtype)))
+            for _, p in m._own_parameters():
+                p.data = p.data.to(device=device, dtype=dtype)
+                p.g = None
             for bname in m.buffer_names():
                 b = getattr(m, bname)
                 b_dtype = dtype if (dtype is not None and b.is_floating_point()) else None
