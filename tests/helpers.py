@@ -54,7 +54,7 @@ def check_against_torch(module: hg.Module, torch_fn: Callable[..., Tensor], *inp
     for name, h, r, t in zip(names, hand, ref, wrt):
         r = torch.zeros_like(t) if r is None else r
         assert h is not None, f"no hand-written gradient for {name}"
-        torch.testing.assert_close(h, r, rtol=rtol, atol=atol, msg=lambda m: f"gradient of {name}: {m}")
+        torch.testing.assert_close(h, r, rtol=rtol, atol=atol, msg=lambda m, name=name: f"gradient of {name}: {m}")
 
     if dtype == torch.float64:
         report = check_module(module, *inputs, dtype=torch.float64, seed=seed)

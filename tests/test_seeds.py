@@ -72,8 +72,8 @@ def test_functional_classes_and_autograd_agree(seeds_pickle, dtype, eps, rtol):
             test_close(a, c, eps=eps)
             test_close(b, c, eps=eps)
         else:
-            torch.testing.assert_close(a, c, rtol=rtol, atol=0, msg=lambda m: f"{name}: {m}")
-            torch.testing.assert_close(b, c, rtol=rtol, atol=0, msg=lambda m: f"{name}: {m}")
+            torch.testing.assert_close(a, c, rtol=rtol, atol=0, msg=lambda m, name=name: f"{name}: {m}")
+            torch.testing.assert_close(b, c, rtol=rtol, atol=0, msg=lambda m, name=name: f"{name}: {m}")
     for a in (loss_fn, loss_cls):
         torch.testing.assert_close(a, loss_ag.detach(), rtol=1e-6 if eps else 1e-12, atol=0)
 

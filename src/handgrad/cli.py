@@ -74,7 +74,7 @@ def _train(args: argparse.Namespace) -> int:
 
 
 def _check(args: argparse.Namespace) -> int:
-    from .check import builtin_cases, check_module, format_table
+    from .check import TOLERANCES, builtin_cases, check_module, format_table
 
     if args.repeats < 1:
         raise ValueError(f"--repeats must be at least 1, got {args.repeats}")
@@ -88,8 +88,10 @@ def _check(args: argparse.Namespace) -> int:
     if failed:
         print(f"FAILED: {len(failed)} of {len(reports)} checks ({layers} layer configurations)")
         return 1
-    print(f"all {len(reports)} checks passed ({layers} layer configurations; float64 vs autograd <= 1e-10 and "
-          f"vs finite differences <= 1e-6 relative; float32 vs autograd <= 1e-5 relative)")
+    t64, t32 = TOLERANCES[torch.float64], TOLERANCES[torch.float32]
+    print(f"all {len(reports)} checks passed ({layers} layer configurations; relative error float64 vs autograd "
+          f"<= {t64['autograd']:g} and vs finite differences <= {t64['fd']:g}; float32 vs autograd "
+          f"<= {t32['autograd']:g})")
     return 0
 
 

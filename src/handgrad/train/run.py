@@ -106,8 +106,8 @@ def run(cfg: TrainConfig, log: Callable[[str], None] = print, progress: bool = T
 
     if twin is not None:
         twin_dl = DataLoader(data.x_train, data.y_train, cfg.bs, shuffle=True, seed=cfg.seed)
-        result.twin_history = fit_torch(twin, cfg.loss, cfg.learning_rate, twin_dl, data.x_valid, data.y_valid, cfg.epochs,
-                                        n_classes, log)
+        result.twin_history = fit_torch(twin, cfg.loss, cfg.learning_rate, twin_dl, data.x_valid, data.y_valid,
+                                        cfg.epochs, n_classes, log)
         gap = 100 * (last.valid_acc - result.twin_history[-1].valid_acc)
         log(f"torch.nn twin (autograd, same initial weights and batches): valid_acc "
             f"{result.twin_history[-1].valid_acc:.4f}; handgrad - torch = {gap:+.2f} points")
