@@ -2,7 +2,9 @@
 
 from . import check, functional, init, interop
 from .aliases import Lin, Mse, Relu
-from .layers import Linear, LogSoftmax, ReLU
+from .layers import (GELU, AdaptiveAvgPool2d, AvgPool2d, BatchNorm1d, BatchNorm2d, Conv2d, Dropout, Embedding, Flatten,
+                     GeneralRelu, LayerNorm, LeakyReLU, Linear, LogSoftmax, MaxPool2d, ReLU, Residual, Sigmoid, SiLU,
+                     Softmax, Tanh, Unflatten, conv_bn, res_block)
 from .losses import CrossEntropyLoss, MSELoss, NLLLoss
 from .module import Module, Parameter, Sequential, WithLoss, add_grad
 from .optim import SGD
@@ -10,6 +12,9 @@ from .optim import SGD
 __version__ = "0.1.0"
 
 __all__ = [
+    "GELU", "AdaptiveAvgPool2d", "AvgPool2d", "BatchNorm1d", "BatchNorm2d", "Conv2d", "Dropout", "Embedding",
+    "Flatten", "GeneralRelu", "LayerNorm", "LeakyReLU", "MaxPool2d", "Residual", "Sigmoid", "SiLU", "Softmax", "Tanh",
+    "Unflatten", "conv_bn", "res_block",
     "CrossEntropyLoss", "Lin", "Linear", "LogSoftmax", "MSELoss", "Module", "Mse", "NLLLoss", "Parameter",
     "ReLU", "Relu", "SGD", "Sequential", "WithLoss", "add_grad", "check", "functional", "init", "interop",
 ]

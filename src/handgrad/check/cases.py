@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from ..layers import Linear, LogSoftmax, ReLU
+from .. import layers as L
 from ..losses import CrossEntropyLoss, MSELoss, NLLLoss
 from ..module import Module, Sequential
 
@@ -18,6 +18,7 @@ class Case:
     name: str
     module: Module
     inputs: tuple[Tensor, ...]
+    float32_rtol: float | None = None  # stated looser tolerance vs autograd in float32, for deep composites
 
 
 def _dim(gen: torch.Generator, lo: int, hi: int) -> int:
@@ -28,26 +29,129 @@ def _randn(gen: torch.Generator, *shape: int) -> Tensor:
     return torch.randn(*shape, generator=gen, dtype=torch.float64)
 
 
+def _choice(gen: torch.Generator, options: list) -> object:
+    return options[int(torch.randint(0, len(options), (1,), generator=gen))]
+
+
+def _coin(gen: torch.Generator) -> bool:
+    return bool(torch.randint(0, 2, (1,), generator=gen))
+
+
+def _eval(case: Case) -> Case:
+    case.module.eval()
+    return Case(case.name + " [eval]", case.module, case.inputs, case.float32_rtol)
+
+
 def _linear(gen: torch.Generator) -> Case:
     n, i, o = _dim(gen, 1, 8), _dim(gen, 1, 12), _dim(gen, 1, 12)
-    bias = bool(torch.randint(0, 2, (1,), generator=gen))
-    return Case(f"Linear({i}->{o}{'' if bias else ', no bias'})", Linear(i, o, bias=bias),
-                (_randn(gen, n, i),))
+    bias = _coin(gen)
+    return Case(f"Linear({i}->{o}{'' if bias else ', no bias'})", L.Linear(i, o, bias=bias), (_randn(gen, n, i),))
 
 
-def _relu(gen: torch.Generator) -> Case:
-    shape = (_dim(gen, 1, 8), _dim(gen, 1, 12))
-    return Case("ReLU", ReLU(), (_randn(gen, *shape),))
+def _elementwise(name: str, make: Callable[[], Module], scale: float = 1.0) -> Callable[[torch.Generator], Case]:
+    def build(gen: torch.Generator) -> Case:
+        shape = (_dim(gen, 1, 6), _dim(gen, 1, 10))
+        return Case(name, make(), (_randn(gen, *shape) * scale,))
+
+    return build
 
 
-def _log_softmax(gen: torch.Generator) -> Case:
-    shape = (_dim(gen, 1, 8), _dim(gen, 2, 12))
-    return Case("LogSoftmax", LogSoftmax(dim=-1), (_randn(gen, *shape) * 3,))
+def _conv(gen: torch.Generator) -> Case:
+    groups = _choice(gen, [1, 1, 2, 3])
+    ci, co = groups * _dim(gen, 1, 2), groups * _dim(gen, 1, 2)
+    k, s, p, d = _dim(gen, 1, 3), _dim(gen, 1, 2), _dim(gen, 0, 2), _dim(gen, 1, 2)
+    bias = _coin(gen)
+    size = d * (k - 1) + 1 + _dim(gen, 0, 4)
+    n = _dim(gen, 1, 2)
+    conv = L.Conv2d(ci, co, k, stride=s, padding=p, dilation=d, groups=groups, bias=bias)
+    return Case(f"Conv2d({ci}->{co}, k{k} s{s} p{p} d{d} g{groups}{'' if bias else ', no bias'})", conv,
+                (_randn(gen, n, ci, size, size),))
+
+
+def _maxpool(gen: torch.Generator) -> Case:
+    k, s = _dim(gen, 1, 3), _dim(gen, 1, 3)
+    p = _dim(gen, 0, k // 2)
+    return Case(f"MaxPool2d(k{k} s{s} p{p})", L.MaxPool2d(k, s, p),
+                (_randn(gen, _dim(gen, 1, 2), _dim(gen, 1, 3), _dim(gen, k, 7), _dim(gen, k, 7)),))
+
+
+def _avgpool(gen: torch.Generator) -> Case:
+    k, s = _dim(gen, 1, 3), _dim(gen, 1, 3)
+    p = _dim(gen, 0, k // 2)
+    return Case(f"AvgPool2d(k{k} s{s} p{p})", L.AvgPool2d(k, s, p),
+                (_randn(gen, _dim(gen, 1, 2), _dim(gen, 1, 3), _dim(gen, k, 7), _dim(gen, k, 7)),))
+
+
+def _adaptive(gen: torch.Generator) -> Case:
+    o = _choice(gen, [1, 1, 2])
+    h = o * _dim(gen, 1, 3)
+    return Case(f"AdaptiveAvgPool2d({o})", L.AdaptiveAvgPool2d(o), (_randn(gen, 2, 3, h, h),))
+
+
+def _flatten(gen: torch.Generator) -> Case:
+    return Case("Flatten", L.Flatten(), (_randn(gen, 2, _dim(gen, 1, 3), _dim(gen, 1, 4), 3),))
+
+
+def _unflatten(gen: torch.Generator) -> Case:
+    return Case("Unflatten", L.Unflatten(1, (2, 3)), (_randn(gen, _dim(gen, 1, 3), 6),))
+
+
+def _random_stats(bn: Module, gen: torch.Generator, c: int) -> Module:
+    bn.running_mean.copy_(_randn(gen, c))
+    bn.running_var.copy_(_randn(gen, c).abs() + 0.5)
+    bn.weight.data.copy_(_randn(gen, c))
+    bn.bias.data.copy_(_randn(gen, c))
+    return bn
+
+
+def _bn1d(gen: torch.Generator) -> Case:
+    c = _dim(gen, 1, 5)
+    shape = _choice(gen, [(_dim(gen, 2, 6), c), (_dim(gen, 1, 4), c, _dim(gen, 2, 5))])
+    return Case(f"BatchNorm1d({c})", _random_stats(L.BatchNorm1d(c), gen, c), (_randn(gen, *shape) * 2 + 1,))
+
+
+def _bn2d(gen: torch.Generator) -> Case:
+    c = _dim(gen, 1, 4)
+    x = _randn(gen, _dim(gen, 1, 3), c, _dim(gen, 2, 4), _dim(gen, 2, 4)) * 2 + 1
+    return Case(f"BatchNorm2d({c})", _random_stats(L.BatchNorm2d(c), gen, c), (x,))
+
+
+def _layernorm(gen: torch.Generator) -> Case:
+    shape = (_dim(gen, 1, 4), _dim(gen, 2, 5), _dim(gen, 2, 5))
+    k = _dim(gen, 1, 2)
+    ln = L.LayerNorm(shape[-k:])
+    ln.weight.data.copy_(_randn(gen, *shape[-k:]))
+    ln.bias.data.copy_(_randn(gen, *shape[-k:]))
+    return Case(f"LayerNorm({list(shape[-k:])})", ln, (_randn(gen, *shape),))
+
+
+def _dropout(gen: torch.Generator) -> Case:
+    p = _choice(gen, [0.1, 0.5, 0.8])
+    return Case(f"Dropout(p={p})", L.Dropout(p), (_randn(gen, _dim(gen, 1, 6), _dim(gen, 1, 10)),))
+
+
+def _embedding(gen: torch.Generator) -> Case:
+    num, dim = _dim(gen, 2, 10), _dim(gen, 1, 5)
+    idx = torch.randint(0, num, (_dim(gen, 1, 4), _dim(gen, 1, 5)), generator=gen)
+    return Case(f"Embedding({num}, {dim})", L.Embedding(num, dim), (idx,))
+
+
+def _residual(gen: torch.Generator) -> Case:
+    c = _dim(gen, 1, 3)
+    body = Sequential(L.Linear(c * 2, c * 2), L.Tanh())
+    return Case("Residual(identity)", L.Residual(body), (_randn(gen, _dim(gen, 1, 5), c * 2),))
+
+
+def _res_block(gen: torch.Generator) -> Case:
+    ni, nf, stride = _dim(gen, 1, 3), _dim(gen, 1, 4), _dim(gen, 1, 2)
+    x = _randn(gen, 2, ni, _dim(gen, 3, 5), _dim(gen, 3, 5))
+    # conv -> batch norm -> conv -> batch norm: float32 rounding is amplified by each 1/std
+    return Case(f"res_block({ni}->{nf}, stride {stride})", L.res_block(ni, nf, stride), (x,), float32_rtol=1e-3)
 
 
 def _mlp(gen: torch.Generator) -> Case:
     n, i, h, o = _dim(gen, 1, 8), _dim(gen, 2, 12), _dim(gen, 2, 12), _dim(gen, 1, 6)
-    model = Sequential(Linear(i, h), ReLU(), Linear(h, o))
+    model = Sequential(L.Linear(i, h), L.ReLU(), L.Linear(h, o))
     return Case(f"Sequential(Linear({i}->{h}), ReLU, Linear({h}->{o}))", model, (_randn(gen, n, i),))
 
 
@@ -76,10 +180,39 @@ def _nll(gen: torch.Generator) -> Case:
     return Case("NLLLoss", NLLLoss(), (_randn(gen, n, c), _labels(gen, n, c)))
 
 
+def _in_eval(make: Callable[[torch.Generator], Case]) -> Callable[[torch.Generator], Case]:
+    return lambda gen: _eval(make(gen))
+
+
 BUILTIN_CASES: dict[str, Callable[[torch.Generator], Case]] = {
     "Linear": _linear,
-    "ReLU": _relu,
-    "LogSoftmax": _log_softmax,
+    "ReLU": _elementwise("ReLU", L.ReLU),
+    "LeakyReLU": _elementwise("LeakyReLU(0.1)", lambda: L.LeakyReLU(0.1)),
+    "GeneralRelu": _elementwise("GeneralRelu(0.1, 0.4, 6)", lambda: L.GeneralRelu(0.1, 0.4, 6.0), scale=4.0),
+    "GELU": _elementwise("GELU", L.GELU),
+    "GELU-tanh": _elementwise("GELU(tanh)", lambda: L.GELU("tanh")),
+    "Sigmoid": _elementwise("Sigmoid", L.Sigmoid),
+    "Tanh": _elementwise("Tanh", L.Tanh),
+    "SiLU": _elementwise("SiLU", L.SiLU),
+    "Softmax": _elementwise("Softmax", lambda: L.Softmax(-1), scale=3.0),
+    "LogSoftmax": _elementwise("LogSoftmax", lambda: L.LogSoftmax(-1), scale=3.0),
+    "Conv2d": _conv,
+    "MaxPool2d": _maxpool,
+    "AvgPool2d": _avgpool,
+    "AdaptiveAvgPool2d": _adaptive,
+    "Flatten": _flatten,
+    "Unflatten": _unflatten,
+    "BatchNorm1d": _bn1d,
+    "BatchNorm1d-eval": _in_eval(_bn1d),
+    "BatchNorm2d": _bn2d,
+    "BatchNorm2d-eval": _in_eval(_bn2d),
+    "LayerNorm": _layernorm,
+    "Dropout": _dropout,
+    "Dropout-eval": _in_eval(_dropout),
+    "Embedding": _embedding,
+    "Residual": _residual,
+    "res_block": _res_block,
+    "res_block-eval": _in_eval(_res_block),
     "Sequential": _mlp,
     "MSELoss": _mse,
     "MSELoss-seeds": _mse_seeds,

@@ -1,6 +1,17 @@
-"""Layers, one file per family."""
+"""Layers, one file per family, named as in torch.nn."""
 
-from .activation import LogSoftmax, ReLU
+from .activation import GELU, GeneralRelu, LeakyReLU, LogSoftmax, ReLU, Sigmoid, SiLU, Softmax, Tanh
+from .conv import Conv2d
+from .dropout import Dropout
+from .embedding import Embedding
 from .linear import Linear
+from .normalization import BatchNorm1d, BatchNorm2d, LayerNorm
+from .pooling import AdaptiveAvgPool2d, AvgPool2d, MaxPool2d
+from .residual import Residual, conv_bn, res_block
+from .shape import Flatten, Unflatten
 
-__all__ = ["Linear", "LogSoftmax", "ReLU"]
+__all__ = [
+    "AdaptiveAvgPool2d", "AvgPool2d", "BatchNorm1d", "BatchNorm2d", "Conv2d", "Dropout", "Embedding", "Flatten",
+    "GELU", "GeneralRelu", "LayerNorm", "LeakyReLU", "Linear", "LogSoftmax", "MaxPool2d", "ReLU", "Residual",
+    "SiLU", "Sigmoid", "Softmax", "Tanh", "Unflatten", "conv_bn", "res_block",
+]

@@ -1,0 +1,98 @@
+"""Conv2d: forward by torch's convolution kernel, backward written here as a transposed
+convolution (input gradient) and a GEMM over unfolded patches (weight gradient)."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from ..init import init_tensor
+from ..module import Module, Parameter, add_grad
+
+
+def _pair(v: int | tuple[int, int]) -> tuple[int, int]:
+    return (v, v) if isinstance(v, int) else (int(v[0]), int(v[1]))
+
+
+def conv_out_size(size: int, k: int, stride: int, padding: int, dilation: int) -> int:
+    return (size + 2 * padding - dilation * (k - 1) - 1) // stride + 1
+
+
+class Conv2d(Module):
+    """Y[n, o] = b[o] + sum_{c, i, j} W[o, c, i, j] X[n, c, s*h + d*i - p, s*w + d*j - p]  (per group).
+
+    Weight layout as torch.nn.Conv2d: (out_channels, in_channels // groups, kh, kw).
+    init: 'kaiming' (default), 'randn' or 'torch'; the bias starts at zero (U(+-1/sqrt(fan_in)) with 'torch').
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size: int | tuple[int, int],
+                 stride: int | tuple[int, int] = 1, padding: int | tuple[int, int] = 0,
+                 dilation: int | tuple[int, int] = 1, groups: int = 1, bias: bool = True, *, init: str = "kaiming",
+                 dtype: torch.dtype | None = None, device: torch.device | str | None = None) -> None:
+        super().__init__()
+        if in_channels % groups or out_channels % groups:
+            raise ValueError(f"Conv2d: in_channels ({in_channels}) and out_channels ({out_channels}) must both be "
+                             f"divisible by groups ({groups})")
+        self.in_channels, self.out_channels, self.groups = in_channels, out_channels, groups
+        self.kernel_size, self.stride = _pair(kernel_size), _pair(stride)
+        self.padding, self.dilation = _pair(padding), _pair(dilation)
+        kh, kw = self.kernel_size
+        fan_in = in_channels // groups * kh * kw
+        self.weight = Parameter(init_tensor((out_channels, in_channels // groups, kh, kw), fan_in, init,
+                                            dtype=dtype, device=device))
+        self.bias = None
+        if bias:
+            b = init_tensor((out_channels,), fan_in, "torch", dtype=dtype, device=device) if init == "torch" else \
+                torch.zeros(out_channels, dtype=dtype, device=device)
+            self.bias = Parameter(b)
+
+    def _check(self, x: Tensor) -> None:
+        name = f"Conv2d({self.in_channels} -> {self.out_channels}, kernel {self.kernel_size[0]}x{self.kernel_size[1]})"
+        if x.dim() != 4:
+            raise ValueError(f"{name} expects input [N, C, H, W], got {list(x.shape)}")
+        if x.shape[1] != self.in_channels:
+            raise ValueError(f"{name} expects {self.in_channels} input channels, got {x.shape[1]} "
+                             f"(input {list(x.shape)})")
+        (kh, kw), (ph, pw), (dh, dw) = self.kernel_size, self.padding, self.dilation
+        h, w = x.shape[2] + 2 * ph, x.shape[3] + 2 * pw
+        eh, ew = dh * (kh - 1) + 1, dw * (kw - 1) + 1
+        if h < eh or w < ew:
+            raise ValueError(f"{name}: input spatial size {x.shape[2]}x{x.shape[3]} ({h}x{w} with padding) is "
+                             f"smaller than the kernel ({eh}x{ew} with dilation)")
+
+    def forward(self, x: Tensor) -> Tensor:
+        self._check(x)
+        return F.conv2d(x, self.weight, self.bias, self.stride, self.padding, self.dilation, self.groups)
+
+    def bwd(self, dy: Tensor, x: Tensor) -> Tensor | None:
+        """dX = conv_transpose2d(dY, W)   dW[g] = sum_n dY[n, g] @ unfold(X)[n, g].T   db = sum_{n,h,w} dY."""
+        n, c, h, w = x.shape
+        g, o = self.groups, self.out_channels
+        (kh, kw), l = self.kernel_size, dy.shape[2] * dy.shape[3]
+        if self.bias is not None:
+            add_grad(self.bias, dy.sum((0, 2, 3)))
+        cols = F.unfold(x, self.kernel_size, self.dilation, self.padding, self.stride)  # (N, C*kh*kw, L)
+        cols = cols.view(n, g, c // g * kh * kw, l)  # (N, G, K, L)
+        dy_g = dy.reshape(n, g, o // g, l)  # (N, G, O/G, L)
+        dw = torch.einsum("ngol,ngkl->gok", dy_g, cols)  # (G, O/G, K)
+        add_grad(self.weight, dw.reshape(self.weight.shape))
+        if not self.needs_input_grad:
+            return None
+        out_pad = tuple(
+            size - ((out - 1) * s - 2 * p + d * (k - 1) + 1)
+            for size, out, s, p, d, k in zip((h, w), dy.shape[2:], self.stride, self.padding, self.dilation,
+                                            self.kernel_size)
+        )
+        return F.conv_transpose2d(dy, self.weight, None, self.stride, self.padding, out_pad, self.groups,
+                                  self.dilation)  # (N, C, H, W)
+
+    def extra_repr(self) -> str:
+        s = f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, stride={self.stride}"
+        if self.padding != (0, 0):
+            s += f", padding={self.padding}"
+        if self.dilation != (1, 1):
+            s += f", dilation={self.dilation}"
+        if self.groups != 1:
+            s += f", groups={self.groups}"
+        return s + ("" if self.bias is not None else ", bias=False")

@@ -1,0 +1,154 @@
+"""BatchNorm1d, BatchNorm2d and LayerNorm, with the closed-form backward of a normalisation."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from ..module import Module, Parameter, add_grad
+
+
+def normalize_grad(g: Tensor, xhat: Tensor, invstd: Tensor, dims: tuple[int, ...]) -> Tensor:
+    """dX = invstd * (g - mean(g) - xhat * mean(g * xhat)), means over the normalised `dims`, g = dY * gamma.
+
+    The closed form of differentiating xhat = (X - mean(X)) / sqrt(var(X) + eps) through mean and var.
+    """
+    return invstd * (g - g.mean(dims, keepdim=True) - xhat * (g * xhat).mean(dims, keepdim=True))
+
+
+class _BatchNorm(Module):
+    """Y = gamma * (X - mean) / sqrt(var + eps) + beta, per channel (dim 1).
+
+    Training: mean and (biased) var of the batch, and running statistics updated with
+    `momentum` (running_var from the unbiased var), as torch.nn does. Eval: the running ones.
+    """
+
+    dims_allowed: tuple[int, ...] = ()
+    input_desc = ""
+
+    def __init__(self, num_features: int, eps: float = 1e-5, momentum: float = 0.1, affine: bool = True, *,
+                 dtype: torch.dtype | None = None, device: torch.device | str | None = None) -> None:
+        super().__init__()
+        self.num_features, self.eps, self.momentum = num_features, eps, momentum
+        kw = {"dtype": dtype, "device": device}
+        self.weight = Parameter(torch.ones(num_features, **kw)) if affine else None
+        self.bias = Parameter(torch.zeros(num_features, **kw)) if affine else None
+        self.running_mean = torch.zeros(num_features, **kw)
+        self.running_var = torch.ones(num_features, **kw)
+        self.num_batches_tracked = torch.zeros((), dtype=torch.long, device=device)
+
+    def buffer_names(self) -> tuple[str, ...]:
+        return ("running_mean", "running_var", "num_batches_tracked")
+
+    def _shape(self, x: Tensor) -> tuple[int, ...]:
+        """(1, C, 1, ...) to broadcast per-channel vectors against x."""
+        name = type(self).__name__
+        if x.dim() not in self.dims_allowed:
+            raise ValueError(f"{name} expects input {self.input_desc}, got {list(x.shape)}")
+        if x.shape[1] != self.num_features:
+            raise ValueError(f"{name}({self.num_features}) expects {self.num_features} channels, got {x.shape[1]} "
+                             f"(input {list(x.shape)})")
+        return (1, -1) + (1,) * (x.dim() - 2)
+
+    def forward(self, x: Tensor) -> Tensor:
+        shape = self._shape(x)
+        dims = (0,) + tuple(range(2, x.dim()))
+        if self.training:
+            m = x.numel() // x.shape[1]
+            if m == 1:
+                raise ValueError(f"{type(self).__name__} in training needs more than one value per channel; got "
+                                 f"input {list(x.shape)} (batch size 1): use a larger batch or eval()")
+            mean = x.mean(dims, keepdim=True)
+            var = x.var(dims, keepdim=True, unbiased=False)
+            with torch.no_grad():
+                mom = self.momentum
+                self.running_mean.mul_(1 - mom).add_(mean.detach().reshape(-1), alpha=mom)
+                self.running_var.mul_(1 - mom).add_(var.detach().reshape(-1) * (m / (m - 1)), alpha=mom)
+                self.num_batches_tracked += 1
+        else:
+            mean, var = self.running_mean.view(shape), self.running_var.view(shape)
+        self.invstd = (var + self.eps).rsqrt()  # (1, C, 1, ...)
+        self.xhat = (x - mean) * self.invstd
+        if self.weight is None:
+            return self.xhat
+        return self.xhat * self.weight.view(shape) + self.bias.view(shape)
+
+    def bwd(self, dy: Tensor, x: Tensor) -> Tensor | None:
+        """train: dX = invstd (g - mean(g) - xhat mean(g xhat)); eval: dX = g invstd; g = dY gamma.
+        dgamma = sum(dY xhat), dbeta = sum(dY), sums over every dim but the channel."""
+        shape = self._shape(x)
+        dims = (0,) + tuple(range(2, x.dim()))
+        g = dy
+        if self.weight is not None:
+            add_grad(self.weight, (dy * self.xhat).sum(dims))
+            add_grad(self.bias, dy.sum(dims))
+            g = dy * self.weight.view(shape)
+        if not self.needs_input_grad:
+            return None
+        if self.training:
+            return normalize_grad(g, self.xhat, self.invstd, dims)
+        return g * self.invstd
+
+    def extra_repr(self) -> str:
+        return f"{self.num_features}, eps={self.eps}, momentum={self.momentum}, affine={self.weight is not None}"
+
+
+class BatchNorm1d(_BatchNorm):
+    """Batch normalisation of [N, C] or [N, C, L] inputs, per channel."""
+
+    dims_allowed = (2, 3)
+    input_desc = "[N, C] or [N, C, L]"
+
+
+class BatchNorm2d(_BatchNorm):
+    """Batch normalisation of [N, C, H, W] inputs, per channel."""
+
+    dims_allowed = (4,)
+    input_desc = "[N, C, H, W]"
+
+
+class LayerNorm(Module):
+    """Y = gamma * (X - mean) / sqrt(var + eps) + beta, statistics over the last len(normalized_shape) dims."""
+
+    def __init__(self, normalized_shape: int | tuple[int, ...], eps: float = 1e-5, elementwise_affine: bool = True,
+                 bias: bool = True, *, dtype: torch.dtype | None = None,
+                 device: torch.device | str | None = None) -> None:
+        super().__init__()
+        self.normalized_shape = (normalized_shape,) if isinstance(normalized_shape, int) else tuple(normalized_shape)
+        self.eps = eps
+        kw = {"dtype": dtype, "device": device}
+        self.weight = Parameter(torch.ones(self.normalized_shape, **kw)) if elementwise_affine else None
+        self.bias = Parameter(torch.zeros(self.normalized_shape, **kw)) if elementwise_affine and bias else None
+
+    def _dims(self, x: Tensor) -> tuple[int, ...]:
+        k = len(self.normalized_shape)
+        if tuple(x.shape[-k:]) != self.normalized_shape:
+            raise ValueError(f"LayerNorm({list(self.normalized_shape)}) expects input [..., "
+                             f"{', '.join(map(str, self.normalized_shape))}], got {list(x.shape)}")
+        return tuple(range(x.dim() - k, x.dim()))
+
+    def forward(self, x: Tensor) -> Tensor:
+        dims = self._dims(x)
+        mean = x.mean(dims, keepdim=True)
+        var = x.var(dims, keepdim=True, unbiased=False)
+        self.invstd = (var + self.eps).rsqrt()  # (..., 1, ..., 1)
+        self.xhat = (x - mean) * self.invstd
+        y = self.xhat if self.weight is None else self.xhat * self.weight
+        return y if self.bias is None else y + self.bias
+
+    def bwd(self, dy: Tensor, x: Tensor) -> Tensor | None:
+        """dX = invstd (g - mean(g) - xhat mean(g xhat)), g = dY gamma; dgamma = sum(dY xhat), dbeta = sum(dY)."""
+        dims = self._dims(x)
+        lead = tuple(range(x.dim() - len(dims)))
+        g = dy
+        if self.weight is not None:
+            add_grad(self.weight, (dy * self.xhat).sum(lead))
+            g = dy * self.weight
+        if self.bias is not None:
+            add_grad(self.bias, dy.sum(lead))
+        if not self.needs_input_grad:
+            return None
+        return normalize_grad(g, self.xhat, self.invstd, dims)
+
+    def extra_repr(self) -> str:
+        return f"{self.normalized_shape}, eps={self.eps}, elementwise_affine={self.weight is not None}"

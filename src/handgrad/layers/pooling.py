@@ -1,0 +1,111 @@
+"""Pooling: MaxPool2d, AvgPool2d, AdaptiveAvgPool2d. Backward routes dY back to the window inputs."""
+
+from __future__ import annotations
+
+import torch.nn.functional as F
+from torch import Tensor
+
+from ..module import Module
+from .conv import _pair
+
+
+def _check_4d(name: str, x: Tensor, kernel: tuple[int, int], padding: tuple[int, int],
+              dilation: tuple[int, int] = (1, 1)) -> None:
+    if x.dim() != 4:
+        raise ValueError(f"{name} expects input [N, C, H, W], got {list(x.shape)}")
+    eh, ew = dilation[0] * (kernel[0] - 1) + 1, dilation[1] * (kernel[1] - 1) + 1
+    if x.shape[2] + 2 * padding[0] < eh or x.shape[3] + 2 * padding[1] < ew:
+        raise ValueError(f"{name}: input spatial size {x.shape[2]}x{x.shape[3]} is smaller than the window {eh}x{ew}")
+
+
+def avg_pool_grad(dy: Tensor, input_shape: tuple[int, ...], kernel: tuple[int, int], stride: tuple[int, int],
+                  padding: tuple[int, int]) -> Tensor:
+    """dX[p] = sum over the windows w containing p of dY[w] / (kh kw)  (a fold of dY spread over each window)."""
+    n, c, h, w = input_shape
+    k = kernel[0] * kernel[1]
+    cols = (dy / k).reshape(n * c, 1, -1).expand(n * c, k, dy.shape[2] * dy.shape[3])  # (N*C, kh*kw, L)
+    return F.fold(cols, (h, w), kernel, padding=padding, stride=stride).view(n, c, h, w)
+
+
+class MaxPool2d(Module):
+    """Y = max of X over each window."""
+
+    def __init__(self, kernel_size: int | tuple[int, int], stride: int | tuple[int, int] | None = None,
+                 padding: int | tuple[int, int] = 0, dilation: int | tuple[int, int] = 1) -> None:
+        super().__init__()
+        self.kernel_size = _pair(kernel_size)
+        self.stride = _pair(stride) if stride is not None else self.kernel_size
+        self.padding, self.dilation = _pair(padding), _pair(dilation)
+
+    def forward(self, x: Tensor) -> Tensor:
+        _check_4d("MaxPool2d", x, self.kernel_size, self.padding, self.dilation)
+        y, self.indices = F.max_pool2d(x, self.kernel_size, self.stride, self.padding, self.dilation,
+                                       return_indices=True)
+        return y
+
+    def bwd(self, dy: Tensor, x: Tensor) -> Tensor:
+        """dX[argmax of window w] += dY[w]  (a scatter-add through the saved argmax indices)."""
+        n, c = x.shape[:2]
+        dx = dy.new_zeros(n, c, x.shape[2] * x.shape[3])
+        dx.scatter_add_(2, self.indices.reshape(n, c, -1), dy.reshape(n, c, -1))
+        return dx.view_as(x)
+
+    def extra_repr(self) -> str:
+        return f"kernel_size={self.kernel_size}, stride={self.stride}, padding={self.padding}"
+
+
+class AvgPool2d(Module):
+    """Y = mean of X over each window (zero padding counted, as torch's default)."""
+
+    def __init__(self, kernel_size: int | tuple[int, int], stride: int | tuple[int, int] | None = None,
+                 padding: int | tuple[int, int] = 0) -> None:
+        super().__init__()
+        self.kernel_size = _pair(kernel_size)
+        self.stride = _pair(stride) if stride is not None else self.kernel_size
+        self.padding = _pair(padding)
+
+    def forward(self, x: Tensor) -> Tensor:
+        _check_4d("AvgPool2d", x, self.kernel_size, self.padding)
+        return F.avg_pool2d(x, self.kernel_size, self.stride, self.padding)
+
+    def bwd(self, dy: Tensor, x: Tensor) -> Tensor:
+        """dX[p] = sum over windows w containing p of dY[w] / (kh kw)."""
+        return avg_pool_grad(dy, tuple(x.shape), self.kernel_size, self.stride, self.padding)
+
+    def extra_repr(self) -> str:
+        return f"kernel_size={self.kernel_size}, stride={self.stride}, padding={self.padding}"
+
+
+class AdaptiveAvgPool2d(Module):
+    """Y = mean of X over an (H/oh, W/ow) grid of windows; output_size 1 is global average pooling.
+
+    Output sizes must divide the input's (then the windows tile it exactly).
+    """
+
+    def __init__(self, output_size: int | tuple[int, int]) -> None:
+        super().__init__()
+        self.output_size = _pair(output_size)
+
+    def _window(self, x: Tensor) -> tuple[int, int]:
+        if x.dim() != 4:
+            raise ValueError(f"AdaptiveAvgPool2d expects input [N, C, H, W], got {list(x.shape)}")
+        (oh, ow), (h, w) = self.output_size, x.shape[2:]
+        if h % oh or w % ow:
+            raise ValueError(f"AdaptiveAvgPool2d: output size {oh}x{ow} must divide the input size {h}x{w}")
+        return h // oh, w // ow
+
+    def forward(self, x: Tensor) -> Tensor:
+        kernel = self._window(x)
+        if self.output_size == (1, 1):
+            return x.mean((2, 3), keepdim=True)  # (N, C, 1, 1)
+        return F.avg_pool2d(x, kernel, kernel)
+
+    def bwd(self, dy: Tensor, x: Tensor) -> Tensor:
+        """dX[p] = dY[window of p] / (kh kw)."""
+        kernel = self._window(x)
+        if self.output_size == (1, 1):
+            return (dy / (x.shape[2] * x.shape[3])).expand_as(x)
+        return avg_pool_grad(dy, tuple(x.shape), kernel, kernel, (0, 0))
+
+    def extra_repr(self) -> str:
+        return f"output_size={self.output_size}"
