@@ -1,46 +1,149 @@
-"""PyTorch interop: the same model in torch.nn, weights carried both ways."""
+"""PyTorch interop: the same model in torch.nn, weights (and running statistics) carried both ways."""
 
 from __future__ import annotations
 
-from torch import nn
+from collections.abc import Callable
 
-from .layers import Linear, LogSoftmax, ReLU
+import torch
+from torch import Tensor, nn
+
+from . import layers as L
 from .module import Module, Sequential
 
 
+class TorchResidual(nn.Module):
+    """torch.nn twin of handgrad's Residual: body(x) + shortcut(x)."""
+
+    def __init__(self, body: nn.Module, shortcut: nn.Module | None = None) -> None:
+        super().__init__()
+        self.body, self.shortcut = body, shortcut
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.body(x) + (x if self.shortcut is None else self.shortcut(x))
+
+
+class TorchGeneralRelu(nn.Module):
+    """torch.nn twin of the course's GeneralRelu."""
+
+    def __init__(self, leak: float | None = None, sub: float | None = None, maxv: float | None = None) -> None:
+        super().__init__()
+        self.leak, self.sub, self.maxv = leak, sub, maxv
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = nn.functional.leaky_relu(x, self.leak) if self.leak is not None else nn.functional.relu(x)
+        if self.sub is not None:
+            x = x - self.sub
+        return x.clamp_max(self.maxv) if self.maxv is not None else x
+
+
+def _bn_to_torch(m: L.BatchNorm1d | L.BatchNorm2d) -> nn.Module:
+    cls = nn.BatchNorm1d if isinstance(m, L.BatchNorm1d) else nn.BatchNorm2d
+    return cls(m.num_features, m.eps, m.momentum, affine=m.weight is not None)
+
+
+def _bn_from_torch(m: nn.BatchNorm1d | nn.BatchNorm2d) -> Module:
+    cls = L.BatchNorm1d if isinstance(m, nn.BatchNorm1d) else L.BatchNorm2d
+    if m.momentum is None:
+        raise TypeError("BatchNorm with momentum=None (cumulative average) has no handgrad equivalent")
+    return cls(m.num_features, m.eps, m.momentum, affine=m.affine)
+
+
+# handgrad class -> builder of the torch.nn module with the same structure (weights loaded afterwards)
+_TO_TORCH: dict[type, Callable[[Module], nn.Module]] = {
+    L.Linear: lambda m: nn.Linear(m.in_features, m.out_features, bias=m.bias is not None),
+    L.Conv2d: lambda m: nn.Conv2d(m.in_channels, m.out_channels, m.kernel_size, m.stride, m.padding, m.dilation,
+                                  m.groups, bias=m.bias is not None),
+    L.BatchNorm1d: _bn_to_torch,
+    L.BatchNorm2d: _bn_to_torch,
+    L.LayerNorm: lambda m: nn.LayerNorm(m.normalized_shape, m.eps, elementwise_affine=m.weight is not None,
+                                        bias=m.bias is not None),
+    L.Embedding: lambda m: nn.Embedding(m.num_embeddings, m.embedding_dim, m.padding_idx),
+    L.MaxPool2d: lambda m: nn.MaxPool2d(m.kernel_size, m.stride, m.padding, m.dilation),
+    L.AvgPool2d: lambda m: nn.AvgPool2d(m.kernel_size, m.stride, m.padding),
+    L.AdaptiveAvgPool2d: lambda m: nn.AdaptiveAvgPool2d(m.output_size),
+    L.Flatten: lambda m: nn.Flatten(m.start_dim, m.end_dim),
+    L.Unflatten: lambda m: nn.Unflatten(m.dim, m.sizes),
+    L.Dropout: lambda m: nn.Dropout(m.p),
+    L.ReLU: lambda m: nn.ReLU(),
+    L.LeakyReLU: lambda m: nn.LeakyReLU(m.negative_slope),
+    L.GeneralRelu: lambda m: TorchGeneralRelu(m.leak, m.sub, m.maxv),
+    L.GELU: lambda m: nn.GELU(m.approximate),
+    L.Sigmoid: lambda m: nn.Sigmoid(),
+    L.Tanh: lambda m: nn.Tanh(),
+    L.SiLU: lambda m: nn.SiLU(),
+    L.Softmax: lambda m: nn.Softmax(m.dim),
+    L.LogSoftmax: lambda m: nn.LogSoftmax(m.dim),
+    Sequential: lambda m: nn.Sequential(*(_structure_to_torch(c) for c in m)),
+    L.Residual: lambda m: TorchResidual(_structure_to_torch(m.body),
+                                        None if m.shortcut is None else _structure_to_torch(m.shortcut)),
+}
+
+_FROM_TORCH: dict[type, Callable[[nn.Module], Module]] = {
+    nn.Linear: lambda m: L.Linear(m.in_features, m.out_features, bias=m.bias is not None),
+    nn.Conv2d: lambda m: L.Conv2d(m.in_channels, m.out_channels, m.kernel_size, m.stride, m.padding, m.dilation,
+                                  m.groups, bias=m.bias is not None),
+    nn.BatchNorm1d: _bn_from_torch,
+    nn.BatchNorm2d: _bn_from_torch,
+    nn.LayerNorm: lambda m: L.LayerNorm(m.normalized_shape, m.eps, elementwise_affine=m.elementwise_affine,
+                                        bias=m.bias is not None),
+    nn.Embedding: lambda m: L.Embedding(m.num_embeddings, m.embedding_dim, m.padding_idx),
+    nn.MaxPool2d: lambda m: L.MaxPool2d(m.kernel_size, m.stride, m.padding, m.dilation),
+    nn.AvgPool2d: lambda m: L.AvgPool2d(m.kernel_size, m.stride, m.padding),
+    nn.AdaptiveAvgPool2d: lambda m: L.AdaptiveAvgPool2d(m.output_size),
+    nn.Flatten: lambda m: L.Flatten(m.start_dim, m.end_dim),
+    nn.Unflatten: lambda m: L.Unflatten(m.dim, m.unflattened_size),
+    nn.Dropout: lambda m: L.Dropout(m.p),
+    nn.ReLU: lambda m: L.ReLU(),
+    nn.LeakyReLU: lambda m: L.LeakyReLU(m.negative_slope),
+    TorchGeneralRelu: lambda m: L.GeneralRelu(m.leak, m.sub, m.maxv),
+    nn.GELU: lambda m: L.GELU(m.approximate),
+    nn.Sigmoid: lambda m: L.Sigmoid(),
+    nn.Tanh: lambda m: L.Tanh(),
+    nn.SiLU: lambda m: L.SiLU(),
+    nn.Softmax: lambda m: L.Softmax(m.dim if m.dim is not None else -1),
+    nn.LogSoftmax: lambda m: L.LogSoftmax(m.dim if m.dim is not None else -1),
+    nn.Sequential: lambda m: Sequential(*(_structure_from_torch(c) for c in m)),
+    TorchResidual: lambda m: L.Residual(_structure_from_torch(m.body),
+                                        None if m.shortcut is None else _structure_from_torch(m.shortcut)),
+}
+
+
+def _structure_to_torch(m: Module) -> nn.Module:
+    build = _TO_TORCH.get(type(m))
+    if build is None:
+        raise TypeError(f"no torch.nn twin for {type(m).__name__}")
+    return build(m)
+
+
+def _structure_from_torch(m: nn.Module) -> Module:
+    build = _FROM_TORCH.get(type(m))
+    if build is None:
+        raise TypeError(f"no handgrad equivalent for torch module {type(m).__name__}")
+    return build(m)
+
+
+def _first_tensor(tensors: list[Tensor]) -> tuple[torch.dtype | None, torch.device | None]:
+    return (tensors[0].dtype, tensors[0].device) if tensors else (None, None)
+
+
 def to_torch(module: Module) -> nn.Module:
-    """The torch.nn twin of a handgrad model, holding copies of its weights (torch's layout)."""
-    if isinstance(module, Linear):
-        w = module.weight
-        twin = nn.Linear(module.in_features, module.out_features, bias=module.bias is not None,
-                         dtype=w.dtype, device=w.device)
-    elif isinstance(module, ReLU):
-        return nn.ReLU()
-    elif isinstance(module, LogSoftmax):
-        return nn.LogSoftmax(dim=module.dim)
-    elif isinstance(module, Sequential):
-        return nn.Sequential(*(to_torch(layer) for layer in module))
-    else:
-        raise TypeError(f"no torch.nn twin for {type(module).__name__}")
+    """The torch.nn twin of a handgrad model: same structure, copies of its weights and buffers, same mode."""
+    twin = _structure_to_torch(module)
+    dtype, device = _first_tensor(module.parameters())
+    twin.to(device=device, dtype=dtype)
     twin.load_state_dict(module.state_dict())
+    twin.train(module.training)
     return twin
 
 
 def from_torch(module: nn.Module) -> Module:
-    """A handgrad model equal to a torch.nn one (Linear, ReLU, LogSoftmax, Sequential), weights copied."""
-    if isinstance(module, nn.Linear):
-        w = module.weight
-        layer = Linear(module.in_features, module.out_features, bias=module.bias is not None,
-                       dtype=w.dtype, device=w.device)
-        layer.load_state_dict(module.state_dict())
-        return layer
-    if isinstance(module, nn.ReLU):
-        return ReLU()
-    if isinstance(module, nn.LogSoftmax):
-        return LogSoftmax(dim=module.dim if module.dim is not None else -1)
-    if isinstance(module, nn.Sequential):
-        return Sequential(*(from_torch(m) for m in module))
-    raise TypeError(f"no handgrad equivalent for torch module {type(module).__name__}")
+    """A handgrad model equal to a torch.nn one: same structure, copies of its weights and buffers, same mode."""
+    model = _structure_from_torch(module)
+    dtype, device = _first_tensor(list(module.parameters()))
+    model.to(device=device, dtype=dtype)
+    model.load_state_dict(module.state_dict())
+    model.train(module.training)
+    return model
 
 
-__all__ = ["from_torch", "to_torch"]
+__all__ = ["TorchGeneralRelu", "TorchResidual", "from_torch", "to_torch"]

@@ -10,7 +10,12 @@ from ..module import Module, Parameter, add_grad
 
 
 class Embedding(Module):
-    """Y[...] = W[idx[...]]  (W: (num_embeddings, embedding_dim), N(0, 1) like torch.nn.Embedding)."""
+    """Y[...] = W[idx[...]]  (W: (num_embeddings, embedding_dim), N(0, 1) like torch.nn.Embedding).
+
+    Positions holding `padding_idx` output zeros and send no gradient (torch.nn.Embedding
+    outputs that row, which starts at zero and is never updated: the same as long as
+    nobody writes into it).
+    """
 
     def __init__(self, num_embeddings: int, embedding_dim: int, padding_idx: int | None = None, *,
                  dtype: torch.dtype | None = None, device: torch.device | str | None = None) -> None:
@@ -30,7 +35,10 @@ class Embedding(Module):
             if lo < 0 or hi >= self.num_embeddings:
                 bad = lo if lo < 0 else hi
                 raise ValueError(f"{name}: index {bad} out of range, expected indices in [0, {self.num_embeddings - 1}]")
-        return self.weight[idx]  # (..., embedding_dim)
+        y = self.weight[idx]  # (..., embedding_dim)
+        if self.padding_idx is not None:
+            y = y * (idx != self.padding_idx).unsqueeze(-1)  # padding positions read zeros
+        return y
 
     def bwd(self, dy: Tensor, idx: Tensor) -> None:
         """dW[k] = sum of dY[...] over the positions where idx[...] == k (none for padding_idx)."""

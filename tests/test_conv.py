@@ -1,0 +1,79 @@
+import pytest
+import torch
+import torch.nn.functional as F
+from helpers import check_against_torch
+from hypothesis import given
+from hypothesis import strategies as st
+
+import handgrad as hg
+
+
+@st.composite
+def conv_configs(draw):
+    groups = draw(st.sampled_from([1, 1, 2, 3]))
+    ci, co = groups * draw(st.integers(1, 3)), groups * draw(st.integers(1, 3))
+    k, s, p, d = draw(st.integers(1, 4)), draw(st.integers(1, 3)), draw(st.integers(0, 2)), draw(st.integers(1, 2))
+    size = max(d * (k - 1) + 1 - 2 * p, 1) + draw(st.integers(0, 5))
+    return dict(ci=ci, co=co, k=k, s=s, p=p, d=d, groups=groups, bias=draw(st.booleans()),
+                n=draw(st.integers(1, 3)), h=size, w=size + draw(st.integers(0, 2)))
+
+
+def conv_case(c, dtype):
+    torch.manual_seed(c["ci"] * 7 + c["k"])
+    conv = hg.Conv2d(c["ci"], c["co"], c["k"], c["s"], c["p"], c["d"], c["groups"], c["bias"])
+    x = torch.randn(c["n"], c["ci"], c["h"], c["w"], dtype=dtype)
+
+    def ref(x, weight, bias=None):
+        return F.conv2d(x, weight, bias, c["s"], c["p"], c["d"], c["groups"])
+
+    return conv, ref, x
+
+
+@given(conv_configs())
+def test_conv2d_matches_torch_float64(c):
+    conv, ref, x = conv_case(c, torch.float64)
+    check_against_torch(conv, ref, x)
+
+
+@given(conv_configs())
+def test_conv2d_matches_torch_float32(c):
+    conv, ref, x = conv_case(c, torch.float32)
+    check_against_torch(conv, ref, x, dtype=torch.float32)
+
+
+def test_conv2d_rectangular_kernel_and_stride():
+    torch.manual_seed(0)
+    conv = hg.Conv2d(2, 3, (2, 3), stride=(2, 1), padding=(1, 0), dilation=(1, 2))
+    x = torch.randn(2, 2, 7, 8, dtype=torch.float64)
+    check_against_torch(conv, lambda x, weight, bias: F.conv2d(x, weight, bias, (2, 1), (1, 0), (1, 2)), x)
+
+
+def test_conv2d_backward_uses_no_torch_backward_op(monkeypatch):
+    """The weight and input gradients come from unfold/GEMM and conv_transpose2d, not torch's backward kernels."""
+    calls = []
+    real = torch.ops.aten.convolution_backward.default
+
+    def spy(*args, **kwargs):
+        calls.append(1)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(torch.ops.aten.convolution_backward, "default", spy)
+    conv = hg.Conv2d(2, 4, 3, padding=1)
+    conv(torch.randn(2, 2, 5, 5))
+    conv.backward(torch.randn(2, 4, 5, 5))
+    assert conv.weight.g is not None and not calls
+
+
+@pytest.mark.parametrize("shape, match", [
+    ((3, 8, 8), r"expects input \[N, C, H, W\], got \[3, 8, 8\]"),
+    ((2, 4, 8, 8), r"expects 3 input channels, got 4 \(input \[2, 4, 8, 8\]\)"),
+    ((2, 3, 2, 2), r"input spatial size 2x2 \(2x2 with padding\) is smaller than the kernel \(5x5 with dilation\)"),
+])
+def test_conv2d_bad_input(shape, match):
+    with pytest.raises(ValueError, match=match):
+        hg.Conv2d(3, 8, 5)(torch.randn(*shape))
+
+
+def test_conv2d_bad_groups():
+    with pytest.raises(ValueError, match=r"must both be divisible by groups \(2\)"):
+        hg.Conv2d(3, 4, 3, groups=2)
