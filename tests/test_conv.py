@@ -29,9 +29,12 @@ def conv_case(c, dtype):
     return conv, ref, x
 
 
-@given(conv_configs())
-def test_conv2d_matches_torch_float64(c):
+@pytest.mark.parametrize("gemm_max_fan_in", [0, 10_000], ids=["conv-form", "gemm-form"])
+@given(c=conv_configs())
+def test_conv2d_matches_torch_float64(c, gemm_max_fan_in):
+    """Both ways of computing the weight gradient."""
     conv, ref, x = conv_case(c, torch.float64)
+    conv.GEMM_MAX_FAN_IN = gemm_max_fan_in  # this instance only
     check_against_torch(conv, ref, x)
 
 

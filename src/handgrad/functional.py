@@ -45,8 +45,11 @@ def relu(x: Tensor) -> Tensor:
 
 
 def relu_grad(dy: Tensor, y: Tensor) -> Tensor:
-    """dX = dY * (X > 0); `y` may be the input or the output, since Y > 0 exactly where X > 0."""
-    return dy * (y > 0)
+    """dX = dY * (X > 0), the mask read from the output: Y >= 0, so sign(Y) is exactly the 0/1 mask (Y > 0).
+
+    (sign then a float multiply is several times faster than multiplying by a bool mask.)
+    """
+    return dy * y.sign()
 
 
 # -------------------------------------------------------------------------- mse
@@ -182,6 +185,6 @@ def forward_and_backward(inp: Tensor, targ: Tensor, w1: Tensor, b1: Tensor, w2: 
     loss = mse(out, targ)
     out.g = mse_grad(out, targ)  # (N, 1)
     lin_grad(l2, out, w2, b2)
-    l1.g = relu_grad(l2.g, l1)
+    l1.g = relu_grad(l2.g, l2)
     lin_grad(inp, l1, w1, b1)
     return loss

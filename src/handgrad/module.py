@@ -184,6 +184,11 @@ class Module:
     def parameters(self) -> list[Parameter]:
         return [p for _, p in self.named_parameters()]
 
+    def _all_parameters(self) -> Iterator[Parameter]:
+        for m in self.modules():
+            for _, p in m._own_parameters():
+                yield p
+
     def buffer_names(self) -> tuple[str, ...]:
         """Names of this module's own non-trainable state saved in state_dict (none by default)."""
         return ()
@@ -322,9 +327,14 @@ class Sequential(Module):
         last = len(self.layers) - 1
         if last < 0:
             return dout
+        # Layer i must pass a gradient down only if something below it learns, or the caller wants dX.
+        needs = self.needs_input_grad
+        wants_grad = []
+        for layer in self.layers:
+            wants_grad.append(needs)
+            needs = needs or any(True for _ in layer._all_parameters())
         for i in range(last, -1, -1):
-            layer = self.layers[i]
-            layer.backward(dout if i == last else None, needs_input_grad=i > 0 or self.needs_input_grad)
+            self.layers[i].backward(dout if i == last else None, needs_input_grad=wants_grad[i])
         return None
 
 

@@ -1,5 +1,6 @@
-"""Conv2d: forward by torch's convolution kernel, backward written here as a transposed
-convolution (input gradient) and a GEMM over unfolded patches (weight gradient)."""
+"""Conv2d: forward by torch's convolution kernel; backward written here as a transposed
+convolution (input gradient) and a convolution of the input with the output gradient
+(weight gradient)."""
 
 from __future__ import annotations
 
@@ -66,26 +67,45 @@ class Conv2d(Module):
         return F.conv2d(x, self.weight, self.bias, self.stride, self.padding, self.dilation, self.groups)
 
     def bwd(self, dy: Tensor, x: Tensor) -> Tensor | None:
-        """dX = conv_transpose2d(dY, W)   dW[g] = sum_n dY[n, g] @ unfold(X)[n, g].T   db = sum_{n,h,w} dY."""
-        n, c, h, w = x.shape
-        g, o = self.groups, self.out_channels
-        (kh, kw), l = self.kernel_size, dy.shape[2] * dy.shape[3]
+        """dX = conv_transpose2d(dY, W)   dW = sum_{n,h,w} dY[n, o, h, w] X[n, c, s h + d i - p, s w + d j - p]
+        db = sum_{n,h,w} dY  (see _weight_grad for the two ways dW is computed)."""
         if self.bias is not None:
             add_grad(self.bias, dy.sum((0, 2, 3)))
-        cols = F.unfold(x, self.kernel_size, self.dilation, self.padding, self.stride)  # (N, C*kh*kw, L)
-        cols = cols.view(n, g, c // g * kh * kw, l)  # (N, G, K, L)
-        dy_g = dy.reshape(n, g, o // g, l)  # (N, G, O/G, L)
-        dw = torch.einsum("ngol,ngkl->gok", dy_g, cols)  # (G, O/G, K)
-        add_grad(self.weight, dw.reshape(self.weight.shape))
+        add_grad(self.weight, self._weight_grad(dy, x))
         if not self.needs_input_grad:
             return None
         out_pad = tuple(
             size - ((out - 1) * s - 2 * p + d * (k - 1) + 1)
-            for size, out, s, p, d, k in zip((h, w), dy.shape[2:], self.stride, self.padding, self.dilation,
+            for size, out, s, p, d, k in zip(x.shape[2:], dy.shape[2:], self.stride, self.padding, self.dilation,
                                             self.kernel_size)
         )
         return F.conv_transpose2d(dy, self.weight, None, self.stride, self.padding, out_pad, self.groups,
                                   self.dilation)  # (N, C, H, W)
+
+    # Below this many inputs per output unit (Cg kh kw), unfolding X and multiplying is cheaper than
+    # the convolution form; measured on CPU for the model zoo's layers (1x1 shortcuts, the 1-channel stem).
+    GEMM_MAX_FAN_IN = 64
+
+    def _weight_grad(self, dy: Tensor, x: Tensor) -> Tensor:
+        """dW[o, c, i, j] = sum_{n,h,w} dY[n, o, h, w] X[n, c, s h + d i - p, s w + d j - p], per group, as either
+        a GEMM over unfolded patches, dW = sum_n dY[n] @ unfold(X)[n].T, or a convolution of X (batch and
+        channels swapped) with dY as the kernel, its stride and dilation trading places."""
+        (kh, kw), g = self.kernel_size, self.groups
+        cg, og = self.in_channels // g, self.out_channels // g
+        n, l = x.shape[0], dy.shape[2] * dy.shape[3]
+        gemm = cg * kh * kw <= self.GEMM_MAX_FAN_IN
+        parts = []
+        for i in range(g):
+            xg, dyg = x[:, i * cg:(i + 1) * cg], dy[:, i * og:(i + 1) * og]
+            if gemm:
+                cols = F.unfold(xg, self.kernel_size, self.dilation, self.padding, self.stride)  # (N, Cg*kh*kw, L)
+                dw = torch.bmm(dyg.reshape(n, og, l), cols.transpose(1, 2)).sum(0)  # (Og, Cg*kh*kw)
+                parts.append(dw.view(og, cg, kh, kw))
+            else:
+                r = F.conv2d(xg.transpose(0, 1), dyg.transpose(0, 1), None, self.dilation, self.padding,
+                             self.stride)  # (Cg, Og, >=kh, >=kw)
+                parts.append(r[:, :, :kh, :kw].transpose(0, 1))  # (Og, Cg, kh, kw)
+        return parts[0] if g == 1 else torch.cat(parts, 0)
 
     def extra_repr(self) -> str:
         s = f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, stride={self.stride}"

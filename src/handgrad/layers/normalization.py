@@ -51,43 +51,44 @@ class _BatchNorm(Module):
         return (1, -1) + (1,) * (x.dim() - 2)
 
     def forward(self, x: Tensor) -> Tensor:
-        shape = self._shape(x)
-        dims = (0,) + tuple(range(2, x.dim()))
+        self._shape(x)
         if self.training:
             m = x.numel() // x.shape[1]
             if m == 1:
                 raise ValueError(f"{type(self).__name__} in training needs more than one value per channel; got "
                                  f"input {list(x.shape)} (batch size 1): use a larger batch or eval()")
-            mean = x.mean(dims, keepdim=True)
-            var = x.var(dims, keepdim=True, unbiased=False)
-            with torch.no_grad():
-                mom = self.momentum
-                self.running_mean.mul_(1 - mom).add_(mean.detach().reshape(-1), alpha=mom)
-                self.running_var.mul_(1 - mom).add_(var.detach().reshape(-1) * (m / (m - 1)), alpha=mom)
-                self.num_batches_tracked += 1
-        else:
-            mean, var = self.running_mean.view(shape), self.running_var.view(shape)
-        self.invstd = (var + self.eps).rsqrt()  # (1, C, 1, ...)
-        self.xhat = (x - mean) * self.invstd
-        if self.weight is None:
-            return self.xhat
-        return self.xhat * self.weight.view(shape) + self.bias.view(shape)
+            # torch's fused kernel: batch statistics, the running ones updated in place, and the output
+            y, self.mean, self.invstd = torch.native_batch_norm(
+                x, self.weight, self.bias, self.running_mean, self.running_var, True, self.momentum, self.eps)
+            self.num_batches_tracked += 1
+            return y
+        self.mean, self.invstd = self.running_mean, (self.running_var + self.eps).rsqrt()
+        y, _, _ = torch.native_batch_norm(x, self.weight, self.bias, self.running_mean, self.running_var, False,
+                                          self.momentum, self.eps)
+        return y
 
     def bwd(self, dy: Tensor, x: Tensor) -> Tensor | None:
-        """train: dX = invstd (g - mean(g) - xhat mean(g xhat)); eval: dX = g invstd; g = dY gamma.
-        dgamma = sum(dY xhat), dbeta = sum(dY), sums over every dim but the channel."""
+        """train: dX = gamma invstd (dY - dbeta / M - xhat dgamma / M);  eval: dX = gamma invstd dY;
+        dgamma = sum(dY xhat), dbeta = sum(dY), sums over the M values of each channel.
+
+        (The closed form of invstd (g - mean(g) - xhat mean(g xhat)) with g = gamma dY per channel.)
+        """
         shape = self._shape(x)
         dims = (0,) + tuple(range(2, x.dim()))
-        g = dy
+        xhat = (x - self.mean.view(shape)) * self.invstd.view(shape)
+        dgamma = (dy * xhat).sum(dims)
+        dbeta = dy.sum(dims)
         if self.weight is not None:
-            add_grad(self.weight, (dy * self.xhat).sum(dims))
-            add_grad(self.bias, dy.sum(dims))
-            g = dy * self.weight.view(shape)
+            add_grad(self.weight, dgamma)
+            add_grad(self.bias, dbeta)
         if not self.needs_input_grad:
             return None
-        if self.training:
-            return normalize_grad(g, self.xhat, self.invstd, dims)
-        return g * self.invstd
+        scale = self.invstd if self.weight is None else self.weight * self.invstd  # (C,)
+        if not self.training:
+            return dy * scale.view(shape)
+        m = x.numel() // x.shape[1]
+        dx = torch.addcmul((-scale * dbeta / m).view(shape), dy, scale.view(shape))  # scale (dY - dbeta / M)
+        return dx.addcmul_(xhat, (-scale * dgamma / m).view(shape))  # ... - scale xhat dgamma / M
 
     def extra_repr(self) -> str:
         return f"{self.num_features}, eps={self.eps}, momentum={self.momentum}, affine={self.weight is not None}"

@@ -11,9 +11,9 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from ..layers import Linear, ReLU
 from ..losses import CrossEntropyLoss, MSELoss
-from ..module import Module, Sequential, WithLoss
+from ..models import mlp  # noqa: F401  (re-exported for train.mlp)
+from ..module import Module, WithLoss
 from ..optim import SGD
 
 
@@ -28,17 +28,6 @@ class EpochStats:
     def line(self, epochs: int) -> str:
         return (f"epoch {self.epoch}/{epochs}  train_loss {self.train_loss:.4f}  valid_loss {self.valid_loss:.4f}  "
                 f"valid_acc {self.valid_acc:.4f}  ({self.seconds:.1f}s)")
-
-
-def mlp(n_in: int, hidden: Iterable[int], n_out: int, init: str = "kaiming") -> Sequential:
-    """Linear -> ReLU -> ... -> Linear; the seeds' model is mlp(784, [50], 10)."""
-    sizes = [n_in, *hidden, n_out]
-    layers: list[Module] = []
-    for i, (a, b) in enumerate(zip(sizes[:-1], sizes[1:])):
-        layers.append(Linear(a, b, init=init))
-        if i < len(sizes) - 2:
-            layers.append(ReLU())
-    return Sequential(*layers)
 
 
 def make_loss(name: str) -> Module:

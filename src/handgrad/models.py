@@ -1,0 +1,33 @@
+"""Ready-made models: the seeds' MLP and a small ResNet-style CNN for 28x28 images."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from . import layers as L
+from .module import Module, Sequential
+
+
+def mlp(n_in: int, hidden: Iterable[int], n_out: int, init: str = "kaiming") -> Sequential:
+    """Linear -> ReLU -> ... -> Linear; the seeds' model is mlp(784, [50], 10)."""
+    sizes = [n_in, *hidden, n_out]
+    layers: list[Module] = []
+    for i, (a, b) in enumerate(zip(sizes[:-1], sizes[1:])):
+        layers.append(L.Linear(a, b, init=init))
+        if i < len(sizes) - 2:
+            layers.append(L.ReLU())
+    return Sequential(*layers)
+
+
+def cnn(n_out: int = 10, channels: Iterable[int] = (16, 32, 64), image: tuple[int, int, int] = (1, 28, 28)) -> Sequential:
+    """A stem conv_bn + ReLU, then one stride-2 residual block per further width, global pooling, Linear.
+
+    Takes flattened images [N, C*H*W] (as the data loaders give them) and unflattens them first.
+    For (16, 32, 64) on 28x28: 28x28x16 -> 14x14x32 -> 7x7x64 -> 64 -> n_out.
+    """
+    widths = list(channels)
+    layers: list[Module] = [L.Unflatten(1, image), L.conv_bn(image[0], widths[0], 3, 1), L.ReLU()]
+    for ni, nf in zip(widths[:-1], widths[1:]):
+        layers.append(L.res_block(ni, nf, stride=2))
+    layers += [L.AdaptiveAvgPool2d(1), L.Flatten(), L.Linear(widths[-1], n_out)]
+    return Sequential(*layers)
