@@ -327,14 +327,13 @@ class Sequential(Module):
         last = len(self.layers) - 1
         if last < 0:
             return dout
-        # Layer i must pass a gradient down only if something below it learns, or the caller wants dX.
-        needs = self.needs_input_grad
-        wants_grad = []
-        for layer in self.layers:
-            wants_grad.append(needs)
-            needs = needs or any(True for _ in layer._all_parameters())
+        # Layer i must pass a gradient down only if something below it learns, or the caller wants dX;
+        # a layer with nothing to learn and nothing to pass down is skipped.
+        learns = [any(True for _ in layer._all_parameters()) for layer in self.layers]
         for i in range(last, -1, -1):
-            self.layers[i].backward(dout if i == last else None, needs_input_grad=wants_grad[i])
+            needs_input_grad = self.needs_input_grad or any(learns[:i])
+            if learns[i] or needs_input_grad:
+                self.layers[i].backward(dout if i == last else None, needs_input_grad=needs_input_grad)
         return None
 
 
