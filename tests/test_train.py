@@ -53,8 +53,8 @@ def test_handgrad_and_torch_twin_train_identically_on_blobs():
     quiet = lambda s: None  # noqa: E731
     hist = fit(model, make_loss("cross-entropy"), hg.SGD(model.parameters(), 0.05),
                DataLoader(x, y, 32, shuffle=True, seed=3), xv, yv, 3, 3, progress=False, log=quiet)
-    twin_hist = fit_torch(twin, "cross-entropy", 0.05, DataLoader(x, y, 32, shuffle=True, seed=3), xv, yv, 3, 3,
-                          log=quiet)
+    twin_hist = fit_torch(twin, "cross-entropy", torch.optim.SGD(twin.parameters(), lr=0.05),
+                          DataLoader(x, y, 32, shuffle=True, seed=3), xv, yv, 3, 3, log=quiet)
     for a, b in zip(hist, twin_hist):
         assert a.train_loss == pytest.approx(b.train_loss, rel=1e-4)
         assert a.valid_loss == pytest.approx(b.valid_loss, rel=1e-4)
@@ -102,7 +102,7 @@ def test_default_run_reaches_the_accuracy_floor_on_fashion_mnist():
     result = run(TrainConfig(dataset="fashion-mnist", download=False), log=lines.append, progress=False)
     assert result.valid_acc >= 0.84, lines
     assert any(line.startswith("gradient check on the first batch") for line in lines)
-    assert lines[-1].startswith("done: fashion-mnist 784-50-10 cross-entropy, 5 epochs")
+    assert lines[-1].startswith("done: fashion-mnist 784-50-10 MLP cross-entropy, 5 epochs")
 
 
 # ------------------------------------------------------------------- CLI
@@ -176,3 +176,25 @@ def test_cli_data_not_found_lists_the_options(tmp_path):
                           text=True, cwd=tmp_path, env=env, timeout=120)
     assert_one_line_error(proc, 1, "mnist not found. Tried:", "$HANDGRAD_DATA (not set)", "./data",
                           "download: download not allowed")
+
+
+def test_cli_trains_the_cnn_on_a_small_npz(tmp_path):
+    x, y = blobs(600, n_in=784, n_classes=10)
+    np.savez(tmp_path / "fashion-mnist.npz", x_train=x.numpy(), y_train=y.numpy())
+    proc = cli("train", "--model", "cnn", "--channels", "4,8", "--dataset", "fashion-mnist", "--data",
+               str(tmp_path / "fashion-mnist.npz"), "--epochs", "1", "--no-download", "--no-progress")
+    assert proc.returncode == 0, proc.stderr
+    out = proc.stdout.splitlines()
+    assert out[0].startswith("training CNN 4-8 (") and "SGD lr 0.1 (cosine) momentum 0.9 weight decay 0.0005" in out[0]
+    assert out[1].startswith("gradient check on the first batch (float64): input and 14 parameters match autograd")
+    assert out[-1].startswith("done: fashion-mnist CNN 4-8 cross-entropy, 1 epochs")
+
+
+@needs_fashion
+@pytest.mark.slow
+def test_cnn_reaches_the_accuracy_floor_on_fashion_mnist():
+    """End to end: `handgrad train --model cnn` defaults, 5 epochs on 2 CPU cores (about 3-4 minutes)."""
+    lines = []
+    result = run(TrainConfig(dataset="fashion-mnist", model="cnn", download=False), log=lines.append,
+                 progress=False)
+    assert result.valid_acc >= 0.90, lines

@@ -22,9 +22,9 @@ def _hidden(text: str) -> list[int]:
     try:
         sizes = [int(s) for s in text.replace("-", ",").split(",") if s.strip()]
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected hidden sizes like 50 or 100,50, got {text!r}") from None
+        raise argparse.ArgumentTypeError(f"expected sizes like 50 or 100,50, got {text!r}") from None
     if not sizes or any(s < 1 for s in sizes):
-        raise argparse.ArgumentTypeError(f"expected positive hidden sizes like 50 or 100,50, got {text!r}")
+        raise argparse.ArgumentTypeError(f"expected positive sizes like 50 or 100,50, got {text!r}")
     return sizes
 
 
@@ -37,11 +37,21 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--dataset", default=d.dataset, choices=["auto", "mnist", "fashion-mnist"],
                    help="auto: MNIST where it can be found or downloaded, else Fashion-MNIST (default)")
     t.add_argument("--data", default=d.data, metavar="PATH", help="a data file or folder to read instead of searching")
-    t.add_argument("--hidden", type=_hidden, default=d.hidden, help="hidden sizes, e.g. 50 (default) or 100,50")
+    t.add_argument("--model", default=d.model, choices=["mlp", "cnn"],
+                   help="mlp: the seeds' MLP (default); cnn: a small ResNet-style CNN with batch norm")
+    t.add_argument("--hidden", type=_hidden, default=d.hidden, help="mlp hidden sizes, e.g. 50 (default) or 100,50")
+    t.add_argument("--channels", type=_hidden, default=d.channels, help="cnn widths, e.g. 16,32,64 (default)")
     t.add_argument("--loss", default=d.loss, choices=LOSSES)
     t.add_argument("--epochs", type=int, default=d.epochs)
-    t.add_argument("--bs", type=int, default=d.bs, help="batch size")
-    t.add_argument("--lr", type=float, default=d.lr, help="learning rate (default 0.1 for cross-entropy, 0.01 for mse)")
+    t.add_argument("--bs", type=int, default=d.bs, help="batch size (default 64 for the MLP, 128 for the CNN)")
+    t.add_argument("--lr", type=float, default=d.lr,
+                   help="learning rate (default 0.1, or 0.01 with mse)")
+    t.add_argument("--momentum", type=float, default=d.momentum, help="SGD momentum (default 0 for the MLP, "
+                   "0.9 for the CNN)")
+    t.add_argument("--weight-decay", type=float, default=d.weight_decay,
+                   help="SGD weight decay (default 0 for the MLP, 5e-4 for the CNN)")
+    t.add_argument("--schedule", default=d.schedule, choices=["constant", "cosine"],
+                   help="learning-rate schedule (default constant for the MLP, cosine decay for the CNN)")
     t.add_argument("--seed", type=int, default=d.seed)
     t.add_argument("--device", default=d.device, help="cpu, cuda or cuda:N")
     t.add_argument("--init", default=d.init, choices=["kaiming", "randn", "torch"])

@@ -19,7 +19,8 @@ def mlp(n_in: int, hidden: Iterable[int], n_out: int, init: str = "kaiming") -> 
     return Sequential(*layers)
 
 
-def cnn(n_out: int = 10, channels: Iterable[int] = (16, 32, 64), image: tuple[int, int, int] = (1, 28, 28)) -> Sequential:
+def cnn(n_out: int = 10, channels: Iterable[int] = (16, 32, 64),
+        image: tuple[int, int, int] = (1, 28, 28)) -> Sequential:
     """A stem conv_bn + ReLU, then one stride-2 residual block per further width, global pooling, Linear.
 
     Takes flattened images [N, C*H*W] (as the data loaders give them) and unflattens them first.

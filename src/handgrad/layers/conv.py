@@ -92,14 +92,14 @@ class Conv2d(Module):
         channels swapped) with dY as the kernel, its stride and dilation trading places."""
         (kh, kw), g = self.kernel_size, self.groups
         cg, og = self.in_channels // g, self.out_channels // g
-        n, l = x.shape[0], dy.shape[2] * dy.shape[3]
+        n, positions = x.shape[0], dy.shape[2] * dy.shape[3]
         gemm = cg * kh * kw <= self.GEMM_MAX_FAN_IN
         parts = []
         for i in range(g):
             xg, dyg = x[:, i * cg:(i + 1) * cg], dy[:, i * og:(i + 1) * og]
             if gemm:
                 cols = F.unfold(xg, self.kernel_size, self.dilation, self.padding, self.stride)  # (N, Cg*kh*kw, L)
-                dw = torch.bmm(dyg.reshape(n, og, l), cols.transpose(1, 2)).sum(0)  # (Og, Cg*kh*kw)
+                dw = torch.bmm(dyg.reshape(n, og, positions), cols.transpose(1, 2)).sum(0)  # (Og, Cg*kh*kw)
                 parts.append(dw.view(og, cg, kh, kw))
             else:
                 r = F.conv2d(xg.transpose(0, 1), dyg.transpose(0, 1), None, self.dilation, self.padding,

@@ -34,7 +34,8 @@ class Embedding(Module):
             lo, hi = int(idx.min()), int(idx.max())
             if lo < 0 or hi >= self.num_embeddings:
                 bad = lo if lo < 0 else hi
-                raise ValueError(f"{name}: index {bad} out of range, expected indices in [0, {self.num_embeddings - 1}]")
+                raise ValueError(f"{name}: index {bad} out of range, expected indices in "
+                                 f"[0, {self.num_embeddings - 1}]")
         y = self.weight[idx]  # (..., embedding_dim)
         if self.padding_idx is not None:
             y = y * (idx != self.padding_idx).unsqueeze(-1)  # padding positions read zeros

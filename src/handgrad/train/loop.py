@@ -12,7 +12,6 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from ..losses import CrossEntropyLoss, MSELoss
-from ..models import mlp  # noqa: F401  (re-exported for train.mlp)
 from ..module import Module, WithLoss
 from ..optim import SGD
 
@@ -70,12 +69,21 @@ def train_step(step: WithLoss, opt: SGD, xb: Tensor, yb: Tensor) -> Tensor:
     return loss
 
 
+def cosine_schedule(base_lr: float, total_steps: int) -> Callable[[int], float]:
+    """lr(t) = base_lr * (1 + cos(pi t / T)) / 2: from base_lr down to 0 over T steps."""
+    return lambda t: base_lr * 0.5 * (1.0 + math.cos(math.pi * min(t, total_steps) / total_steps))
+
+
 def fit(model: Module, loss_fn: Module, opt: SGD, train_batches: Iterable[tuple[Tensor, Tensor]],
         x_valid: Tensor, y_valid: Tensor, epochs: int, n_classes: int, progress: bool = True,
-        log: Callable[[str], None] = print) -> list[EpochStats]:
-    """Train for `epochs`, logging one line per epoch; returns the per-epoch statistics."""
+        log: Callable[[str], None] = print, lr_at: Callable[[int], float] | None = None) -> list[EpochStats]:
+    """Train for `epochs`, logging one line per epoch; returns the per-epoch statistics.
+
+    lr_at(t), when given, sets the learning rate before step t (t counts from 0 over the whole run).
+    """
     step = WithLoss(model, loss_fn)
     history = []
+    t = 0
     for epoch in range(1, epochs + 1):
         start = time.perf_counter()
         model.train()
@@ -83,6 +91,9 @@ def fit(model: Module, loss_fn: Module, opt: SGD, train_batches: Iterable[tuple[
         seen = 0
         bar = tqdm(train_batches, desc=f"epoch {epoch}/{epochs}", leave=False, disable=None if progress else True)
         for i, (xb, yb) in enumerate(bar):
+            if lr_at is not None:
+                opt.lr = lr_at(t)
+            t += 1
             loss = train_step(step, opt, xb, yb)
             total += loss.double() * xb.shape[0]
             seen += xb.shape[0]

@@ -15,7 +15,8 @@ from ..interop import to_torch
 from ..module import Module, WithLoss
 from ..optim import SGD
 from .config import TrainConfig
-from .loop import EpochStats, fit, make_loss, mlp, n_outputs
+from ..models import cnn, mlp
+from .loop import EpochStats, cosine_schedule, fit, make_loss, n_outputs
 from .twin import fit_torch
 
 
@@ -84,30 +85,43 @@ def run(cfg: TrainConfig, log: Callable[[str], None] = print, progress: bool = T
     n_out = n_outputs(cfg.loss, n_classes)
 
     torch.manual_seed(cfg.seed)
-    model = mlp(n_in, cfg.hidden, n_out, cfg.init).to(device)
+    if cfg.model == "cnn":
+        side = int(round(n_in ** 0.5))
+        model = cnn(n_out, cfg.channels, (1, side, side)).to(device)
+        sizes = "CNN " + "-".join(str(c) for c in cfg.channels)
+    else:
+        model = mlp(n_in, cfg.hidden, n_out, cfg.init).to(device)
+        sizes = "-".join(str(s) for s in [n_in, *cfg.hidden, n_out]) + " MLP"
     loss_fn = make_loss(cfg.loss)
-    sizes = "-".join(str(s) for s in [n_in, *cfg.hidden, n_out])
-    log(f"training {sizes} MLP with {cfg.loss} on {data.name} ({data.source}): {data.x_train.shape[0]} train, "
-        f"{data.x_valid.shape[0]} valid; {cfg.epochs} epochs, bs {cfg.bs}, lr {cfg.learning_rate}, seed {cfg.seed}, "
+    n_params = sum(p.numel() for p in model.parameters())
+    log(f"training {sizes} ({n_params} parameters) with {cfg.loss} on {data.name} ({data.source}): "
+        f"{data.x_train.shape[0]} train, "
+        f"{data.x_valid.shape[0]} valid; {cfg.epochs} epochs, bs {cfg.batch_size}, SGD lr {cfg.learning_rate} "
+        f"({cfg.lr_schedule}) momentum "
+        f"{cfg.sgd_momentum} weight decay {cfg.sgd_weight_decay}, seed {cfg.seed}, "
         f"device {device}")
     twin = to_torch(model) if cfg.torch_twin else None  # initial weights, before any step
 
-    train_dl = DataLoader(data.x_train, data.y_train, cfg.bs, shuffle=True, seed=cfg.seed)
+    train_dl = DataLoader(data.x_train, data.y_train, cfg.batch_size, shuffle=True, seed=cfg.seed)
     if cfg.check:
-        xb, yb = next(iter(DataLoader(data.x_train, data.y_train, cfg.bs, shuffle=True, seed=cfg.seed)))
+        xb, yb = next(iter(DataLoader(data.x_train, data.y_train, cfg.batch_size, shuffle=True, seed=cfg.seed)))
         log(first_batch_check(model, loss_fn, xb, yb))
 
-    opt = SGD(model.parameters(), lr=cfg.learning_rate)
-    history = fit(model, loss_fn, opt, train_dl, data.x_valid, data.y_valid, cfg.epochs, n_classes, progress, log)
+    opt = SGD(model.parameters(), lr=cfg.learning_rate, momentum=cfg.sgd_momentum, weight_decay=cfg.sgd_weight_decay)
+    lr_at = cosine_schedule(cfg.learning_rate, cfg.epochs * len(train_dl)) if cfg.lr_schedule == "cosine" else None
+    history = fit(model, loss_fn, opt, train_dl, data.x_valid, data.y_valid, cfg.epochs, n_classes, progress, log,
+                  lr_at)
     result = RunResult(cfg, data.name, model, history, seconds=time.perf_counter() - start)
     last = history[-1]
     log(f"done: {data.name} {sizes} {cfg.loss}, {cfg.epochs} epochs in {sum(h.seconds for h in history):.1f}s "
         f"-> valid_acc {last.valid_acc:.4f}, valid_loss {last.valid_loss:.4f}")
 
     if twin is not None:
-        twin_dl = DataLoader(data.x_train, data.y_train, cfg.bs, shuffle=True, seed=cfg.seed)
-        result.twin_history = fit_torch(twin, cfg.loss, cfg.learning_rate, twin_dl, data.x_valid, data.y_valid,
-                                        cfg.epochs, n_classes, log)
+        twin_dl = DataLoader(data.x_train, data.y_train, cfg.batch_size, shuffle=True, seed=cfg.seed)
+        topt = torch.optim.SGD(twin.parameters(), lr=cfg.learning_rate, momentum=cfg.sgd_momentum,
+                               weight_decay=cfg.sgd_weight_decay)
+        result.twin_history = fit_torch(twin, cfg.loss, topt, twin_dl, data.x_valid, data.y_valid, cfg.epochs,
+                                        n_classes, log, lr_at)
         gap = 100 * (last.valid_acc - result.twin_history[-1].valid_acc)
         log(f"torch.nn twin (autograd, same initial weights and batches): valid_acc "
             f"{result.twin_history[-1].valid_acc:.4f}; handgrad - torch = {gap:+.2f} points")

@@ -18,24 +18,31 @@ def torch_loss(name: str) -> Callable[[Tensor, Tensor], Tensor]:
     return lambda out, y: F.mse_loss(out[:, 0], y.to(out.dtype))  # the seeds' twin: targets as floats
 
 
-def fit_torch(model: nn.Module, loss_name: str, lr: float, train_batches: Iterable[tuple[Tensor, Tensor]],
-              x_valid: Tensor, y_valid: Tensor, epochs: int, n_classes: int,
-              log: Callable[[str], None] = print) -> list[EpochStats]:
-    """Plain torch training with autograd and torch.optim.SGD, for side-by-side comparison."""
+def fit_torch(model: nn.Module, loss_name: str, opt: torch.optim.Optimizer,
+              train_batches: Iterable[tuple[Tensor, Tensor]], x_valid: Tensor, y_valid: Tensor, epochs: int,
+              n_classes: int, log: Callable[[str], None] = print,
+              lr_at: Callable[[int], float] | None = None) -> list[EpochStats]:
+    """Plain torch training with autograd and a torch.optim optimizer, for side-by-side comparison."""
     loss_fn = torch_loss(loss_name)
-    opt = torch.optim.SGD(model.parameters(), lr=lr)
+    t = 0
     history = []
     for epoch in range(1, epochs + 1):
         start = time.perf_counter()
         total = torch.zeros((), dtype=torch.float64, device=x_valid.device)
         seen = 0
+        model.train()
         for xb, yb in train_batches:
+            if lr_at is not None:
+                for group in opt.param_groups:
+                    group["lr"] = lr_at(t)
+            t += 1
             loss = loss_fn(model(xb), yb)
             opt.zero_grad()
             loss.backward()
             opt.step()
             total += loss.detach().double() * xb.shape[0]
             seen += xb.shape[0]
+        model.eval()
         valid_loss, valid_acc = evaluate(model, loss_fn, x_valid, y_valid, n_classes)
         stats = EpochStats(epoch, float(total) / max(seen, 1), valid_loss, valid_acc, time.perf_counter() - start)
         history.append(stats)
