@@ -14,7 +14,7 @@ from dataclasses import fields
 
 import torch
 
-from .errors import DataError, GradientCheckError
+from .errors import DataError, GradientCheckError, UsageError
 from .train.config import LOSSES, TrainConfig
 
 
@@ -64,9 +64,16 @@ def _parser() -> argparse.ArgumentParser:
                    help="also train the same model in torch.nn with autograd and compare")
     t.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bars")
 
-    c = sub.add_parser("check", help="verify every built-in layer's backward against autograd and finite differences")
+    c = sub.add_parser("check", help="verify a layer's hand-written backward against autograd and finite "
+                                     "differences (default: every built-in layer)")
+    c.add_argument("target", nargs="?", default=None,
+                   help="your layer: path/to/file.py:ClassName or package.module:ClassName")
+    c.add_argument("--input-shape", default=None, help="shape of the random input for TARGET, e.g. 8,16")
+    c.add_argument("--dtype", default=None, choices=["float64", "float32"],
+                   help="TARGET: float64 (default; adds finite differences) or float32")
+    c.add_argument("--args", default=None, help="TARGET's constructor arguments as JSON, e.g. '{\"n_in\": 16}'")
     c.add_argument("--seed", type=int, default=0)
-    c.add_argument("--repeats", type=int, default=2, help="random shapes per layer")
+    c.add_argument("--repeats", type=int, default=2, help="built-in layers: random shapes per layer")
 
     dd = sub.add_parser("data", help="find (or download) a data set and say where it is")
     dd.add_argument("name", choices=["mnist", "fashion-mnist"])
@@ -84,10 +91,12 @@ def _train(args: argparse.Namespace) -> int:
 
 
 def _check(args: argparse.Namespace) -> int:
+    if args.target is not None:
+        return _check_target(args)
     from .check import TOLERANCES, builtin_cases, check_module, format_table
 
     if args.repeats < 1:
-        raise ValueError(f"--repeats must be at least 1, got {args.repeats}")
+        raise UsageError(f"--repeats must be at least 1, got {args.repeats}")
     reports = []
     for case in builtin_cases(args.seed, args.repeats):
         for dtype in (torch.float64, torch.float32):
@@ -104,6 +113,42 @@ def _check(args: argparse.Namespace) -> int:
     print(f"all {len(reports)} checks passed ({layers} layer configurations; max |hand - ref| <= atol + rtol * "
           f"max |ref|: float64 vs autograd rtol {t64['autograd'][0]:g}, vs finite differences rtol "
           f"{t64['fd'][0]:g}; float32 vs autograd rtol {t32['autograd'][0]:g}, 1e-3 for res_block)")
+    return 0
+
+
+def _check_target(args: argparse.Namespace) -> int:
+    """handgrad check file.py:Class --input-shape 8,16: table, a diagnosis per failing tensor, exit 0/1/2."""
+    import copy
+
+    from .check import check_module, format_table
+    from .check.assertions import explain
+    from .check.target import instantiate, load_class, parse_args, parse_shape
+
+    cls = load_class(args.target)
+    module = instantiate(cls, parse_args(args.args))
+    if args.input_shape is None:
+        raise UsageError("--input-shape is needed with a TARGET, e.g. --input-shape 8,16")
+    shape = parse_shape(args.input_shape)
+    dtype = torch.float32 if args.dtype == "float32" else torch.float64
+    x = torch.randn(shape, generator=torch.Generator().manual_seed(args.seed), dtype=dtype)
+    try:
+        copy.deepcopy(module).to(dtype=dtype)(x)
+    except Exception as e:
+        raise UsageError(f"{cls.__name__}.forward rejected an input of shape {list(shape)}: "
+                         f"{type(e).__name__}: {e}") from None
+    try:
+        report = check_module(module, x, dtype=dtype, name=cls.__name__, seed=args.seed)
+    except Exception as e:  # the user's backward itself broke: a failed check, said in one line
+        print(f"FAILED: {cls.__name__}.backward raised {type(e).__name__}: {e}")
+        return 1
+    print(format_table([report]))
+    if not report.passed:
+        for line in explain(report).splitlines():
+            print("diagnosis: " + line)
+        print(f"FAILED: {len(report.failures())} of {len(report.tensors)} gradients of {cls.__name__} are wrong")
+        return 1
+    print(f"{cls.__name__}: all {len(report.tensors)} gradients match autograd"
+          + (" and finite differences" if dtype == torch.float64 else ""))
     return 0
 
 

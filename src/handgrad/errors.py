@@ -7,3 +7,7 @@ class DataError(ValueError):
 
 class GradientCheckError(RuntimeError):
     """The hand-written gradients disagree with autograd; training would be meaningless."""
+
+
+class UsageError(ValueError):
+    """The command was used wrongly (a missing file, a class that is not a Module, ...): exit code 2."""

@@ -64,6 +64,8 @@ class TensorCheck:
     autograd: Comparison | None
     fd: Comparison | None
     problem: str = ""  # set when no numbers could be compared (missing or mis-shaped gradient)
+    hand: Tensor | None = field(default=None, repr=False)  # the hand-written gradient
+    reference: Tensor | None = field(default=None, repr=False)  # autograd's
 
     @property
     def passed(self) -> bool:
@@ -77,6 +79,7 @@ class CheckReport:
     module: str
     dtype: torch.dtype
     tensors: list[TensorCheck] = field(default_factory=list)
+    batch_size: int | None = None  # first dim of the first input, for diagnoses like "a missing 1/N"
 
     @property
     def passed(self) -> bool:
@@ -141,7 +144,8 @@ def check_module(module: Module, *inputs: Tensor, dtype: torch.dtype = torch.flo
     diff_inputs = [i for i, x in enumerate(xs) if x.is_floating_point()]
     in_names = ["input"] if len(diff_inputs) == 1 else [f"input[{i}]" for i in diff_inputs]
     params = list(m.named_parameters())
-    report = CheckReport(name or type(module).__name__, dtype)
+    batch = int(inputs[0].shape[0]) if inputs and inputs[0].dim() else None
+    report = CheckReport(name or type(module).__name__, dtype, batch_size=batch)
 
     rng_devices = [device.index or 0] if device is not None and device.type == "cuda" else []
 
@@ -188,15 +192,15 @@ def check_module(module: Module, *inputs: Tensor, dtype: torch.dtype = torch.flo
         if h is None:
             problem = "" if not bool(ref[k].abs().max() > 0) else "hand-written gradient missing (no .g)"
             if problem:
-                report.tensors.append(TensorCheck(tname, shape, None, None, problem))
+                report.tensors.append(TensorCheck(tname, shape, None, None, problem, None, ref[k]))
             else:
                 zero = torch.zeros_like(ref[k])
-                report.tensors.append(TensorCheck(tname, shape, compare(zero, ref[k], tol["autograd"]), None))
+                report.tensors.append(TensorCheck(tname, shape, compare(zero, ref[k], tol["autograd"]), None,
+                                                  "", None, ref[k]))
             continue
         if tuple(h.shape) != shape:
-            report.tensors.append(
-                TensorCheck(tname, shape, None, None, f"gradient has shape {list(h.shape)}, expected {list(shape)}")
-            )
+            problem = f"gradient has shape {list(h.shape)}, expected {list(shape)}"
+            report.tensors.append(TensorCheck(tname, shape, None, None, problem, h, ref[k]))
             continue
         ad = compare(h, ref[k], tol["autograd"])
         fd = None
@@ -217,7 +221,7 @@ def check_module(module: Module, *inputs: Tensor, dtype: torch.dtype = torch.flo
             fd_tol = (tol["fd"][0], FD_NOISE * max(1.0, abs(f0)))
             fd = compare(h.reshape(-1), numeric, fd_tol, mask)
             fd = dataclasses.replace(fd, worst_index=_unravel(fd.worst_index, shape))
-        report.tensors.append(TensorCheck(tname, shape, ad, fd))
+        report.tensors.append(TensorCheck(tname, shape, ad, fd, "", h, ref[k]))
     return report
 
 
