@@ -1,6 +1,6 @@
 """handgrad: neural networks whose every backward pass is written by hand, on PyTorch tensors."""
 
-from . import check, functional, init, interop
+from . import check, functional, init, interop, models
 from .aliases import Lin, Mse, Relu
 from .layers import (GELU, AdaptiveAvgPool2d, AvgPool2d, BatchNorm1d, BatchNorm2d, Conv2d, Dropout, Embedding, Flatten,
                      GeneralRelu, LayerNorm, LeakyReLU, Linear, LogSoftmax, MaxPool2d, ReLU, Residual, Sigmoid, SiLU,
@@ -16,5 +16,5 @@ __all__ = [
     "Flatten", "GeneralRelu", "LayerNorm", "LeakyReLU", "MaxPool2d", "Residual", "Sigmoid", "SiLU", "Softmax", "Tanh",
     "Unflatten", "conv_bn", "res_block",
     "CrossEntropyLoss", "Lin", "Linear", "LogSoftmax", "MSELoss", "Module", "Mse", "NLLLoss", "Parameter",
-    "ReLU", "Relu", "SGD", "Sequential", "WithLoss", "add_grad", "check", "functional", "init", "interop",
+    "ReLU", "Relu", "SGD", "Sequential", "WithLoss", "add_grad", "check", "functional", "init", "interop", "models",
 ]

@@ -147,3 +147,65 @@ def from_torch(module: nn.Module) -> Module:
 
 
 __all__ = ["TorchGeneralRelu", "TorchResidual", "from_torch", "to_torch"]
+
+
+# ------------------------------------------------------------------ handgrad layers inside torch.nn
+
+
+class _HandgradFunction(torch.autograd.Function):
+    """A torch.autograd.Function whose backward is the handgrad module's hand-written one."""
+
+    @staticmethod
+    def forward(ctx, module: Module, n_inputs: int, *tensors: Tensor) -> Tensor:  # type: ignore[override]
+        inputs = [t.detach() for t in tensors[:n_inputs]]
+        ctx.module, ctx.inputs, ctx.rng_state = module, inputs, torch.get_rng_state()
+        return module(*inputs).detach()
+
+    @staticmethod
+    def backward(ctx, dy: Tensor) -> tuple[Tensor | None, ...]:  # type: ignore[override]
+        module, inputs = ctx.module, ctx.inputs
+        params = module.parameters()
+        for p in params:
+            p.g = None  # this call's contribution only: autograd accumulates into .grad itself
+        if any(a is not x for a, x in zip(module.args, inputs)):
+            # another forward ran since (gradcheck perturbing inputs): rebuild this one's saved state,
+            # with the random numbers it drew (dropout masks)
+            with torch.random.fork_rng(devices=[]):
+                torch.set_rng_state(ctx.rng_state)
+                module(*inputs)
+        module.reopen_backward()  # autograd may ask for several backward passes of one forward
+        module.backward(dy.contiguous())
+        d_inputs = [getattr(x, "g", None) if x.is_floating_point() else None for x in inputs]
+        return (None, None, *d_inputs, *(p.g for p in params))
+
+
+class TorchModule(nn.Module):
+    """A handgrad Module running inside torch.nn: autograd calls its hand-written backward.
+
+    The torch parameters share storage with the handgrad ones, so a torch optimizer
+    trains the handgrad module, and `loss.backward()` fills `.grad` from its `.g`.
+    """
+
+    def __init__(self, module: Module) -> None:
+        super().__init__()
+        self.handgrad_module = module  # a plain attribute: not an nn.Module
+        self.names = [n for n, _ in module.named_parameters()]
+        self.params = nn.ParameterList([nn.Parameter(p.data) for p in module.parameters()])
+
+    def forward(self, *inputs: Tensor) -> Tensor:
+        m = self.handgrad_module
+        m.train(self.training)
+        for hp, tp in zip(m.parameters(), self.params):
+            hp.data = tp.data  # follow .to(), .double() and in-place optimizer updates on the torch side
+        return _HandgradFunction.apply(m, len(inputs), *inputs, *self.params)
+
+    def extra_repr(self) -> str:
+        return repr(self.handgrad_module)
+
+
+def wrap(module: Module) -> TorchModule:
+    """Use a handgrad Module (built-in or your own) as a torch.nn.Module trained by autograd."""
+    return TorchModule(module)
+
+
+__all__ += ["TorchModule", "wrap"]

@@ -144,6 +144,16 @@ class Module:
         first = self.args[0] if self.args else None
         return getattr(first, "g", None) if isinstance(first, Tensor) else None
 
+    def reopen_backward(self) -> None:
+        """Allow another backward of the last forward: clear the `.g` of every tensor this module and its
+        sub-modules saw (inputs, outputs, intermediates; not parameters) and the once-per-forward flag.
+        For callers that need several vector-Jacobian products of one forward (torch.autograd.gradcheck)."""
+        for m in self.modules():
+            m._backward_done = False
+            for t in (*getattr(m, "args", ()), getattr(m, "out", None)):
+                if isinstance(t, Tensor) and getattr(t, "g", None) is not None:
+                    t.g = None
+
     # -------------------------------------------------------------- structure
     def named_children(self) -> Iterator[tuple[str, Module]]:
         """Sub-modules held as attributes or in lists/tuples (named `name.i`, as torch's ModuleList)."""

@@ -6,5 +6,7 @@ from .core import TOLERANCES, CheckReport, Comparison, TensorCheck, check_module
 from .diagnose import diagnose, diagnose_report
 from .table import format_table
 
-__all__ = ["BUILTIN_CASES", "Case", "CheckReport", "Comparison", "TOLERANCES", "TensorCheck", "assert_gradients_correct",
-           "builtin_cases", "check_module", "compare", "diagnose", "diagnose_report", "explain", "format_table"]
+__all__ = [
+    "BUILTIN_CASES", "Case", "CheckReport", "Comparison", "TOLERANCES", "TensorCheck", "assert_gradients_correct",
+    "builtin_cases", "check_module", "compare", "diagnose", "diagnose_report", "explain", "format_table",
+]
