@@ -63,6 +63,8 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--torch-twin", action="store_true",
                    help="also train the same model in torch.nn with autograd and compare")
     t.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bars")
+    t.add_argument("--stats", default=None, metavar="PNG",
+                   help="record per-layer activation statistics and save their plot (means, stds, histograms)")
 
     c = sub.add_parser("check", help="verify a layer's hand-written backward against autograd and finite "
                                      "differences (default: every built-in layer)")
@@ -74,6 +76,21 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("--args", default=None, help="TARGET's constructor arguments as JSON, e.g. '{\"n_in\": 16}'")
     c.add_argument("--seed", type=int, default=0)
     c.add_argument("--repeats", type=int, default=2, help="built-in layers: random shapes per layer")
+
+    tr = sub.add_parser("trace", help="one forward and backward: every layer's shapes, statistics and gradients")
+    tr.add_argument("target", nargs="?", default=None,
+                    help="your model: path/to/file.py:ClassName or package.module:ClassName (default: --model)")
+    tr.add_argument("--model", default="mlp", choices=["mlp", "cnn"], help="built-in model (default: the seeds' MLP)")
+    tr.add_argument("--hidden", type=_hidden, default=d.hidden)
+    tr.add_argument("--channels", type=_hidden, default=d.channels)
+    tr.add_argument("--input-shape", default=None, help="TARGET: input shape, e.g. 64,784")
+    tr.add_argument("--args", default=None, help="TARGET's constructor arguments as JSON")
+    tr.add_argument("--bs", type=int, default=64, help="built-in model: batch size")
+    tr.add_argument("--dataset", default="auto", choices=["auto", "mnist", "fashion-mnist"])
+    tr.add_argument("--seed", type=int, default=0)
+
+    dv = sub.add_parser("derive", help="sympy's derivative of an activation, checked against its hand-written backward")
+    dv.add_argument("name", nargs="?", default=None, help="relu, leaky_relu, gelu, ... (none: all of them)")
 
     dd = sub.add_parser("data", help="find (or download) a data set and say where it is")
     dd.add_argument("name", choices=["mnist", "fashion-mnist"])
@@ -152,6 +169,64 @@ def _check_target(args: argparse.Namespace) -> int:
     return 0
 
 
+def _trace(args: argparse.Namespace) -> int:
+    from .losses import CrossEntropyLoss
+    from .models import cnn, mlp
+    from .trace import format_trace, trace
+
+    gen = torch.Generator().manual_seed(args.seed)
+    if args.target is not None:
+        from .check.target import instantiate, load_class, parse_args, parse_shape
+
+        model = instantiate(load_class(args.target), parse_args(args.args))
+        if args.input_shape is None:
+            raise UsageError("--input-shape is needed with a TARGET, e.g. --input-shape 64,784")
+        x = torch.randn(parse_shape(args.input_shape), generator=gen)
+        try:
+            rows = trace(model, x, seed=args.seed)
+        except Exception as e:
+            raise UsageError(f"{type(model).__name__} failed on an input of shape {list(x.shape)}: "
+                             f"{type(e).__name__}: {e}") from None
+        print(f"{type(model).__name__} on a random input {list(x.shape)}, backward from a random output gradient")
+    else:
+        if args.bs < 1:
+            raise UsageError(f"--bs must be a positive integer, got {args.bs}")
+        torch.manual_seed(args.seed)
+        model = mlp(784, args.hidden, 10) if args.model == "mlp" else cnn(10, args.channels)
+        x, y, source = _first_batch(args.dataset, args.bs, gen)
+        rows = trace(model, x, y, CrossEntropyLoss())
+        print(f"{args.model} on {source}, batch {list(x.shape)}, backward from the cross-entropy loss")
+    print(format_trace(rows))
+    return 0
+
+
+def _first_batch(dataset: str, bs: int, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor, str]:
+    """A real batch where data can be found (no download), else random images and labels."""
+    from .data import load_dataset, locate
+
+    names = ["mnist", "fashion-mnist"] if dataset == "auto" else [dataset]
+    for name in names:
+        if locate(name) is not None:
+            data = load_dataset(name, allow_download=False).normalized()
+            return data.x_train[:bs], data.y_train[:bs], f"the first {bs} {name} training images"
+    return torch.randn(bs, 784, generator=gen), torch.randint(0, 10, (bs,), generator=gen), "random images"
+
+
+def _derive(args: argparse.Namespace) -> int:
+    from .derive import ACTIVATIONS, derive
+
+    names = [args.name] if args.name else list(ACTIVATIONS)
+    failed = 0
+    for name in names:
+        d = derive(name)
+        print(f"{name}:  d/dx {d.forward}  =  {d.derivative}")
+        verdict = "matches" if d.passed else "DIFFERS from"
+        print(f"    hand-written backward {verdict} it at {d.points} points in [-6, 6]: max abs err "
+              f"{d.max_abs_err:.1e} (at x = {d.worst_x:.3f})")
+        failed += not d.passed
+    return 1 if failed else 0
+
+
 def _data(args: argparse.Namespace) -> int:
     from .data import load_dataset
 
@@ -164,7 +239,8 @@ def _data(args: argparse.Namespace) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
-        return {"train": _train, "check": _check, "data": _data}[args.command](args)
+        commands = {"train": _train, "check": _check, "trace": _trace, "derive": _derive, "data": _data}
+        return commands[args.command](args)
     except (DataError, GradientCheckError) as e:
         print(f"handgrad: error: {e}", file=sys.stderr)
         return 1

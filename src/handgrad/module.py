@@ -79,6 +79,7 @@ class Module:
     """
 
     training: bool = True
+    _call_log: list[list[Module]] = []  # filled only inside handgrad.trace.recording()
 
     def __init__(self) -> None:
         self.training = True
@@ -92,6 +93,9 @@ class Module:
         self.args = args
         self.out = out
         self._backward_done = False
+        if Module._call_log:
+            for log in Module._call_log:
+                log.append(self)
         return out
 
     def forward(self, *args: Any) -> Any:

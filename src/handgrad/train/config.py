@@ -33,6 +33,7 @@ class TrainConfig:
     download: bool = True
     normalize: bool = True  # standardise images with the training set's mean and std
     subset: int | None = None  # train on the first N training images only (quick runs)
+    stats: str | None = None  # write a PNG of per-layer activation statistics over training here
 
     def validate(self) -> None:
         if self.model not in MODELS:

@@ -76,10 +76,12 @@ def cosine_schedule(base_lr: float, total_steps: int) -> Callable[[int], float]:
 
 def fit(model: Module, loss_fn: Module, opt: SGD, train_batches: Iterable[tuple[Tensor, Tensor]],
         x_valid: Tensor, y_valid: Tensor, epochs: int, n_classes: int, progress: bool = True,
-        log: Callable[[str], None] = print, lr_at: Callable[[int], float] | None = None) -> list[EpochStats]:
+        log: Callable[[str], None] = print, lr_at: Callable[[int], float] | None = None,
+        after_batch: Callable[[], None] | None = None) -> list[EpochStats]:
     """Train for `epochs`, logging one line per epoch; returns the per-epoch statistics.
 
-    lr_at(t), when given, sets the learning rate before step t (t counts from 0 over the whole run).
+    lr_at(t), when given, sets the learning rate before step t (t counts from 0 over the whole run);
+    after_batch(), when given, runs after every step (e.g. ActivationStats.record).
     """
     step = WithLoss(model, loss_fn)
     history = []
@@ -95,6 +97,8 @@ def fit(model: Module, loss_fn: Module, opt: SGD, train_batches: Iterable[tuple[
                 opt.lr = lr_at(t)
             t += 1
             loss = train_step(step, opt, xb, yb)
+            if after_batch is not None:
+                after_batch()
             total += loss.double() * xb.shape[0]
             seen += xb.shape[0]
             if i % 50 == 0:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from pathlib import Path
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -17,6 +18,7 @@ from ..optim import SGD
 from .config import TrainConfig
 from ..models import cnn, mlp
 from .loop import EpochStats, cosine_schedule, fit, make_loss, n_outputs
+from .stats import ActivationStats
 from .twin import fit_torch
 
 
@@ -73,6 +75,8 @@ def first_batch_check(model: Module, loss_fn: Module, xb: torch.Tensor, yb: torc
 
 def run(cfg: TrainConfig, log: Callable[[str], None] = print, progress: bool = True) -> RunResult:
     cfg.validate()
+    if cfg.stats is not None and Path(cfg.stats).exists():
+        raise ValueError(f"--stats {cfg.stats}: the file exists; choose another name or remove it")
     device = resolve_device(cfg.device)
     start = time.perf_counter()
     data = resolve_dataset(cfg, log)
@@ -109,8 +113,11 @@ def run(cfg: TrainConfig, log: Callable[[str], None] = print, progress: bool = T
 
     opt = SGD(model.parameters(), lr=cfg.learning_rate, momentum=cfg.sgd_momentum, weight_decay=cfg.sgd_weight_decay)
     lr_at = cosine_schedule(cfg.learning_rate, cfg.epochs * len(train_dl)) if cfg.lr_schedule == "cosine" else None
+    stats = ActivationStats(model) if cfg.stats is not None else None
     history = fit(model, loss_fn, opt, train_dl, data.x_valid, data.y_valid, cfg.epochs, n_classes, progress, log,
-                  lr_at)
+                  lr_at, stats.record if stats is not None else None)
+    if stats is not None:
+        log(f"activation statistics of {len(stats.layers)} layers over {len(stats)} batches: {stats.plot(cfg.stats)}")
     result = RunResult(cfg, data.name, model, history, seconds=time.perf_counter() - start)
     last = history[-1]
     log(f"done: {data.name} {sizes} {cfg.loss}, {cfg.epochs} epochs in {sum(h.seconds for h in history):.1f}s "
