@@ -14,7 +14,7 @@ from dataclasses import fields
 
 import torch
 
-from .errors import DataError, GradientCheckError, UsageError
+from .errors import DataError, GradientCheckError, TrainingError, UsageError
 from .train.config import LOSSES, TrainConfig
 
 
@@ -44,14 +44,26 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--loss", default=d.loss, choices=LOSSES)
     t.add_argument("--epochs", type=int, default=d.epochs)
     t.add_argument("--bs", type=int, default=d.bs, help="batch size (default 64 for the MLP, 128 for the CNN)")
+    t.add_argument("--opt", default=d.opt, choices=["sgd", "adam", "adamw"], help="optimizer (default sgd)")
     t.add_argument("--lr", type=float, default=d.lr,
-                   help="learning rate (default 0.1, or 0.01 with mse)")
+                   help="learning rate, the peak with one-cycle (default: sgd 0.1, 0.01 with mse; adam(w) 0.003)")
     t.add_argument("--momentum", type=float, default=d.momentum, help="SGD momentum (default 0 for the MLP, "
                    "0.9 for the CNN)")
     t.add_argument("--weight-decay", type=float, default=d.weight_decay,
-                   help="SGD weight decay (default 0 for the MLP, 5e-4 for the CNN)")
-    t.add_argument("--schedule", default=d.schedule, choices=["constant", "cosine"],
-                   help="learning-rate schedule (default constant for the MLP, cosine decay for the CNN)")
+                   help="weight decay (default: sgd 0 for the MLP, 5e-4 for the CNN; adamw 0.01)")
+    t.add_argument("--schedule", default=d.schedule, choices=["constant", "one-cycle", "cosine", "step"],
+                   help="learning-rate schedule, per batch (default constant for the MLP, cosine for the CNN)")
+    t.add_argument("--warmup", type=int, default=d.warmup, help="cosine: warm-up steps")
+    t.add_argument("--clip", type=float, default=d.clip, help="clip the gradients' global norm to this")
+    t.add_argument("--patience", type=int, default=d.patience,
+                   help="early stopping: epochs without a better valid loss")
+    t.add_argument("--out", default=d.out, metavar="DIR",
+                   help="run folder: config, metrics, checkpoints (safetensors) and plots")
+    t.add_argument("--overwrite", action="store_true", help="replace an existing run folder")
+    t.add_argument("--resume", default=None, metavar="DIR",
+                   help="continue the run in DIR from its last checkpoint (its own config is used)")
+    t.add_argument("--save-every", type=int, default=d.save_every, metavar="N",
+                   help="also checkpoint every N batches (default: at the end of each epoch)")
     t.add_argument("--seed", type=int, default=d.seed)
     t.add_argument("--device", default=d.device, help="cpu, cuda or cuda:N")
     t.add_argument("--init", default=d.init, choices=["kaiming", "randn", "torch"])
@@ -103,7 +115,7 @@ def _train(args: argparse.Namespace) -> int:
     from .train.run import run
 
     cfg = TrainConfig(**{f.name: getattr(args, f.name) for f in fields(TrainConfig)})
-    run(cfg, progress=args.progress)
+    run(cfg, progress=args.progress, overwrite=args.overwrite, resume=args.resume)
     return 0
 
 
@@ -241,7 +253,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         commands = {"train": _train, "check": _check, "trace": _trace, "derive": _derive, "data": _data}
         return commands[args.command](args)
-    except (DataError, GradientCheckError) as e:
+    except (DataError, GradientCheckError, TrainingError) as e:
         print(f"handgrad: error: {e}", file=sys.stderr)
         return 1
     except ValueError as e:

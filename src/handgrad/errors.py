@@ -11,3 +11,7 @@ class GradientCheckError(RuntimeError):
 
 class UsageError(ValueError):
     """The command was used wrongly (a missing file, a class that is not a Module, ...): exit code 2."""
+
+
+class TrainingError(RuntimeError):
+    """Training cannot go on (a non-finite loss or gradient, divergence): said in one line."""

@@ -91,6 +91,8 @@ class Dataset:
     y_valid: Tensor
     x_test: Tensor | None = None
     y_test: Tensor | None = None
+    mean: float | None = None  # set by normalized(): what was subtracted ...
+    std: float | None = None  # ... and divided by
 
     def to(self, device: torch.device | str) -> "Dataset":
         moved = {k: (v.to(device) if isinstance(v, Tensor) else v) for k, v in vars(self).items()}
@@ -98,15 +100,15 @@ class Dataset:
 
     def normalized(self) -> "Dataset":
         """Images standardised with the training set's mean and std (one scalar each), as SGD likes them."""
-        mean, std = self.x_train.mean(), self.x_train.std()
+        mean, std = float(self.x_train.mean()), float(self.x_train.std())
         norm = lambda x: None if x is None else (x - mean) / std  # noqa: E731
         return Dataset(self.name, self.source, self.classes, norm(self.x_train), self.y_train, norm(self.x_valid),
-                       self.y_valid, norm(self.x_test), self.y_test)
+                       self.y_valid, norm(self.x_test), self.y_test, mean, std)
 
     def subset(self, n_train: int, n_valid: int) -> "Dataset":
         """The first n_train training and n_valid validation samples (views, no copies)."""
         return Dataset(self.name, self.source, self.classes, self.x_train[:n_train], self.y_train[:n_train],
-                       self.x_valid[:n_valid], self.y_valid[:n_valid], self.x_test, self.y_test)
+                       self.x_valid[:n_valid], self.y_valid[:n_valid], self.x_test, self.y_test, self.mean, self.std)
 
 
 # ------------------------------------------------------------------ parsing

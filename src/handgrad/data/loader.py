@@ -37,14 +37,19 @@ class DataLoader:
         return torch.randperm(self.x.shape[0], generator=gen)
 
     def __iter__(self) -> Iterator[tuple[Tensor, Tensor]]:
+        batches = self.epoch_batches(self.epoch)
+        self.epoch += 1
+        return batches
+
+    def epoch_batches(self, epoch: int, start: int = 0) -> Iterator[tuple[Tensor, Tensor]]:
+        """The batches of `epoch` from batch number `start` on (to resume in the middle of an epoch)."""
         n, bs = self.x.shape[0], self.batch_size
         stop = n - n % bs if self.drop_last else n
         if self.shuffle:
-            order = self.order(self.epoch).to(self.x.device)
-            self.epoch += 1
-            for i in range(0, stop, bs):
+            order = self.order(epoch).to(self.x.device)
+            for i in range(start * bs, stop, bs):
                 idx = order[i:i + bs]
                 yield self.x[idx], self.y[idx]  # one gather per batch: the copy shuffling needs
         else:
-            for i in range(0, stop, bs):
+            for i in range(start * bs, stop, bs):
                 yield self.x[i:i + bs], self.y[i:i + bs]

@@ -1,8 +1,10 @@
-"""Training: config, loop, the torch twin, and whole runs."""
+"""Training: config, Learner and callbacks, run folders, the torch twin, and whole runs."""
 
-from .config import TrainConfig
 from ..models import cnn, mlp
+from .config import TrainConfig
+from .learner import Callback, CancelBatch, CancelEpoch, CancelFit, Learner
 from .loop import EpochStats, evaluate, fit, make_loss, train_step
 from .run import RunResult, run
 
-__all__ = ["EpochStats", "RunResult", "TrainConfig", "cnn", "evaluate", "fit", "make_loss", "mlp", "run", "train_step"]
+__all__ = ["Callback", "CancelBatch", "CancelEpoch", "CancelFit", "EpochStats", "Learner", "RunResult",
+           "TrainConfig", "cnn", "evaluate", "fit", "make_loss", "mlp", "run", "train_step"]

@@ -1,17 +1,18 @@
-"""The typed configuration behind `handgrad train`."""
+"""The typed configuration behind `handgrad train`, saved in every run folder."""
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 
 LOSSES = ("cross-entropy", "mse")
 MODELS = ("mlp", "cnn")
-SCHEDULES = ("constant", "cosine")
+OPTIMIZERS = ("sgd", "adam", "adamw")
+SCHEDULES = ("constant", "one-cycle", "cosine", "step")
 
 
 @dataclass
 class TrainConfig:
-    """Everything one training run depends on; saved with the run and printed at its start."""
+    """Everything one training run depends on. Fields left None take the defaults of the model / optimizer."""
 
     dataset: str = "auto"  # mnist | fashion-mnist | auto (mnist where found or downloadable, else fashion-mnist)
     data: str | None = None  # explicit file or folder
@@ -21,10 +22,14 @@ class TrainConfig:
     loss: str = "cross-entropy"  # or "mse", as in the seeds: one output regressing the class index
     epochs: int = 5
     bs: int | None = None  # default: 64 for the MLP (the seeds'), 128 for the CNN
-    lr: float | None = None  # default: 0.1 with cross-entropy, 0.01 with mse
-    momentum: float | None = None  # default: 0 for the MLP (the seeds' plain SGD), 0.9 for the CNN
-    weight_decay: float | None = None  # default: 0 for the MLP, 5e-4 for the CNN
-    schedule: str | None = None  # constant | cosine; default: constant for the MLP, cosine for the CNN
+    opt: str = "sgd"  # sgd | adam | adamw
+    lr: float | None = None  # default: sgd 0.1 (0.01 with mse); adam/adamw 0.003 (peak lr with one-cycle)
+    momentum: float | None = None  # sgd default: 0 for the MLP (the seeds' plain SGD), 0.9 for the CNN
+    weight_decay: float | None = None  # default: sgd 0 for the MLP, 5e-4 for the CNN; adamw 0.01; adam 0
+    schedule: str | None = None  # constant | one-cycle | cosine | step; default: constant (MLP), cosine (CNN)
+    warmup: int = 0  # cosine: warm-up steps
+    clip: float | None = None  # clip the gradients' global norm
+    patience: int | None = None  # early stopping after this many epochs without a better valid loss
     seed: int = 42
     device: str = "cpu"
     init: str = "kaiming"
@@ -34,30 +39,33 @@ class TrainConfig:
     normalize: bool = True  # standardise images with the training set's mean and std
     subset: int | None = None  # train on the first N training images only (quick runs)
     stats: str | None = None  # write a PNG of per-layer activation statistics over training here
+    out: str | None = None  # run folder: config, metrics, checkpoints, plots
+    save_every: int = 0  # also checkpoint every N batches (0: at the end of each epoch only)
 
     def validate(self) -> None:
-        if self.model not in MODELS:
-            raise ValueError(f"--model must be one of {', '.join(MODELS)}, got {self.model!r}")
-        if not self.channels or any(c < 1 for c in self.channels):
-            raise ValueError(f"--channels must be positive, got {self.channels}")
-        if self.schedule not in (None, *SCHEDULES):
-            raise ValueError(f"--schedule must be one of {', '.join(SCHEDULES)}, got {self.schedule!r}")
-        if self.loss not in LOSSES:
-            raise ValueError(f"--loss must be one of {', '.join(LOSSES)}, got {self.loss!r}")
-        if self.epochs < 1:
-            raise ValueError(f"--epochs must be at least 1, got {self.epochs}")
-        if self.bs is not None and self.bs < 1:
-            raise ValueError(f"--bs must be a positive integer, got {self.bs}")
-        if self.lr is not None and not self.lr > 0:
-            raise ValueError(f"--lr must be positive, got {self.lr}")
-        if any(h < 1 for h in self.hidden):
-            raise ValueError(f"--hidden sizes must be positive, got {self.hidden}")
-        if self.momentum is not None and not 0 <= self.momentum < 1:
-            raise ValueError(f"--momentum must be in [0, 1), got {self.momentum}")
-        if self.weight_decay is not None and self.weight_decay < 0:
-            raise ValueError(f"--weight-decay must be >= 0, got {self.weight_decay}")
-        if self.subset is not None and self.subset < 1:
-            raise ValueError(f"--subset must be positive, got {self.subset}")
+        def check(ok: bool, message: str) -> None:
+            if not ok:
+                raise ValueError(message)
+
+        check(self.model in MODELS, f"--model must be one of {', '.join(MODELS)}, got {self.model!r}")
+        check(bool(self.channels) and all(c >= 1 for c in self.channels), f"--channels must be positive, got "
+              f"{self.channels}")
+        check(self.opt in OPTIMIZERS, f"--opt must be one of {', '.join(OPTIMIZERS)}, got {self.opt!r}")
+        check(self.schedule in (None, *SCHEDULES), f"--schedule must be one of {', '.join(SCHEDULES)}, got "
+              f"{self.schedule!r}")
+        check(self.loss in LOSSES, f"--loss must be one of {', '.join(LOSSES)}, got {self.loss!r}")
+        check(self.epochs >= 1, f"--epochs must be at least 1, got {self.epochs}")
+        check(self.bs is None or self.bs >= 1, f"--bs must be a positive integer, got {self.bs}")
+        check(self.lr is None or self.lr > 0, f"--lr must be positive, got {self.lr}")
+        check(all(h >= 1 for h in self.hidden), f"--hidden sizes must be positive, got {self.hidden}")
+        check(self.momentum is None or 0 <= self.momentum < 1, f"--momentum must be in [0, 1), got {self.momentum}")
+        check(self.weight_decay is None or self.weight_decay >= 0, f"--weight-decay must be >= 0, got "
+              f"{self.weight_decay}")
+        check(self.clip is None or self.clip > 0, f"--clip must be positive, got {self.clip}")
+        check(self.patience is None or self.patience >= 1, f"--patience must be at least 1, got {self.patience}")
+        check(self.warmup >= 0, f"--warmup must be >= 0, got {self.warmup}")
+        check(self.save_every >= 0, f"--save-every must be >= 0, got {self.save_every}")
+        check(self.subset is None or self.subset >= 1, f"--subset must be positive, got {self.subset}")
 
     @property
     def batch_size(self) -> int:
@@ -69,6 +77,8 @@ class TrainConfig:
     def learning_rate(self) -> float:
         if self.lr is not None:
             return self.lr
+        if self.opt in ("adam", "adamw"):
+            return 3e-3
         return 0.01 if self.loss == "mse" else 0.1
 
     @property
@@ -78,10 +88,12 @@ class TrainConfig:
         return 0.9 if self.model == "cnn" else 0.0
 
     @property
-    def sgd_weight_decay(self) -> float:
+    def decay(self) -> float:
         if self.weight_decay is not None:
             return self.weight_decay
-        return 5e-4 if self.model == "cnn" else 0.0
+        if self.opt == "adamw":
+            return 0.01
+        return 5e-4 if self.model == "cnn" and self.opt == "sgd" else 0.0
 
     @property
     def lr_schedule(self) -> str:
@@ -91,3 +103,8 @@ class TrainConfig:
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "TrainConfig":
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in known})

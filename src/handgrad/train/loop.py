@@ -1,19 +1,20 @@
-"""The training loop: forward, loss, hand-written backward, SGD step. No autograd anywhere."""
+"""Training pieces: per-epoch statistics, evaluation, one step, and fit (a Learner with the usual callbacks).
+
+No autograd anywhere: forward, loss, hand-written backward, in-place optimizer step."""
 
 from __future__ import annotations
 
-import math
-import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 from torch import Tensor
-from tqdm.auto import tqdm
 
+from ..data import DataLoader
 from ..losses import CrossEntropyLoss, MSELoss
 from ..module import Module, WithLoss
-from ..optim import SGD
+from ..optim import Optimizer
+from ..schedules import Schedule
 
 
 @dataclass
@@ -60,7 +61,7 @@ def evaluate(forward: Callable[[Tensor], Tensor], loss: Callable[[Tensor, Tensor
     return float(total_loss) / n, int(correct) / n
 
 
-def train_step(step: WithLoss, opt: SGD, xb: Tensor, yb: Tensor) -> Tensor:
+def train_step(step: WithLoss, opt: Optimizer, xb: Tensor, yb: Tensor) -> Tensor:
     """One step: loss = step(xb, yb); every .g from the hand-written backward; p -= lr * p.g."""
     loss = step(xb, yb)
     opt.zero_grad()
@@ -69,46 +70,17 @@ def train_step(step: WithLoss, opt: SGD, xb: Tensor, yb: Tensor) -> Tensor:
     return loss
 
 
-def cosine_schedule(base_lr: float, total_steps: int) -> Callable[[int], float]:
-    """lr(t) = base_lr * (1 + cos(pi t / T)) / 2: from base_lr down to 0 over T steps."""
-    return lambda t: base_lr * 0.5 * (1.0 + math.cos(math.pi * min(t, total_steps) / total_steps))
+def fit(model: Module, loss_fn: Module, opt: Optimizer, train_dl: DataLoader, x_valid: Tensor, y_valid: Tensor,
+        epochs: int, n_classes: int, progress: bool = True, log: Callable[[str], None] = print,
+        schedule: Schedule | None = None) -> list[EpochStats]:
+    """Train for `epochs` with a Learner (metrics, progress, the non-finite guard, an optional schedule);
+    logs one line per epoch and returns the per-epoch statistics."""
+    from .callbacks import MetricsCB, NonFiniteGuardCB, ProgressCB, ScheduleCB
+    from .learner import Learner
 
-
-def fit(model: Module, loss_fn: Module, opt: SGD, train_batches: Iterable[tuple[Tensor, Tensor]],
-        x_valid: Tensor, y_valid: Tensor, epochs: int, n_classes: int, progress: bool = True,
-        log: Callable[[str], None] = print, lr_at: Callable[[int], float] | None = None,
-        after_batch: Callable[[], None] | None = None) -> list[EpochStats]:
-    """Train for `epochs`, logging one line per epoch; returns the per-epoch statistics.
-
-    lr_at(t), when given, sets the learning rate before step t (t counts from 0 over the whole run);
-    after_batch(), when given, runs after every step (e.g. ActivationStats.record).
-    """
-    step = WithLoss(model, loss_fn)
-    history = []
-    t = 0
-    for epoch in range(1, epochs + 1):
-        start = time.perf_counter()
-        model.train()
-        total = torch.zeros((), dtype=torch.float64, device=x_valid.device)
-        seen = 0
-        bar = tqdm(train_batches, desc=f"epoch {epoch}/{epochs}", leave=False, disable=None if progress else True)
-        for i, (xb, yb) in enumerate(bar):
-            if lr_at is not None:
-                opt.lr = lr_at(t)
-            t += 1
-            loss = train_step(step, opt, xb, yb)
-            if after_batch is not None:
-                after_batch()
-            total += loss.double() * xb.shape[0]
-            seen += xb.shape[0]
-            if i % 50 == 0:
-                bar.set_postfix(loss=f"{float(loss):.4f}")
-        model.eval()
-        valid_loss, valid_acc = evaluate(model, loss_fn, x_valid, y_valid, n_classes)
-        stats = EpochStats(epoch, float(total) / max(seen, 1), valid_loss, valid_acc, time.perf_counter() - start)
-        history.append(stats)
-        log(stats.line(epochs))
-        if not math.isfinite(stats.train_loss):
-            raise ValueError(f"training diverged: the loss became {stats.train_loss} in epoch {epoch}; "
-                             f"try a smaller --lr (it was {opt.lr})")
-    return history
+    metrics = MetricsCB(log)
+    callbacks = [metrics, NonFiniteGuardCB()] + ([ProgressCB()] if progress else [])
+    if schedule is not None:
+        callbacks.append(ScheduleCB(schedule))
+    Learner(model, loss_fn, opt, train_dl, x_valid, y_valid, n_classes, callbacks).fit(epochs)
+    return metrics.history

@@ -1,11 +1,12 @@
-"""One training run from a TrainConfig: data, model, first-batch gradient check, training, summary."""
+"""One training run from a TrainConfig: data, model, first-batch gradient check, training, summary,
+and with a run folder: metrics, checkpoints (exact resume) and plots."""
 
 from __future__ import annotations
 
 import time
-from pathlib import Path
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import torch
 
@@ -13,11 +14,16 @@ from ..check import check_module
 from ..data import DataLoader, Dataset, load_dataset, locate
 from ..errors import DataError, GradientCheckError
 from ..interop import to_torch
-from ..module import Module, WithLoss
-from ..optim import SGD
-from .config import TrainConfig
 from ..models import cnn, mlp
-from .loop import EpochStats, cosine_schedule, fit, make_loss, n_outputs
+from ..module import Module, WithLoss
+from ..optim import SGD, Adam, AdamW, Optimizer
+from ..schedules import make_schedule
+from .callbacks import (CheckpointCB, ClipGradCB, EarlyStoppingCB, LambdaCB, MetricsCB, NonFiniteGuardCB, ProgressCB,
+                        ScheduleCB, restore)
+from .config import TrainConfig
+from .learner import Callback, Learner
+from .loop import EpochStats, make_loss, n_outputs, predict_classes
+from .runfolder import RunFolder
 from .stats import ActivationStats
 from .twin import fit_torch
 
@@ -30,6 +36,7 @@ class RunResult:
     history: list[EpochStats]
     twin_history: list[EpochStats] = field(default_factory=list)
     seconds: float = 0.0
+    folder: Path | None = None
 
     @property
     def valid_acc(self) -> float:
@@ -61,6 +68,39 @@ def resolve_dataset(cfg: TrainConfig, log: Callable[[str], None]) -> Dataset:
         return load_dataset("fashion-mnist", allow_download=cfg.download)
 
 
+def prepare_data(cfg: TrainConfig, device: torch.device, log: Callable[[str], None]) -> Dataset:
+    data = resolve_dataset(cfg, log)
+    if cfg.subset is not None:
+        data = data.subset(cfg.subset, data.x_valid.shape[0])
+    if cfg.normalize:
+        data = data.normalized()
+    return data.to(device)
+
+
+def build_model(cfg: TrainConfig, n_in: int, n_classes: int) -> tuple[Module, str]:
+    """The model a config describes, initialised from cfg.seed, and its one-line name."""
+    n_out = n_outputs(cfg.loss, n_classes)
+    torch.manual_seed(cfg.seed)
+    if cfg.model == "cnn":
+        side = int(round(n_in ** 0.5))
+        return cnn(n_out, cfg.channels, (1, side, side)), "CNN " + "-".join(str(c) for c in cfg.channels)
+    return mlp(n_in, cfg.hidden, n_out, cfg.init), "-".join(str(s) for s in [n_in, *cfg.hidden, n_out]) + " MLP"
+
+
+def build_optimizer(cfg: TrainConfig, model: Module) -> Optimizer:
+    if cfg.opt == "sgd":
+        return SGD(model.parameters(), cfg.learning_rate, momentum=cfg.sgd_momentum, weight_decay=cfg.decay)
+    cls = Adam if cfg.opt == "adam" else AdamW
+    return cls(model.parameters(), cfg.learning_rate, weight_decay=cfg.decay)
+
+
+def torch_optimizer(cfg: TrainConfig, params) -> torch.optim.Optimizer:
+    if cfg.opt == "sgd":
+        return torch.optim.SGD(params, cfg.learning_rate, momentum=cfg.sgd_momentum, weight_decay=cfg.decay)
+    cls = torch.optim.Adam if cfg.opt == "adam" else torch.optim.AdamW
+    return cls(params, cfg.learning_rate, weight_decay=cfg.decay)
+
+
 def first_batch_check(model: Module, loss_fn: Module, xb: torch.Tensor, yb: torch.Tensor) -> str:
     """Check the hand-written gradients on one batch against autograd in float64; one line, or GradientCheckError."""
     report = check_module(WithLoss(model, loss_fn), xb.cpu(), yb.cpu(), dtype=torch.float64,
@@ -73,63 +113,95 @@ def first_batch_check(model: Module, loss_fn: Module, xb: torch.Tensor, yb: torc
             f"autograd (max rel err {report.worst_rel('autograd'):.1e})")
 
 
-def run(cfg: TrainConfig, log: Callable[[str], None] = print, progress: bool = True) -> RunResult:
+def run(cfg: TrainConfig, log: Callable[[str], None] = print, progress: bool = True, overwrite: bool = False,
+        resume: str | Path | None = None) -> RunResult:
+    """Train as `cfg` says. With resume, continue the run in that folder from its checkpoint (cfg is ignored:
+    the folder's own config is used)."""
+    folder = None
+    if resume is not None:
+        folder = RunFolder.open(resume)
+        cfg = TrainConfig.from_dict(folder.read_config())
+        cfg.out = str(folder.path)
     cfg.validate()
-    if cfg.stats is not None and Path(cfg.stats).exists():
+    if cfg.stats is not None and Path(cfg.stats).exists() and resume is None:
         raise ValueError(f"--stats {cfg.stats}: the file exists; choose another name or remove it")
     device = resolve_device(cfg.device)
-    start = time.perf_counter()
-    data = resolve_dataset(cfg, log)
-    if cfg.subset is not None:
-        data = data.subset(cfg.subset, data.x_valid.shape[0])
-    if cfg.normalize:
-        data = data.normalized()
-    data = data.to(device)
-    n_in, n_classes = data.x_train.shape[1], len(data.classes)
-    n_out = n_outputs(cfg.loss, n_classes)
+    if resume is None and cfg.out is not None:
+        folder = RunFolder.create(cfg.out, overwrite)
+        folder.write_config(cfg.to_dict())
+    checkpoint = folder.load_checkpoint() if resume is not None else None
 
-    torch.manual_seed(cfg.seed)
-    if cfg.model == "cnn":
-        side = int(round(n_in ** 0.5))
-        model = cnn(n_out, cfg.channels, (1, side, side)).to(device)
-        sizes = "CNN " + "-".join(str(c) for c in cfg.channels)
-    else:
-        model = mlp(n_in, cfg.hidden, n_out, cfg.init).to(device)
-        sizes = "-".join(str(s) for s in [n_in, *cfg.hidden, n_out]) + " MLP"
+    start = time.perf_counter()
+    data = prepare_data(cfg, device, log)
+    n_in, n_classes = data.x_train.shape[1], len(data.classes)
+    model, name = build_model(cfg, n_in, n_classes)
+    model.to(device)
     loss_fn = make_loss(cfg.loss)
     n_params = sum(p.numel() for p in model.parameters())
-    log(f"training {sizes} ({n_params} parameters) with {cfg.loss} on {data.name} ({data.source}): "
-        f"{data.x_train.shape[0]} train, "
-        f"{data.x_valid.shape[0]} valid; {cfg.epochs} epochs, bs {cfg.batch_size}, SGD lr {cfg.learning_rate} "
-        f"({cfg.lr_schedule}) momentum "
-        f"{cfg.sgd_momentum} weight decay {cfg.sgd_weight_decay}, seed {cfg.seed}, "
-        f"device {device}")
-    twin = to_torch(model) if cfg.torch_twin else None  # initial weights, before any step
+    bs, lr = cfg.batch_size, cfg.learning_rate
+    opt_desc = f"{cfg.opt.upper() if cfg.opt == 'sgd' else {'adam': 'Adam', 'adamw': 'AdamW'}[cfg.opt]} lr {lr} " \
+               f"({cfg.lr_schedule})" + (f" momentum {cfg.sgd_momentum}" if cfg.opt == "sgd" else "") + \
+               f" weight decay {cfg.decay}"
+    log(f"{'resuming' if checkpoint else 'training'} {name} ({n_params} parameters) with {cfg.loss} on {data.name} "
+        f"({data.source}): {data.x_train.shape[0]} train, {data.x_valid.shape[0]} valid; {cfg.epochs} epochs, "
+        f"bs {bs}, {opt_desc}, seed {cfg.seed}, device {device}" + (f"; run folder {folder.path}" if folder else ""))
+    twin = to_torch(model) if cfg.torch_twin and checkpoint is None else None  # initial weights
 
-    train_dl = DataLoader(data.x_train, data.y_train, cfg.batch_size, shuffle=True, seed=cfg.seed)
-    if cfg.check:
-        xb, yb = next(iter(DataLoader(data.x_train, data.y_train, cfg.batch_size, shuffle=True, seed=cfg.seed)))
+    train_dl = DataLoader(data.x_train, data.y_train, bs, shuffle=True, seed=cfg.seed)
+    if cfg.check and checkpoint is None:
+        xb, yb = next(train_dl.epoch_batches(0))
         log(first_batch_check(model, loss_fn, xb, yb))
 
-    opt = SGD(model.parameters(), lr=cfg.learning_rate, momentum=cfg.sgd_momentum, weight_decay=cfg.sgd_weight_decay)
-    lr_at = cosine_schedule(cfg.learning_rate, cfg.epochs * len(train_dl)) if cfg.lr_schedule == "cosine" else None
+    opt = build_optimizer(cfg, model)
+    schedule = make_schedule(cfg.lr_schedule, lr, cfg.epochs * len(train_dl), cfg.warmup)
+    metrics = MetricsCB(log)
+    callbacks: list[Callback] = [ScheduleCB(schedule), NonFiniteGuardCB(), metrics]
+    if progress:
+        callbacks.append(ProgressCB())
+    if cfg.clip is not None:
+        callbacks.append(ClipGradCB(cfg.clip))
+    if cfg.patience is not None:
+        callbacks.append(EarlyStoppingCB(cfg.patience, log))
     stats = ActivationStats(model) if cfg.stats is not None else None
-    history = fit(model, loss_fn, opt, train_dl, data.x_valid, data.y_valid, cfg.epochs, n_classes, progress, log,
-                  lr_at, stats.record if stats is not None else None)
+    if stats is not None:
+        callbacks.append(LambdaCB("after_batch", lambda learn: stats.record(), order=50))
+    if folder is not None:
+        callbacks.append(CheckpointCB(folder, cfg.save_every))
+    learn = Learner(model, loss_fn, opt, train_dl, data.x_valid, data.y_valid, n_classes, callbacks)
+
+    start_epoch, start_batch = 0, 0
+    if checkpoint is not None:
+        start_epoch, start_batch = restore(learn, *checkpoint)
+        log(f"continuing at epoch {start_epoch + 1}, batch {start_batch} (step {learn.t})")
+    learn.fit(cfg.epochs, start_epoch, start_batch)
+    history = metrics.history
+    result = RunResult(cfg, data.name, model, history, seconds=time.perf_counter() - start,
+                       folder=folder.path if folder else None)
+    if history:
+        last = history[-1]
+        log(f"done: {data.name} {name} {cfg.loss}, {len(history)} epochs in {sum(h.seconds for h in history):.1f}s "
+            f"-> valid_acc {last.valid_acc:.4f}, valid_loss {last.valid_loss:.4f}")
     if stats is not None:
         log(f"activation statistics of {len(stats.layers)} layers over {len(stats)} batches: {stats.plot(cfg.stats)}")
-    result = RunResult(cfg, data.name, model, history, seconds=time.perf_counter() - start)
-    last = history[-1]
-    log(f"done: {data.name} {sizes} {cfg.loss}, {cfg.epochs} epochs in {sum(h.seconds for h in history):.1f}s "
-        f"-> valid_acc {last.valid_acc:.4f}, valid_loss {last.valid_loss:.4f}")
+    if folder is not None and history:
+        log(f"run folder {folder.path}: " + ", ".join(p.name for p in write_plots(learn, history, data, folder)))
 
     if twin is not None:
-        twin_dl = DataLoader(data.x_train, data.y_train, cfg.batch_size, shuffle=True, seed=cfg.seed)
-        topt = torch.optim.SGD(twin.parameters(), lr=cfg.learning_rate, momentum=cfg.sgd_momentum,
-                               weight_decay=cfg.sgd_weight_decay)
-        result.twin_history = fit_torch(twin, cfg.loss, topt, twin_dl, data.x_valid, data.y_valid, cfg.epochs,
-                                        n_classes, log, lr_at)
-        gap = 100 * (last.valid_acc - result.twin_history[-1].valid_acc)
+        twin_dl = DataLoader(data.x_train, data.y_train, bs, shuffle=True, seed=cfg.seed)
+        result.twin_history = fit_torch(twin, cfg.loss, torch_optimizer(cfg, twin.parameters()), twin_dl,
+                                        data.x_valid, data.y_valid, cfg.epochs, n_classes, log, schedule)
+        gap = 100 * (history[-1].valid_acc - result.twin_history[-1].valid_acc)
         log(f"torch.nn twin (autograd, same initial weights and batches): valid_acc "
             f"{result.twin_history[-1].valid_acc:.4f}; handgrad - torch = {gap:+.2f} points")
     return result
+
+
+def write_plots(learn: Learner, history: list[EpochStats], data: Dataset, folder: RunFolder) -> list[Path]:
+    from .plots import plot_confusion, plot_curves, plot_samples
+
+    pred = predict_classes(learn.predict(data.x_valid), len(data.classes))
+    paths = plot_curves(history, folder.path)
+    paths.append(plot_confusion(pred, data.y_valid, data.classes, folder.path / "confusion.png"))
+    x_show = data.x_valid[:24] * data.std + data.mean if data.std is not None else data.x_valid[:24]
+    paths.append(plot_samples(x_show, pred[:24], data.y_valid[:24], data.classes, folder.path / "samples.png"))
+    return paths

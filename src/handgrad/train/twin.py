@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..schedules import Schedule
 from .loop import EpochStats, evaluate
 
 
@@ -21,7 +22,7 @@ def torch_loss(name: str) -> Callable[[Tensor, Tensor], Tensor]:
 def fit_torch(model: nn.Module, loss_name: str, opt: torch.optim.Optimizer,
               train_batches: Iterable[tuple[Tensor, Tensor]], x_valid: Tensor, y_valid: Tensor, epochs: int,
               n_classes: int, log: Callable[[str], None] = print,
-              lr_at: Callable[[int], float] | None = None) -> list[EpochStats]:
+              schedule: Schedule | None = None) -> list[EpochStats]:
     """Plain torch training with autograd and a torch.optim optimizer, for side-by-side comparison."""
     loss_fn = torch_loss(loss_name)
     t = 0
@@ -32,9 +33,14 @@ def fit_torch(model: nn.Module, loss_name: str, opt: torch.optim.Optimizer,
         seen = 0
         model.train()
         for xb, yb in train_batches:
-            if lr_at is not None:
+            if schedule is not None:
+                momentum = schedule.momentum(t)
                 for group in opt.param_groups:
-                    group["lr"] = lr_at(t)
+                    group["lr"] = schedule.lr(t)
+                    if momentum is not None and "betas" in group:
+                        group["betas"] = (momentum, group["betas"][1])
+                    elif momentum is not None and "momentum" in group:
+                        group["momentum"] = momentum
             t += 1
             loss = loss_fn(model(xb), yb)
             opt.zero_grad()

@@ -1,0 +1,242 @@
+"""Callbacks for the Learner: metrics, progress, schedules, clipping, the non-finite guard, early stopping."""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+
+import torch
+from tqdm.auto import tqdm
+
+from ..errors import TrainingError
+from ..optim import clip_grad_norm
+from ..schedules import Schedule
+from .learner import Callback, CancelFit, Learner
+from .loop import EpochStats
+
+
+class ScheduleCB(Callback):
+    """Sets the optimizer's lr (and momentum / beta1 where the schedule cycles it) before every step."""
+
+    order = -10
+
+    def __init__(self, schedule: Schedule) -> None:
+        self.schedule = schedule
+
+    def before_batch(self, learn: Learner) -> None:
+        learn.opt.lr = self.schedule.lr(learn.t)
+        momentum = self.schedule.momentum(learn.t)
+        if momentum is not None and hasattr(learn.opt, "momentum"):
+            learn.opt.momentum = momentum
+
+
+class ClipGradCB(Callback):
+    """Clips the gradients' global norm to max_norm before the step."""
+
+    order = 10
+
+    def __init__(self, max_norm: float) -> None:
+        self.max_norm = max_norm
+
+    def after_backward(self, learn: Learner) -> None:
+        clip_grad_norm(learn.model.parameters(), self.max_norm)
+
+
+def _first_bad(learn: Learner, what: str) -> str:
+    """Name the first layer (in call order for activations, backward order for gradients) holding a NaN/Inf."""
+    leaves = [(n, m) for n, m in learn.model.named_modules() if not any(True for _ in m.children())]
+    if what == "activation":
+        for name, m in leaves:
+            out = getattr(m, "out", None)
+            if isinstance(out, torch.Tensor) and not bool(torch.isfinite(out).all()):
+                return f"the output of layer {name} ({type(m).__name__})"
+        return "the loss itself (every layer's output is finite)"
+    for name, m in reversed(leaves):
+        g = getattr(getattr(m, "out", None), "g", None)
+        if isinstance(g, torch.Tensor) and not bool(torch.isfinite(g).all()):
+            return f"the gradient of layer {name}'s output ({type(m).__name__})"
+        for pname, p in m._own_parameters():
+            if p.g is not None and not bool(torch.isfinite(p.g).all()):
+                return f"the gradient of {name}.{pname} ({type(m).__name__})"
+    return "no layer (only the loss)"
+
+
+class NonFiniteGuardCB(Callback):
+    """Stops training with one line naming the first layer whose activation or gradient went NaN/Inf,
+    before the optimizer step could spoil the weights (so the last checkpoint stays the last good one)."""
+
+    order = 5
+
+    def after_loss(self, learn: Learner) -> None:
+        if not bool(torch.isfinite(learn.loss)):
+            raise TrainingError(f"non-finite loss ({float(learn.loss)}) at epoch {learn.epoch + 1}, batch "
+                                f"{learn.batch_idx + 1}: first non-finite value in {_first_bad(learn, 'activation')}"
+                                f"; lower the learning rate (it was {learn.opt.lr:.3g})")
+
+    def after_backward(self, learn: Learner) -> None:
+        if not all(bool(torch.isfinite(p.g).all()) for p in learn.model.parameters() if p.g is not None):
+            raise TrainingError(f"non-finite gradient at epoch {learn.epoch + 1}, batch {learn.batch_idx + 1}: "
+                                f"first in {_first_bad(learn, 'gradient')}; lower the learning rate "
+                                f"(it was {learn.opt.lr:.3g})")
+
+
+class MetricsCB(Callback):
+    """Train loss per epoch (averaged over samples), valid loss and accuracy; one logged line per epoch."""
+
+    order = 20
+
+    def __init__(self, log: Callable[[str], None] = print) -> None:
+        self.log = log
+        self.history: list[EpochStats] = []
+        self.loss_sum, self.seen, self.seconds = 0.0, 0, 0.0
+
+    def before_epoch(self, learn: Learner) -> None:
+        self.start = time.perf_counter()
+        if learn.batch_idx == 0:  # a fresh epoch (not one resumed in the middle)
+            self.loss_sum, self.seen, self.seconds = 0.0, 0, 0.0
+        self.total = torch.zeros((), dtype=torch.float64, device=learn.x_valid.device)
+
+    def after_batch(self, learn: Learner) -> None:
+        self.total += learn.loss.detach().double() * learn.xb.shape[0]
+        self.seen += learn.xb.shape[0]
+
+    def flush(self) -> None:
+        """Fold the running device-side sum into the saved float (before a checkpoint)."""
+        self.loss_sum += float(self.total)
+        self.total.zero_()
+
+    def after_epoch(self, learn: Learner) -> None:
+        self.flush()
+        seconds = self.seconds + time.perf_counter() - self.start
+        stats = EpochStats(learn.epoch + 1, self.loss_sum / max(self.seen, 1), learn.valid_loss, learn.valid_acc,
+                           seconds)
+        self.history.append(stats)
+        self.log(stats.line(learn.epochs))
+        if not math.isfinite(stats.train_loss):
+            raise TrainingError(f"training diverged: the loss became {stats.train_loss} in epoch {stats.epoch}; "
+                                f"try a smaller --lr (it was {learn.opt.lr:.3g})")
+        self.loss_sum, self.seen, self.seconds = 0.0, 0, 0.0
+
+    def state_dict(self) -> dict:
+        return {"history": [vars(h) for h in self.history], "loss_sum": self.loss_sum, "seen": self.seen,
+                "seconds": self.seconds + time.perf_counter() - getattr(self, "start", time.perf_counter())}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.history = [EpochStats(**h) for h in state["history"]]
+        self.loss_sum, self.seen, self.seconds = state["loss_sum"], state["seen"], state["seconds"]
+
+
+class ProgressCB(Callback):
+    """A progress bar per epoch (tqdm; silent when the output is not a terminal)."""
+
+    order = 30
+
+    def before_epoch(self, learn: Learner) -> None:
+        self.bar = tqdm(total=len(learn.train_dl), initial=learn.batch_idx, desc=f"epoch {learn.epoch + 1}/"
+                        f"{learn.epochs}", leave=False, disable=None)
+
+    def after_batch(self, learn: Learner) -> None:
+        self.bar.update(1)
+        if learn.batch_idx % 50 == 0:
+            self.bar.set_postfix(loss=f"{float(learn.loss):.4f}")
+
+    def after_epoch(self, learn: Learner) -> None:
+        self.bar.close()
+
+
+class EarlyStoppingCB(Callback):
+    """Stops when the validation loss has not improved for `patience` epochs."""
+
+    order = 40
+
+    def __init__(self, patience: int, log: Callable[[str], None] = print) -> None:
+        self.patience, self.log = patience, log
+        self.best, self.bad_epochs = math.inf, 0
+
+    def after_epoch(self, learn: Learner) -> None:
+        if learn.valid_loss < self.best:
+            self.best, self.bad_epochs = learn.valid_loss, 0
+            return
+        self.bad_epochs += 1
+        if self.bad_epochs >= self.patience:
+            learn.stopped = (f"early stopping: valid_loss has not improved on {self.best:.4f} for "
+                             f"{self.patience} epochs")
+            self.log(learn.stopped)
+            raise CancelFit
+
+    def state_dict(self) -> dict:
+        return {"best": self.best, "bad_epochs": self.bad_epochs}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.best, self.bad_epochs = state["best"], state["bad_epochs"]
+
+
+class LambdaCB(Callback):
+    """Calls `fn(learn)` at `event`."""
+
+    def __init__(self, event: str, fn: Callable[[Learner], None], order: int = 0) -> None:
+        self.order = order
+        setattr(self, event, fn)
+
+
+class CheckpointCB(Callback):
+    """Writes the run folder: metrics after every epoch, and a checkpoint holding everything needed to
+    resume exactly (weights, optimizer state, RNG states, position, callbacks' state) after every epoch
+    and every `every` batches. Runs last, so it saves what the other callbacks did."""
+
+    order = 100
+
+    def __init__(self, run, every: int = 0) -> None:  # run: RunFolder
+        self.run, self.every = run, every
+
+    def after_batch(self, learn: Learner) -> None:
+        if self.every and (learn.batch_idx + 1) % self.every == 0:
+            self.save(learn, learn.epoch, learn.batch_idx + 1)
+
+    def after_epoch(self, learn: Learner) -> None:
+        metrics = learn.callback(MetricsCB)
+        if metrics is not None:
+            self.run.write_metrics([vars(h) for h in metrics.history])
+        self.save(learn, learn.epoch + 1, 0)
+
+    def save(self, learn: Learner, epoch: int, batch: int) -> None:
+        metrics = learn.callback(MetricsCB)
+        if metrics is not None:
+            metrics.flush()
+        tensors = {f"model.{k}": v for k, v in learn.model.state_dict().items()}
+        opt_state = learn.opt.state_dict()
+        for i, state in enumerate(opt_state["state"]):
+            for k, v in state.items():
+                tensors[f"opt.{i}.{k}"] = v
+        tensors["rng.cpu"] = torch.get_rng_state()
+        if torch.cuda.is_available():
+            for i, s in enumerate(torch.cuda.get_rng_state_all()):
+                tensors[f"rng.cuda.{i}"] = s
+        meta = {"epoch": epoch, "batch": batch, "t": learn.t, "opt_steps": opt_state["steps"],
+                "opt_hyper": opt_state["hyper"], "n_params": len(opt_state["state"]),
+                "callbacks": {type(cb).__name__: cb.state_dict() for cb in learn.callbacks if cb.state_dict()}}
+        self.run.save_checkpoint(tensors, meta)
+
+
+def restore(learn: Learner, tensors: dict[str, torch.Tensor], meta: dict) -> tuple[int, int]:
+    """Put a learner back where a checkpoint left it; returns (epoch, batch) to continue from."""
+    model_state = {k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")}
+    learn.model.load_state_dict(model_state)
+    states: list[dict[str, torch.Tensor]] = [{} for _ in range(meta["n_params"])]
+    for k, v in tensors.items():
+        if k.startswith("opt."):
+            _, i, name = k.split(".", 2)
+            states[int(i)][name] = v
+    learn.opt.load_state_dict({"steps": meta["opt_steps"], "hyper": meta["opt_hyper"], "state": states})
+    for cb in learn.callbacks:
+        state = meta["callbacks"].get(type(cb).__name__)
+        if state is not None:
+            cb.load_state_dict(state)
+    torch.set_rng_state(tensors["rng.cpu"])
+    if torch.cuda.is_available():
+        cuda = [tensors[k] for k in sorted(k for k in tensors if k.startswith("rng.cuda."))]
+        if len(cuda) == torch.cuda.device_count():
+            torch.cuda.set_rng_state_all(cuda)
+    learn.t = meta["t"]
+    return meta["epoch"], meta["batch"]

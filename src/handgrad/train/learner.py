@@ -1,0 +1,125 @@
+"""The Learner: a training loop of named events, everything else a callback (as fastai's miniai).
+
+Events, in order: before_fit, before_epoch, before_batch, after_loss, after_backward, after_batch,
+after_epoch, after_fit. A callback raising CancelBatch, CancelEpoch or CancelFit skips the rest
+of that batch, epoch or fit. No autograd anywhere: the backward is the model's hand-written one.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import torch
+from torch import Tensor
+
+from ..data import DataLoader
+from ..module import Module, WithLoss
+from ..optim import Optimizer
+
+EVENTS = ("before_fit", "before_epoch", "before_batch", "after_loss", "after_backward", "after_batch",
+          "after_epoch", "after_fit")
+
+
+class CancelBatch(Exception):
+    """Raised by a callback: skip the rest of this batch."""
+
+
+class CancelEpoch(Exception):
+    """Raised by a callback: skip the rest of this epoch."""
+
+
+class CancelFit(Exception):
+    """Raised by a callback: stop training (after_fit still runs)."""
+
+
+class Callback:
+    """Implement any of the EVENTS as methods taking the learner; lower `order` runs first."""
+
+    order = 0
+
+    def state_dict(self) -> dict:
+        """What this callback must remember across a resume (JSON-serialisable)."""
+        return {}
+
+    def load_state_dict(self, state: dict) -> None:
+        pass
+
+
+class Learner:
+    """Trains `model` on `train_dl` with `loss_fn` and `opt`; evaluates on (x_valid, y_valid) each epoch.
+
+    Position, for callbacks and resuming: `epoch` (0-based), `batch_idx` within it, `t` the
+    optimizer steps taken so far in the run.
+    """
+
+    def __init__(self, model: Module, loss_fn: Module, opt: Optimizer, train_dl: DataLoader, x_valid: Tensor,
+                 y_valid: Tensor, n_classes: int, callbacks: Iterable[Callback] = ()) -> None:
+        self.model, self.loss_fn, self.opt, self.train_dl = model, loss_fn, opt, train_dl
+        self.x_valid, self.y_valid, self.n_classes = x_valid, y_valid, n_classes
+        self.callbacks = sorted(callbacks, key=lambda cb: cb.order)
+        self.step_module = WithLoss(model, loss_fn)
+        self.epoch, self.batch_idx, self.t = 0, 0, 0
+        self.epochs = 0
+        self.stopped = ""  # why training stopped early, if it did
+
+    def __call__(self, event: str) -> None:
+        for cb in self.callbacks:
+            method = getattr(cb, event, None)
+            if method is not None:
+                method(self)
+
+    def callback(self, cls: type) -> Callback | None:
+        return next((cb for cb in self.callbacks if isinstance(cb, cls)), None)
+
+    def fit(self, epochs: int, start_epoch: int = 0, start_batch: int = 0) -> None:
+        """Train until `epochs` epochs are done, starting at (start_epoch, start_batch) when resuming."""
+        self.epochs = epochs
+        try:
+            self("before_fit")
+            for self.epoch in range(start_epoch, epochs):
+                self._one_epoch(start_batch if self.epoch == start_epoch else 0)
+        except CancelFit:
+            pass
+        self("after_fit")
+
+    def _one_epoch(self, start_batch: int) -> None:
+        self.batch_idx = start_batch
+        try:
+            self.model.train()
+            self("before_epoch")
+            for i, (xb, yb) in enumerate(self.train_dl.epoch_batches(self.epoch, start_batch), start_batch):
+                self.batch_idx = i
+                self._one_batch(xb, yb)
+            self.batch_idx = len(self.train_dl)
+            self.model.eval()
+            self.valid_loss, self.valid_acc = self.evaluate(self.x_valid, self.y_valid)
+            self("after_epoch")
+        except CancelEpoch:
+            pass
+
+    def _one_batch(self, xb: Tensor, yb: Tensor) -> None:
+        try:
+            self.xb, self.yb = xb, yb
+            self("before_batch")
+            self.loss = self.step_module(xb, yb)
+            self("after_loss")
+            self.opt.zero_grad()
+            self.step_module.backward(needs_input_grad=False)  # the data needs no gradient
+            self("after_backward")
+            self.opt.step()
+            self.t += 1
+            self("after_batch")
+        except CancelBatch:
+            pass
+
+    def evaluate(self, x: Tensor, y: Tensor, bs: int = 2000) -> tuple[float, float]:
+        """(mean loss, accuracy) of the model in its current mode over x, y."""
+        from .loop import evaluate
+
+        return evaluate(self.model, self.loss_fn, x, y, self.n_classes, bs)
+
+    @torch.no_grad()
+    def predict(self, x: Tensor, bs: int = 2000) -> Tensor:
+        """The model's outputs over x, in slices of `bs` (eval mode)."""
+        self.model.eval()
+        return torch.cat([self.model(x[i:i + bs]) for i in range(0, x.shape[0], bs)])
