@@ -68,17 +68,20 @@ class NonFiniteGuardCB(Callback):
 
     order = 5
 
+    def _stop(self, learn: Learner, what: str) -> None:
+        saver = next((cb for cb in learn.callbacks if type(cb).__name__ == "CheckpointCB"), None)
+        kept = f"; the last good checkpoint is kept in {saver.run.path}" if saver is not None else ""
+        raise TrainingError(f"{what} at epoch {learn.epoch + 1}, batch {learn.batch_idx + 1}; lower the learning "
+                            f"rate (it was {learn.opt.lr:.3g}){kept}")
+
     def after_loss(self, learn: Learner) -> None:
         if not bool(torch.isfinite(learn.loss)):
-            raise TrainingError(f"non-finite loss ({float(learn.loss)}) at epoch {learn.epoch + 1}, batch "
-                                f"{learn.batch_idx + 1}: first non-finite value in {_first_bad(learn, 'activation')}"
-                                f"; lower the learning rate (it was {learn.opt.lr:.3g})")
+            self._stop(learn, f"non-finite loss ({float(learn.loss)}): first non-finite value in "
+                              f"{_first_bad(learn, 'activation')}")
 
     def after_backward(self, learn: Learner) -> None:
         if not all(bool(torch.isfinite(p.g).all()) for p in learn.model.parameters() if p.g is not None):
-            raise TrainingError(f"non-finite gradient at epoch {learn.epoch + 1}, batch {learn.batch_idx + 1}: "
-                                f"first in {_first_bad(learn, 'gradient')}; lower the learning rate "
-                                f"(it was {learn.opt.lr:.3g})")
+            self._stop(learn, f"non-finite gradient: first in {_first_bad(learn, 'gradient')}")
 
 
 class MetricsCB(Callback):

@@ -1,0 +1,162 @@
+"""Run folders, checkpoints and exact resume."""
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from handgrad.errors import UsageError
+from handgrad.train import TrainConfig, run
+from handgrad.train.runfolder import RunFolder
+
+
+def make_data(folder, n=4000, seed=0):
+    rng = np.random.default_rng(seed)
+    centers = rng.normal(0, 60, (10, 784))
+    y = rng.integers(0, 10, n)
+    x = np.clip(centers[y] + rng.normal(0, 60, (n, 784)) + 128, 0, 255).astype(np.uint8)
+    path = folder / "mnist.npz"
+    np.savez(path, x_train=x, y_train=y)
+    return path
+
+
+def train_cmd(data, out, *extra):
+    return [sys.executable, "-m", "handgrad", "train", "--data", str(data), "--out", str(out), "--no-download",
+            "--no-progress", "--hidden", "64,32", "--epochs", "3", "--bs", "32", "--opt", "adamw", "--schedule",
+            "one-cycle", "--save-every", "7", *extra]
+
+
+def final_weights(out):
+    return {k: v for k, v in load_file(out / "checkpoint.safetensors").items() if k.startswith("model.")}
+
+
+def test_sigkill_mid_epoch_then_resume_gives_bit_identical_weights(tmp_path):
+    data = make_data(tmp_path)
+    ref = subprocess.run(train_cmd(data, tmp_path / "ref"), capture_output=True, text=True, timeout=300)
+    assert ref.returncode == 0, ref.stderr
+
+    proc = subprocess.Popen(train_cmd(data, tmp_path / "killed"), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    ckpt = tmp_path / "killed" / "checkpoint.safetensors"
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        if ckpt.exists():
+            meta = RunFolder(tmp_path / "killed").load_checkpoint()[1]
+            if meta["epoch"] >= 1 and meta["batch"] > 0:  # mid-epoch, past the first epoch
+                break
+        time.sleep(0.02)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL
+    meta = RunFolder(tmp_path / "killed").load_checkpoint()[1]
+    assert meta["epoch"] < 3, "the run finished before it could be killed"
+
+    resumed = subprocess.run([sys.executable, "-m", "handgrad", "train", "--resume", str(tmp_path / "killed"),
+                              "--no-progress"], capture_output=True, text=True, timeout=300)
+    assert resumed.returncode == 0, resumed.stderr
+    assert "continuing at epoch" in resumed.stdout
+    a, b = final_weights(tmp_path / "ref"), final_weights(tmp_path / "killed")
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k  # identical bits
+    ref_metrics = RunFolder(tmp_path / "ref").read_metrics()
+    assert [m["epoch"] for m in RunFolder(tmp_path / "killed").read_metrics()] == [m["epoch"] for m in ref_metrics]
+
+
+def test_an_interrupted_checkpoint_save_leaves_the_previous_one_loadable(tmp_path, monkeypatch):
+    folder = RunFolder.create(tmp_path / "run")
+    folder.save_checkpoint({"w": torch.arange(4.0)}, {"epoch": 1})
+
+    import handgrad.train.runfolder as rf
+
+    def crash_midway(tensors, filename, metadata=None):
+        with open(filename, "wb") as f:
+            f.write(b"partial write")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(rf, "save_file", crash_midway)
+    with pytest.raises(OSError, match="disk full"):
+        folder.save_checkpoint({"w": torch.zeros(4)}, {"epoch": 2})
+    tensors, meta = folder.load_checkpoint()
+    assert torch.equal(tensors["w"], torch.arange(4.0)) and meta == {"epoch": 1}
+    assert not list((tmp_path / "run").glob("*.part"))
+
+
+def test_run_folder_contents_and_pngs(tmp_path):
+    import matplotlib.image
+
+    data = make_data(tmp_path, n=1200)
+    result = run(TrainConfig(dataset="mnist", data=str(data), epochs=2, download=False, out=str(tmp_path / "r")),
+                 log=lambda s: None, progress=False)
+    names = sorted(p.name for p in (tmp_path / "r").iterdir())
+    assert names == ["accuracy.png", "checkpoint.safetensors", "config.json", "confusion.png", "loss.png",
+                     "metrics.jsonl", "samples.png"]
+    assert [m["epoch"] for m in RunFolder(tmp_path / "r").read_metrics()] == [1, 2]
+    assert TrainConfig.from_dict(RunFolder(tmp_path / "r").read_config()).epochs == 2
+    for png in ("accuracy.png", "confusion.png", "loss.png", "samples.png"):
+        image = matplotlib.image.imread(tmp_path / "r" / png)
+        assert image.shape[0] > 200 and float(np.asarray(image[..., :3]).std()) > 0.02, png
+    assert result.folder == tmp_path / "r"
+
+
+def test_refuses_to_overwrite_a_run_unless_asked(tmp_path):
+    data = make_data(tmp_path, n=600)
+    cfg = TrainConfig(dataset="mnist", data=str(data), epochs=1, download=False, out=str(tmp_path / "r"))
+    run(cfg, log=lambda s: None, progress=False)
+    with pytest.raises(UsageError, match="already exists; pass --overwrite"):
+        run(cfg, log=lambda s: None, progress=False)
+    run(cfg, log=lambda s: None, progress=False, overwrite=True)
+    (tmp_path / "notes").mkdir()
+    (tmp_path / "notes" / "mine.txt").write_text("keep me")
+    cfg.out = str(tmp_path / "notes")
+    with pytest.raises(UsageError, match="is not a run folder"):
+        run(cfg, log=lambda s: None, progress=False, overwrite=True)
+    assert (tmp_path / "notes" / "mine.txt").read_text() == "keep me"
+
+
+def cli(*args):
+    return subprocess.run([sys.executable, "-m", "handgrad", *args], capture_output=True, text=True, timeout=300)
+
+
+def one_line(proc, code, *pieces):
+    assert proc.returncode == code, proc.stdout + proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in proc.stderr, proc.stderr
+    for p in pieces:
+        assert p in lines[0], lines[0]
+
+
+def test_resume_bad_inputs(tmp_path):
+    (tmp_path / "plain").mkdir()
+    one_line(cli("train", "--resume", str(tmp_path / "plain")), 2, "is not a run folder: no config.json")
+    one_line(cli("train", "--resume", str(tmp_path / "nope")), 2, "no such run folder")
+    data = make_data(tmp_path, n=600)
+    for name, hidden in (("a", "50"), ("b", "30")):
+        proc = cli("train", "--data", str(data), "--out", str(tmp_path / name), "--hidden", hidden, "--epochs", "1",
+                   "--no-download", "--no-progress")
+        assert proc.returncode == 0, proc.stderr
+    shutil.copy(tmp_path / "a" / "checkpoint.safetensors", tmp_path / "b" / "checkpoint.safetensors")
+    one_line(cli("train", "--resume", str(tmp_path / "b")), 2,
+             "state dict tensor '0.weight': expected shape [30, 784], got [50, 784]")
+
+
+@pytest.mark.parametrize("args, piece", [(["--lr", "0"], "--lr must be positive, got 0.0"),
+                                         (["--bs", "-3"], "--bs must be a positive integer, got -3"),
+                                         (["--lr", "-0.1", "--opt", "adamw"], "--lr must be positive")])
+def test_non_positive_lr_or_batch_size(args, piece):
+    one_line(cli("train", "--no-download", *args), 2, piece)
+
+
+def test_non_finite_guard_names_the_layer_and_keeps_the_last_good_checkpoint(tmp_path):
+    data = make_data(tmp_path, n=2000)
+    proc = cli("train", "--data", str(data), "--out", str(tmp_path / "r"), "--loss", "mse", "--lr", "0.5",
+               "--save-every", "1", "--no-download", "--no-progress", "--no-check")
+    one_line(proc, 1, "non-finite", "first", "layer")
+    tensors, meta = RunFolder(tmp_path / "r").load_checkpoint()
+    assert all(bool(torch.isfinite(v).all()) for k, v in tensors.items() if k.startswith("model."))
