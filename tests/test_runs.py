@@ -160,3 +160,58 @@ def test_non_finite_guard_names_the_layer_and_keeps_the_last_good_checkpoint(tmp
     one_line(proc, 1, "non-finite", "first", "layer")
     tensors, meta = RunFolder(tmp_path / "r").load_checkpoint()
     assert all(bool(torch.isfinite(v).all()) for k, v in tensors.items() if k.startswith("model."))
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("finished")
+    rng = np.random.default_rng(3)
+    centers = rng.normal(0, 60, (10, 784))
+    y = rng.integers(0, 10, 1500)
+    x = np.clip(centers[y] + rng.normal(0, 40, (1500, 784)) + 128, 0, 255).astype(np.uint8)
+    yt = rng.integers(0, 10, 300)
+    xt = np.clip(centers[yt] + rng.normal(0, 40, (300, 784)) + 128, 0, 255).astype(np.uint8)
+    np.savez(tmp / "fashion-mnist.npz", x_train=x, y_train=y, x_test=xt, y_test=yt)
+    proc = cli("train", "--dataset", "fashion-mnist", "--data", str(tmp / "fashion-mnist.npz"), "--out",
+               str(tmp / "run"), "--epochs", "2", "--no-download", "--no-progress", "--opt", "adamw")
+    assert proc.returncode == 0, proc.stderr
+    return tmp, centers
+
+
+def test_eval_reports_test_accuracy_and_per_class(finished_run):
+    tmp, _ = finished_run
+    proc = cli("eval", str(tmp / "run"))
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.splitlines()
+    assert "test split, 300 images: accuracy" in lines[0]
+    assert float(lines[0].split("accuracy ")[1].split(",")[0]) > 0.9
+    assert len(lines) == 11 and lines[1].strip().startswith("T-shirt/top")
+
+
+def test_predict_top3_for_28x28_and_resized_images_and_rejects_non_images(finished_run, tmp_path):
+    from PIL import Image
+
+    tmp, centers = finished_run
+    img = np.clip(centers[1] + 128, 0, 255).astype(np.uint8).reshape(28, 28)  # class 1: Trouser
+    Image.fromarray(img).save(tmp_path / "small.png")
+    Image.fromarray(img).resize((96, 96)).save(tmp_path / "big.png")
+    proc = cli("predict", str(tmp / "run"), str(tmp_path / "small.png"), str(tmp_path / "big.png"))
+    assert proc.returncode == 0, proc.stderr
+    for line in proc.stdout.splitlines():
+        name, top = line.split(": ", 1)
+        entries = top.split(", ")
+        assert len(entries) == 3 and entries[0].startswith("Trouser "), line
+        probs = [float(e.rsplit(" ", 1)[1]) for e in entries]
+        assert probs == sorted(probs, reverse=True) and 0 < sum(probs) <= 1.0001
+    (tmp_path / "fake.png").write_text("not an image")
+    one_line(cli("predict", str(tmp / "run"), str(tmp_path / "fake.png")), 2, "fake.png: not an image")
+
+
+def test_lr_find_writes_its_plot_and_suggests_a_rate(tmp_path):
+    data = make_data(tmp_path, n=3000)
+    proc = cli("lr-find", "--data", str(data), "--no-download", "--plot", str(tmp_path / "lr.png"))
+    assert proc.returncode == 0, proc.stderr
+    suggested = float(proc.stdout.strip().splitlines()[-1].split("suggested lr ")[1].split(";")[0])
+    assert 1e-6 < suggested < 10 and (tmp_path / "lr.png").stat().st_size > 5000
+    one_line(cli("lr-find", "--data", str(data), "--no-download", "--plot", str(tmp_path / "lr.png")), 2,
+             "the file exists")

@@ -28,12 +28,8 @@ def _hidden(text: str) -> list[int]:
     return sizes
 
 
-def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="handgrad", description="Neural networks with hand-written backward passes.")
-    sub = p.add_subparsers(dest="command", required=True)
-
-    d = TrainConfig()
-    t = sub.add_parser("train", help="train an MLP on MNIST or Fashion-MNIST with hand-written gradients")
+def _add_train_args(t: argparse.ArgumentParser, d: TrainConfig) -> None:
+    """The options `train` and `lr-find` share: data, model, optimizer and schedule."""
     t.add_argument("--dataset", default=d.dataset, choices=["auto", "mnist", "fashion-mnist"],
                    help="auto: MNIST where it can be found or downloaded, else Fashion-MNIST (default)")
     t.add_argument("--data", default=d.data, metavar="PATH", help="a data file or folder to read instead of searching")
@@ -57,13 +53,6 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--clip", type=float, default=d.clip, help="clip the gradients' global norm to this")
     t.add_argument("--patience", type=int, default=d.patience,
                    help="early stopping: epochs without a better valid loss")
-    t.add_argument("--out", default=d.out, metavar="DIR",
-                   help="run folder: config, metrics, checkpoints (safetensors) and plots")
-    t.add_argument("--overwrite", action="store_true", help="replace an existing run folder")
-    t.add_argument("--resume", default=None, metavar="DIR",
-                   help="continue the run in DIR from its last checkpoint (its own config is used)")
-    t.add_argument("--save-every", type=int, default=d.save_every, metavar="N",
-                   help="also checkpoint every N batches (default: at the end of each epoch)")
     t.add_argument("--seed", type=int, default=d.seed)
     t.add_argument("--device", default=d.device, help="cpu, cuda or cuda:N")
     t.add_argument("--init", default=d.init, choices=["kaiming", "randn", "torch"])
@@ -72,11 +61,38 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--no-download", dest="download", action="store_false", help="never try to download data")
     t.add_argument("--no-normalize", dest="normalize", action="store_false",
                    help="feed pixels in [0, 1] as the seeds did, instead of standardising them")
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="handgrad", description="Neural networks with hand-written backward passes.")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    d = TrainConfig()
+    t = sub.add_parser("train", help="train an MLP or a CNN on MNIST or Fashion-MNIST with hand-written gradients")
+    _add_train_args(t, d)
     t.add_argument("--torch-twin", action="store_true",
                    help="also train the same model in torch.nn with autograd and compare")
     t.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bars")
     t.add_argument("--stats", default=None, metavar="PNG",
                    help="record per-layer activation statistics and save their plot (means, stds, histograms)")
+    t.add_argument("--out", default=d.out, metavar="DIR",
+                   help="run folder: config, metrics, checkpoints (safetensors) and plots")
+    t.add_argument("--overwrite", action="store_true", help="replace an existing run folder")
+    t.add_argument("--resume", default=None, metavar="DIR",
+                   help="continue the run in DIR from its last checkpoint (its own config is used)")
+    t.add_argument("--save-every", type=int, default=d.save_every, metavar="N",
+                   help="also checkpoint every N batches (default: at the end of each epoch)")
+
+    lf = sub.add_parser("lr-find", help="the learning-rate range test: loss against a growing lr, plotted")
+    _add_train_args(lf, d)
+    lf.add_argument("--plot", default="lr_find.png", help="where to save the plot (default lr_find.png)")
+
+    ev = sub.add_parser("eval", help="accuracy, loss and per-class accuracy of a run on the test split")
+    ev.add_argument("run", metavar="DIR")
+
+    pr = sub.add_parser("predict", help="top-3 classes with probabilities for image files, from a run")
+    pr.add_argument("run", metavar="DIR")
+    pr.add_argument("images", nargs="+", metavar="IMAGE")
 
     c = sub.add_parser("check", help="verify a layer's hand-written backward against autograd and finite "
                                      "differences (default: every built-in layer)")
@@ -114,8 +130,38 @@ def _parser() -> argparse.ArgumentParser:
 def _train(args: argparse.Namespace) -> int:
     from .train.run import run
 
-    cfg = TrainConfig(**{f.name: getattr(args, f.name) for f in fields(TrainConfig)})
-    run(cfg, progress=args.progress, overwrite=args.overwrite, resume=args.resume)
+    run(_config(args), progress=args.progress, overwrite=args.overwrite, resume=args.resume)
+    return 0
+
+
+def _config(args: argparse.Namespace) -> TrainConfig:
+    d = TrainConfig()
+    return TrainConfig(**{f.name: getattr(args, f.name, getattr(d, f.name)) for f in fields(TrainConfig)})
+
+
+def _lr_find(args: argparse.Namespace) -> int:
+    from .train.evaluate import lr_find
+
+    lr_find(_config(args), args.plot)
+    return 0
+
+
+def _eval(args: argparse.Namespace) -> int:
+    from .train.evaluate import evaluate_run
+
+    ev = evaluate_run(args.run)
+    print(f"{args.run}: {ev.split} split, {ev.n} images: accuracy {ev.accuracy:.4f}, loss {ev.loss:.4f}")
+    width = max(len(name) for name, _, _ in ev.per_class)
+    for name, acc, n in ev.per_class:
+        print(f"  {name:{width}s}  {acc:.4f}  ({n} images)")
+    return 0
+
+
+def _predict(args: argparse.Namespace) -> int:
+    from .train.evaluate import predict_images
+
+    for image, top in predict_images(args.run, args.images):
+        print(f"{image}: " + ", ".join(f"{name} {p:.3f}" for name, p in top))
     return 0
 
 
@@ -251,7 +297,8 @@ def _data(args: argparse.Namespace) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
-        commands = {"train": _train, "check": _check, "trace": _trace, "derive": _derive, "data": _data}
+        commands = {"train": _train, "lr-find": _lr_find, "eval": _eval, "predict": _predict, "check": _check,
+                    "trace": _trace, "derive": _derive, "data": _data}
         return commands[args.command](args)
     except (DataError, GradientCheckError, TrainingError) as e:
         print(f"handgrad: error: {e}", file=sys.stderr)

@@ -190,8 +190,8 @@ class CheckpointCB(Callback):
 
     order = 100
 
-    def __init__(self, run, every: int = 0) -> None:  # run: RunFolder
-        self.run, self.every = run, every
+    def __init__(self, run, every: int = 0, info: dict | None = None) -> None:  # run: RunFolder
+        self.run, self.every, self.info = run, every, info or {}
 
     def after_batch(self, learn: Learner) -> None:
         if self.every and (learn.batch_idx + 1) % self.every == 0:
@@ -216,7 +216,7 @@ class CheckpointCB(Callback):
         if torch.cuda.is_available():
             for i, s in enumerate(torch.cuda.get_rng_state_all()):
                 tensors[f"rng.cuda.{i}"] = s
-        meta = {"epoch": epoch, "batch": batch, "t": learn.t, "opt_steps": opt_state["steps"],
+        meta = {**self.info, "epoch": epoch, "batch": batch, "t": learn.t, "opt_steps": opt_state["steps"],
                 "opt_hyper": opt_state["hyper"], "n_params": len(opt_state["state"]),
                 "callbacks": {type(cb).__name__: cb.state_dict() for cb in learn.callbacks if cb.state_dict()}}
         self.run.save_checkpoint(tensors, meta)
@@ -243,3 +243,31 @@ def restore(learn: Learner, tensors: dict[str, torch.Tensor], meta: dict) -> tup
             torch.cuda.set_rng_state_all(cuda)
     learn.t = meta["t"]
     return meta["epoch"], meta["batch"]
+
+
+class LRFinderCB(Callback):
+    """The learning-rate range test: lr grows exponentially from start to end over at most `steps` batches;
+    stops when the (smoothed) loss exceeds 4x its best or goes non-finite."""
+
+    order = -10
+
+    def __init__(self, start: float = 1e-6, end: float = 10.0, steps: int = 100) -> None:
+        self.start, self.end, self.steps = start, end, steps
+        self.lrs: list[float] = []
+        self.losses: list[float] = []
+
+    def before_batch(self, learn: Learner) -> None:
+        learn.opt.lr = self.start * (self.end / self.start) ** (learn.t / max(self.steps - 1, 1))
+
+    def after_loss(self, learn: Learner) -> None:
+        loss = float(learn.loss)
+        smooth = loss if not self.losses else 0.9 * self.losses[-1] + 0.1 * loss
+        self.lrs.append(learn.opt.lr)
+        self.losses.append(smooth)
+        if not math.isfinite(loss) or smooth > 4 * min(self.losses) or len(self.lrs) >= self.steps:
+            raise CancelFit
+
+    def suggestion(self) -> float:
+        """A tenth of the learning rate at the lowest smoothed loss."""
+        best = min(range(len(self.losses)), key=self.losses.__getitem__)
+        return self.lrs[best] / 10

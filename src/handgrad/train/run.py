@@ -166,7 +166,9 @@ def run(cfg: TrainConfig, log: Callable[[str], None] = print, progress: bool = T
     if stats is not None:
         callbacks.append(LambdaCB("after_batch", lambda learn: stats.record(), order=50))
     if folder is not None:
-        callbacks.append(CheckpointCB(folder, cfg.save_every))
+        info = {"classes": list(data.classes), "mean": data.mean, "std": data.std, "dataset": data.name,
+                "n_in": n_in}
+        callbacks.append(CheckpointCB(folder, cfg.save_every, info))
     learn = Learner(model, loss_fn, opt, train_dl, data.x_valid, data.y_valid, n_classes, callbacks)
 
     start_epoch, start_batch = 0, 0
