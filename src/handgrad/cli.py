@@ -120,6 +120,16 @@ def _parser() -> argparse.ArgumentParser:
     dv = sub.add_parser("derive", help="sympy's derivative of an activation, checked against its hand-written backward")
     dv.add_argument("name", nargs="?", default=None, help="relu, leaky_relu, gelu, ... (none: all of them)")
 
+    bn = sub.add_parser("bench", help="training-step time and peak memory: handgrad vs torch eager, "
+                                      "torch.compile and the GEMM floor")
+    bn.add_argument("--configs", nargs="+", default=None,
+                    help="mlp-784-50-10-bs64, mlp-784-1024-1024-10-bs256, cnn-bs128 (default: all)")
+    bn.add_argument("--device", default="cpu")
+    bn.add_argument("--rounds", type=int, default=5)
+    bn.add_argument("--no-compile", dest="compile", action="store_false", help="skip torch.compile")
+    bn.add_argument("--json", default=None, metavar="FILE", help="also write the rows as JSON")
+    bn.add_argument("--plot", default=None, metavar="PNG", help="also save a bar chart")
+
     dd = sub.add_parser("data", help="find (or download) a data set and say where it is")
     dd.add_argument("name", choices=["mnist", "fashion-mnist"])
     dd.add_argument("--data", default=None, metavar="PATH")
@@ -285,6 +295,33 @@ def _derive(args: argparse.Namespace) -> int:
     return 1 if failed else 0
 
 
+def _bench(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from .bench import CONFIGS, IMPLS, bench_config, format_table, plot, write_json
+    from .train.run import resolve_device
+
+    configs = args.configs or list(CONFIGS)
+    unknown = [c for c in configs if c not in CONFIGS]
+    if unknown:
+        raise UsageError(f"unknown bench config {unknown[0]!r}: expected one of {', '.join(CONFIGS)}")
+    if args.rounds < 1:
+        raise UsageError(f"--rounds must be at least 1, got {args.rounds}")
+    device = resolve_device(args.device)
+    impls = IMPLS if args.compile else tuple(i for i in IMPLS if i != "compile")
+    print(f"one training step, {device}, {torch.get_num_threads()} threads, median of {args.rounds} rounds")
+    rows = []
+    for name in configs:
+        steps = {"mlp": 50, "cnn": 3}[CONFIGS[name][2]] if "1024" not in name else 5
+        rows += bench_config(name, device, args.rounds, steps, impls)
+    print(format_table(rows))
+    if args.json:
+        write_json(rows, Path(args.json))
+    if args.plot:
+        plot(rows, Path(args.plot))
+    return 0
+
+
 def _data(args: argparse.Namespace) -> int:
     from .data import load_dataset
 
@@ -298,7 +335,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
         commands = {"train": _train, "lr-find": _lr_find, "eval": _eval, "predict": _predict, "check": _check,
-                    "trace": _trace, "derive": _derive, "data": _data}
+                    "trace": _trace, "derive": _derive, "bench": _bench, "data": _data}
         return commands[args.command](args)
     except (DataError, GradientCheckError, TrainingError) as e:
         print(f"handgrad: error: {e}", file=sys.stderr)

@@ -1,0 +1,206 @@
+"""`handgrad bench`: one training step (forward, loss, backward, optimizer step), side by side in one
+process, same model, same batch, same threads: handgrad, torch eager autograd, torch.compile, and the
+GEMM floor (the step's matrix multiplies / convolutions alone at the same shapes).
+
+Step time is the median over rounds; peak memory is the highest total of tensor bytes alive during
+one step beyond what was alive before it (torch's profiler on CPU, the CUDA allocator on a GPU).
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from .interop import to_torch
+from .losses import CrossEntropyLoss
+from .models import cnn, mlp
+from .module import Module, WithLoss
+from .optim import SGD
+
+CONFIGS: dict[str, tuple[Callable[[], Module], int, str]] = {
+    "mlp-784-50-10-bs64": (lambda: mlp(784, [50], 10), 64, "mlp"),
+    "mlp-784-1024-1024-10-bs256": (lambda: mlp(784, [1024, 1024], 10), 256, "mlp"),
+    "cnn-bs128": (lambda: cnn(10, (16, 32, 64)), 128, "cnn"),
+}
+IMPLS = ("handgrad", "eager", "compile", "gemm_floor")
+
+
+@dataclass
+class Row:
+    config: str
+    impl: str
+    step_ms: float | None
+    peak_mb: float | None
+    note: str = ""
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def _time(fn: Callable[[], None], device: torch.device, rounds: int, steps: int) -> float:
+    fn()
+    fn()
+    times = []
+    for _ in range(rounds):
+        _sync(device)
+        start = time.perf_counter()
+        for _ in range(steps):
+            fn()
+        _sync(device)
+        times.append((time.perf_counter() - start) / steps * 1e3)
+    return statistics.median(times)
+
+
+def _peak_mb(fn: Callable[[], None], device: torch.device) -> float:
+    fn()
+    if device.type == "cuda":
+        _sync(device)
+        base = torch.cuda.memory_allocated(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        fn()
+        _sync(device)
+        return (torch.cuda.max_memory_allocated(device) - base) / 2**20
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        fn()
+    events = sorted((e for e in prof.events() if e.self_cpu_memory_usage),
+                    key=lambda e: e.time_range.start)
+    live = peak = 0
+    for e in events:
+        live += e.self_cpu_memory_usage
+        peak = max(peak, live)
+    return peak / 2**20
+
+
+def _gemm_floor(model: Module, x: torch.Tensor) -> Callable[[], None]:
+    """The step's matrix multiplies (Linear) and convolutions (Conv2d) alone, at the shapes they have:
+    forward, weight gradient, and input gradient for every layer but the first."""
+    from .layers import Conv2d, Linear
+
+    model(x)
+    ops: list[Callable[[], object]] = []
+    first = True
+    for m in model.modules():
+        if isinstance(m, Linear):
+            a, w = m.args[0], m.weight.detach()
+            a2 = a.reshape(-1, a.shape[-1])
+            dy = torch.randn(a2.shape[0], w.shape[1], device=a.device)
+            ops += [lambda a2=a2, w=w: a2 @ w, lambda a2=a2, dy=dy: a2.t() @ dy]
+            if not first:
+                ops.append(lambda dy=dy, w=w: dy @ w.t())
+        elif isinstance(m, Conv2d):
+            a, w = m.args[0], m.weight.detach()
+            dy = torch.randn_like(m.out)
+            mask = (not first, True, False)
+            ops += [lambda a=a, w=w, m=m: F.conv2d(a, w, None, m.stride, m.padding, m.dilation, m.groups),
+                    lambda a=a, w=w, m=m, dy=dy, mask=mask: torch.ops.aten.convolution_backward(
+                        dy, a, w, None, m.stride, m.padding, m.dilation, False, (0, 0), m.groups, mask)]
+        else:
+            continue
+        first = False
+
+    def run() -> None:
+        for op in ops:
+            op()
+
+    return run
+
+
+def bench_config(name: str, device: torch.device, rounds: int = 5, steps: int = 10,
+                 impls: tuple[str, ...] = IMPLS, log: Callable[[str], None] = print) -> list[Row]:
+    make, bs, _ = CONFIGS[name]
+    torch.manual_seed(0)
+    model = make().to(device)
+    twin = to_torch(model)
+    x = torch.randn(bs, 784, device=device)
+    y = torch.randint(0, 10, (bs,), device=device)
+    step = WithLoss(model, CrossEntropyLoss())
+    opt = SGD(model.parameters(), lr=1e-3)
+
+    def handgrad_step() -> None:
+        step(x, y)
+        opt.zero_grad()
+        step.backward(needs_input_grad=False)
+        opt.step()
+
+    def torch_step(net: torch.nn.Module, topt: torch.optim.Optimizer) -> Callable[[], None]:
+        def fn() -> None:
+            loss = F.cross_entropy(net(x), y)
+            topt.zero_grad(set_to_none=False)
+            loss.backward()
+            topt.step()
+
+        return fn
+
+    fns: dict[str, Callable[[], None]] = {
+        "handgrad": handgrad_step,
+        "eager": torch_step(twin, torch.optim.SGD(twin.parameters(), lr=1e-3)),
+        "gemm_floor": _gemm_floor(model, x),
+    }
+    rows = []
+    for impl in impls:
+        note = ""
+        try:
+            if impl == "compile":
+                ctwin = to_torch(model)
+                start = time.perf_counter()
+                fn = torch_step(torch.compile(ctwin), torch.optim.SGD(ctwin.parameters(), lr=1e-3))
+                fn()
+                note = f"compiled in {time.perf_counter() - start:.0f}s"
+            else:
+                fn = fns[impl]
+            ms = _time(fn, device, rounds, steps)
+            mb = _peak_mb(fn, device) if impl != "gemm_floor" else None
+        except Exception as e:  # torch.compile needs a working C++ toolchain: report, do not abort the bench
+            ms, mb, note = None, None, f"failed: {type(e).__name__}: {str(e).splitlines()[0][:80]}"
+        rows.append(Row(name, impl, ms, mb, note))
+        log(f"  {name:28s} {impl:11s} " + (f"{ms:9.3f} ms/step" if ms is not None else "        -") +
+            (f"  peak {mb:8.2f} MB" if mb is not None else "") + (f"  ({note})" if note else ""))
+    return rows
+
+
+def format_table(rows: list[Row]) -> str:
+    lines = [f"{'config':28s} {'impl':11s} {'step ms':>9s} {'vs eager':>9s} {'vs floor':>9s} {'peak MB':>9s} "
+             f"{'vs eager':>9s}"]
+    for r in rows:
+        eager = next((e for e in rows if e.config == r.config and e.impl == "eager"), None)
+        floor = next((e for e in rows if e.config == r.config and e.impl == "gemm_floor"), None)
+
+        def ratio(a: float | None, b: float | None) -> str:
+            return f"{a / b:8.2f}x" if a is not None and b else "        -"
+
+        lines.append(f"{r.config:28s} {r.impl:11s} " + (f"{r.step_ms:9.3f}" if r.step_ms is not None else
+                                                        "        -") +
+                     f" {ratio(r.step_ms, eager and eager.step_ms)} {ratio(r.step_ms, floor and floor.step_ms)} " +
+                     (f"{r.peak_mb:9.2f}" if r.peak_mb is not None else "        -") +
+                     f" {ratio(r.peak_mb, eager and eager.peak_mb)}" + (f"  {r.note}" if r.note else ""))
+    return "\n".join(lines)
+
+
+def plot(rows: list[Row], path: Path) -> Path:
+    from .train.plots import _pyplot, _save
+
+    plt = _pyplot()
+    configs = list(dict.fromkeys(r.config for r in rows))
+    fig, axes = plt.subplots(1, len(configs), figsize=(5 * len(configs), 4))
+    for ax, cfg in zip(axes if len(configs) > 1 else [axes], configs):
+        sub = [r for r in rows if r.config == cfg and r.step_ms is not None]
+        ax.bar([r.impl for r in sub], [r.step_ms for r in sub], color=["tab:green", "tab:blue", "tab:orange",
+                                                                         "tab:gray"][:len(sub)])
+        ax.set(title=cfg, ylabel="ms per training step")
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def write_json(rows: list[Row], path: Path) -> None:
+    path.write_text(json.dumps({"rows": [asdict(r) for r in rows]}, indent=2) + "\n")
