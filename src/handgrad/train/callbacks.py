@@ -74,14 +74,16 @@ class NonFiniteGuardCB(Callback):
         raise TrainingError(f"{what} at epoch {learn.epoch + 1}, batch {learn.batch_idx + 1}; lower the learning "
                             f"rate (it was {learn.opt.lr:.3g}){kept}")
 
-    def after_loss(self, learn: Learner) -> None:
+    def after_backward(self, learn: Learner) -> None:
+        # one fused test (and one device sync) per batch: the loss and every gradient's norm
+        grads = [p.g for p in learn.model.parameters() if p.g is not None]
+        norms = torch._foreach_norm(grads) if grads else []
+        if bool(torch.isfinite(torch.stack([learn.loss.detach().reshape(()), *norms])).all()):
+            return
         if not bool(torch.isfinite(learn.loss)):
             self._stop(learn, f"non-finite loss ({float(learn.loss)}): first non-finite value in "
                               f"{_first_bad(learn, 'activation')}")
-
-    def after_backward(self, learn: Learner) -> None:
-        if not all(bool(torch.isfinite(p.g).all()) for p in learn.model.parameters() if p.g is not None):
-            self._stop(learn, f"non-finite gradient: first in {_first_bad(learn, 'gradient')}")
+        self._stop(learn, f"non-finite gradient: first in {_first_bad(learn, 'gradient')}")
 
 
 class MetricsCB(Callback):
