@@ -10,7 +10,8 @@ import torch
 import handgrad as hg
 from handgrad.data import DataLoader, locate
 from handgrad.interop import from_torch, to_torch
-from handgrad.train import TrainConfig, fit, make_loss, mlp, run, train_step
+from handgrad.train import Learner, TrainConfig, fit, make_loss, mlp, run
+from handgrad.train.callbacks import LambdaCB
 from handgrad.train.twin import fit_torch
 
 
@@ -31,14 +32,18 @@ def test_training_step_builds_no_autograd_graph(monkeypatch):
     monkeypatch.setattr(torch.Tensor, "backward", forbidden)
     torch.manual_seed(0)
     model = mlp(20, [16, 8], 3)
-    step = hg.WithLoss(model, hg.CrossEntropyLoss())
-    opt = hg.SGD(model.parameters(), lr=0.1)
     x, y = blobs(32)
+    tensors = []
+
+    def capture(learn):  # every tensor of the training step, before evaluation replaces them
+        tensors.extend([learn.loss, *model.parameters(), *(p.g for p in model.parameters())])
+        for m in model.modules():
+            tensors.extend([m.out, getattr(m.out, "g", None), *m.args])
+
+    learn = Learner(model, hg.CrossEntropyLoss(), hg.SGD(model.parameters(), lr=0.1), DataLoader(x, y, 32), x, y,
+                    3, [LambdaCB("after_batch", capture)])
     assert torch.is_grad_enabled()
-    train_step(step, opt, x, y)
-    tensors = [step.out, *model.parameters(), *(p.g for p in model.parameters())]
-    for m in model.modules():
-        tensors += [m.out, getattr(m.out, "g", None), *m.args]
+    learn.fit(1)
     tensors = [t for t in tensors if isinstance(t, torch.Tensor)]
     assert len(tensors) > 20
     assert all(not t.requires_grad and t.grad_fn is None for t in tensors)

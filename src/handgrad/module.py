@@ -342,11 +342,13 @@ class Sequential(Module):
         if last < 0:
             return dout
         # Layer i must pass a gradient down only if something below it learns, or the caller wants dX;
-        # a layer with nothing to learn and nothing to pass down is skipped.
-        learns = [any(True for _ in layer._all_parameters()) for layer in self.layers]
+        # layers below the first that learns have nothing to do then and are skipped. The scan stops at
+        # the first layer with parameters, usually layer 0 or 1, so this costs next to nothing per step.
+        first = next((i for i, layer in enumerate(self.layers) if any(True for _ in layer._all_parameters())),
+                     last + 1)
         for i in range(last, -1, -1):
-            needs_input_grad = self.needs_input_grad or any(learns[:i])
-            if learns[i] or needs_input_grad:
+            needs_input_grad = self.needs_input_grad or i > first
+            if i >= first or needs_input_grad:
                 self.layers[i].backward(dout if i == last else None, needs_input_grad=needs_input_grad)
         return None
 

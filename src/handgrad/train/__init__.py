@@ -3,8 +3,8 @@
 from ..models import cnn, mlp
 from .config import TrainConfig
 from .learner import Callback, CancelBatch, CancelEpoch, CancelFit, Learner
-from .loop import EpochStats, evaluate, fit, make_loss, train_step
+from .loop import EpochStats, evaluate, fit, make_loss
 from .run import RunResult, run
 
 __all__ = ["Callback", "CancelBatch", "CancelEpoch", "CancelFit", "EpochStats", "Learner", "RunResult",
-           "TrainConfig", "cnn", "evaluate", "fit", "make_loss", "mlp", "run", "train_step"]
+           "TrainConfig", "cnn", "evaluate", "fit", "make_loss", "mlp", "run"]

@@ -24,8 +24,8 @@ def load_run(path: str | Path) -> tuple[TrainConfig, Module, dict]:
     folder = RunFolder.open(path)
     cfg = TrainConfig.from_dict(folder.read_config())
     tensors, meta = folder.load_checkpoint()
-    classes = meta.get("classes") or [str(i) for i in range(10)]
-    model, _ = build_model(cfg, int(meta.get("n_in", 784)), len(classes))
+    meta.setdefault("classes", [str(i) for i in range(10)])
+    model, _ = build_model(cfg, int(meta.get("n_in", 784)), len(meta["classes"]))
     model.load_state_dict({k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")})
     return cfg, model.eval(), meta
 
@@ -81,7 +81,7 @@ def predict_images(path: str | Path, images: list[str], k: int = 3) -> list[tupl
     cfg, model, meta = load_run(path)
     if cfg.loss != "cross-entropy":
         raise UsageError(f"{path}: predict needs a model trained with cross-entropy (this one used {cfg.loss})")
-    classes = meta.get("classes") or [str(i) for i in range(10)]
+    classes = meta["classes"]
     x = torch.stack([load_image(p) for p in images])  # (B, 784)
     if meta.get("mean") is not None:
         x = (x - meta["mean"]) / meta["std"]

@@ -15,6 +15,7 @@ from torch import Tensor
 from ..data import DataLoader
 from ..module import Module, WithLoss
 from ..optim import Optimizer
+from .loop import evaluate
 
 EVENTS = ("before_fit", "before_epoch", "before_batch", "after_loss", "after_backward", "after_batch",
           "after_epoch", "after_fit")
@@ -114,8 +115,6 @@ class Learner:
 
     def evaluate(self, x: Tensor, y: Tensor, bs: int = 2000) -> tuple[float, float]:
         """(mean loss, accuracy) of the model in its current mode over x, y."""
-        from .loop import evaluate
-
         return evaluate(self.model, self.loss_fn, x, y, self.n_classes, bs)
 
     @torch.no_grad()

@@ -1,4 +1,4 @@
-"""Training pieces: per-epoch statistics, evaluation, one step, and fit (a Learner with the usual callbacks).
+"""Training pieces: per-epoch statistics, evaluation, and fit (a Learner with the usual callbacks).
 
 No autograd anywhere: forward, loss, hand-written backward, in-place optimizer step."""
 
@@ -12,7 +12,7 @@ from torch import Tensor
 
 from ..data import DataLoader
 from ..losses import CrossEntropyLoss, MSELoss
-from ..module import Module, WithLoss
+from ..module import Module
 from ..optim import Optimizer
 from ..schedules import Schedule
 
@@ -59,15 +59,6 @@ def evaluate(forward: Callable[[Tensor], Tensor], loss: Callable[[Tensor, Tensor
             correct += (predict_classes(out, n_classes) == yb).sum()
     n = max(x.shape[0], 1)
     return float(total_loss) / n, int(correct) / n
-
-
-def train_step(step: WithLoss, opt: Optimizer, xb: Tensor, yb: Tensor) -> Tensor:
-    """One step: loss = step(xb, yb); every .g from the hand-written backward; p -= lr * p.g."""
-    loss = step(xb, yb)
-    opt.zero_grad()
-    step.backward(needs_input_grad=False)  # the data needs no gradient
-    opt.step()
-    return loss
 
 
 def fit(model: Module, loss_fn: Module, opt: Optimizer, train_dl: DataLoader, x_valid: Tensor, y_valid: Tensor,

@@ -28,6 +28,9 @@ from .stats import ActivationStats
 from .twin import fit_torch
 
 
+OPT_NAMES = {"sgd": "SGD", "adam": "Adam", "adamw": "AdamW"}
+
+
 @dataclass
 class RunResult:
     config: TrainConfig
@@ -139,9 +142,8 @@ def run(cfg: TrainConfig, log: Callable[[str], None] = print, progress: bool = T
     loss_fn = make_loss(cfg.loss)
     n_params = sum(p.numel() for p in model.parameters())
     bs, lr = cfg.batch_size, cfg.learning_rate
-    opt_desc = f"{cfg.opt.upper() if cfg.opt == 'sgd' else {'adam': 'Adam', 'adamw': 'AdamW'}[cfg.opt]} lr {lr} " \
-               f"({cfg.lr_schedule})" + (f" momentum {cfg.sgd_momentum}" if cfg.opt == "sgd" else "") + \
-               f" weight decay {cfg.decay}"
+    momentum = f" momentum {cfg.sgd_momentum}" if cfg.opt == "sgd" else ""
+    opt_desc = f"{OPT_NAMES[cfg.opt]} lr {lr} ({cfg.lr_schedule}){momentum} weight decay {cfg.decay}"
     log(f"{'resuming' if checkpoint else 'training'} {name} ({n_params} parameters) with {cfg.loss} on {data.name} "
         f"({data.source}): {data.x_train.shape[0]} train, {data.x_valid.shape[0]} valid; {cfg.epochs} epochs, "
         f"bs {bs}, {opt_desc}, seed {cfg.seed}, device {device}" + (f"; run folder {folder.path}" if folder else ""))
