@@ -23,7 +23,8 @@ def blobs(n, n_in=20, n_classes=3, seed=0):
     return centers[y] + torch.randn(n, n_in, generator=gen), y
 
 
-def test_training_step_builds_no_autograd_graph(monkeypatch):
+@pytest.mark.parametrize("fused", [True, False])
+def test_training_step_builds_no_autograd_graph(monkeypatch, fused):
     def forbidden(*args, **kwargs):
         raise AssertionError("autograd was called in the training path")
 
@@ -35,17 +36,24 @@ def test_training_step_builds_no_autograd_graph(monkeypatch):
     x, y = blobs(32)
     tensors = []
 
-    def capture(learn):  # every tensor of the training step, before evaluation replaces them
-        tensors.extend([learn.loss, *model.parameters(), *(p.g for p in model.parameters())])
+    def activations(learn):  # every tensor the forward saved (the module path, before the lean backward)
         for m in model.modules():
-            tensors.extend([m.out, getattr(m.out, "g", None), *m.args])
+            tensors.extend([m.out, *m.args])
 
+    def gradients(learn):  # the loss, weights, their .g, and the fused step's buffers
+        tensors.extend([learn.loss, *model.parameters(), *(p.g for p in model.parameters())])
+        if learn.fused is not None:
+            for plan, ones in learn.fused.plans.values():
+                tensors.extend([ones, *(t for pair in plan for t in pair)])
+
+    callbacks = [LambdaCB("after_batch", gradients)] + ([] if fused else [LambdaCB("after_loss", activations)])
     learn = Learner(model, hg.CrossEntropyLoss(), hg.SGD(model.parameters(), lr=0.1), DataLoader(x, y, 32), x, y,
-                    3, [LambdaCB("after_batch", capture)])
+                    3, callbacks, fused=fused)
+    assert (learn.fused is not None) == fused
     assert torch.is_grad_enabled()
     learn.fit(1)
     tensors = [t for t in tensors if isinstance(t, torch.Tensor)]
-    assert len(tensors) > 20
+    assert len(tensors) > 10
     assert all(not t.requires_grad and t.grad_fn is None for t in tensors)
 
 

@@ -6,8 +6,10 @@ from .layers import (GELU, AdaptiveAvgPool2d, AvgPool2d, BatchNorm1d, BatchNorm2
                      GeneralRelu, LayerNorm, LeakyReLU, Linear, LogSoftmax, MaxPool2d, ReLU, Residual, Sigmoid, SiLU,
                      Softmax, Tanh, Unflatten, conv_bn, res_block)
 from .losses import CrossEntropyLoss, MSELoss, NLLLoss
-from .module import Module, Parameter, Sequential, WithLoss, add_grad
-from .optim import SGD
+from .allocator import keep_freed_memory
+from .fused import FusedStep, training_step
+from .module import Module, Parameter, Sequential, WithLoss, add_grad, lean
+from .optim import SGD, Adam, AdamW
 
 __version__ = "0.1.0"
 
@@ -17,4 +19,5 @@ __all__ = [
     "Unflatten", "conv_bn", "res_block",
     "CrossEntropyLoss", "Lin", "Linear", "LogSoftmax", "MSELoss", "Module", "Mse", "NLLLoss", "Parameter",
     "ReLU", "Relu", "SGD", "Sequential", "WithLoss", "add_grad", "check", "functional", "init", "interop", "models",
+    "Adam", "AdamW", "FusedStep", "keep_freed_memory", "lean", "training_step",
 ]

@@ -2,8 +2,14 @@
 process, same model, same batch, same threads: handgrad, torch eager autograd, torch.compile, and the
 GEMM floor (the step's matrix multiplies / convolutions alone at the same shapes).
 
-Step time is the median over rounds; peak memory is the highest total of tensor bytes alive during
-one step beyond what was alive before it (torch's profiler on CPU, the CUDA allocator on a GPU).
+handgrad's step is the one `handgrad train` takes (`handgrad.fused.training_step`): the fused MLP step
+for the MLPs, the module path inside `lean()` for the CNN.
+
+Step time is the median over rounds. Peak memory is what training needs beyond the parameters and the
+batch: each implementation starts from a fresh state (no gradients, a new optimizer, no kept buffers)
+and the highest total of tensor bytes alive during its first two steps is reported, so gradients,
+optimizer state, kept buffers and activations all count (torch's profiler on CPU, the CUDA allocator on
+a GPU).
 """
 
 from __future__ import annotations
@@ -21,7 +27,8 @@ import torch.nn.functional as F
 from .interop import to_torch
 from .losses import CrossEntropyLoss
 from .models import cnn, mlp
-from .module import Module, WithLoss
+from .fused import training_step
+from .module import Module
 from .optim import SGD
 
 CONFIGS: dict[str, tuple[Callable[[], Module], int, str]] = {
@@ -60,18 +67,22 @@ def _time(fn: Callable[[], None], device: torch.device, rounds: int, steps: int)
     return statistics.median(times)
 
 
-def _peak_mb(fn: Callable[[], None], device: torch.device) -> float:
-    fn()
+def _peak_mb(fresh: Callable[[], Callable[[], None]], device: torch.device) -> float:
+    """Peak bytes alive over the first two steps of a fresh training state made by `fresh()`."""
     if device.type == "cuda":
         _sync(device)
         base = torch.cuda.memory_allocated(device)
         torch.cuda.reset_peak_memory_stats(device)
+        fn = fresh()
+        fn()
         fn()
         _sync(device)
         return (torch.cuda.max_memory_allocated(device) - base) / 2**20
     from torch.profiler import ProfilerActivity, profile
 
     with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        fn = fresh()
+        fn()
         fn()
     events = sorted((e for e in prof.events() if e.self_cpu_memory_usage),
                     key=lambda e: e.time_range.start)
@@ -121,46 +132,54 @@ def bench_config(name: str, device: torch.device, rounds: int = 5, steps: int = 
     make, bs, _ = CONFIGS[name]
     torch.manual_seed(0)
     model = make().to(device)
-    twin = to_torch(model)
+    twin, ctwin = to_torch(model), to_torch(model)
+    compiled = None
     x = torch.randn(bs, 784, device=device)
     y = torch.randint(0, 10, (bs,), device=device)
-    step = WithLoss(model, CrossEntropyLoss())
-    opt = SGD(model.parameters(), lr=1e-3)
 
-    def handgrad_step() -> None:
-        step(x, y)
-        opt.zero_grad()
-        step.backward(needs_input_grad=False)
-        opt.step()
+    def handgrad_fresh() -> Callable[[], None]:
+        for p in model.parameters():
+            p.g = None
+            p.__dict__.pop("_gbuf", None)
+        step = training_step(model, CrossEntropyLoss(), SGD(model.parameters(), lr=1e-3))
+        return lambda: step(x, y)
 
-    def torch_step(net: torch.nn.Module, topt: torch.optim.Optimizer) -> Callable[[], None]:
+    def torch_fresh(net: torch.nn.Module, run: torch.nn.Module | None = None) -> Callable[[], None]:
+        for p in net.parameters():
+            p.grad = None
+        topt = torch.optim.SGD(net.parameters(), lr=1e-3)
+        run = run or net
+
         def fn() -> None:
-            loss = F.cross_entropy(net(x), y)
+            loss = F.cross_entropy(run(x), y)
             topt.zero_grad(set_to_none=False)
             loss.backward()
             topt.step()
 
         return fn
 
-    fns: dict[str, Callable[[], None]] = {
-        "handgrad": handgrad_step,
-        "eager": torch_step(twin, torch.optim.SGD(twin.parameters(), lr=1e-3)),
-        "gemm_floor": _gemm_floor(model, x),
+    def compile_fresh() -> Callable[[], None]:
+        nonlocal compiled
+        compiled = compiled or torch.compile(ctwin)
+        return torch_fresh(ctwin, compiled)
+
+    fresh: dict[str, Callable[[], Callable[[], None]]] = {
+        "handgrad": handgrad_fresh,
+        "eager": lambda: torch_fresh(twin),
+        "compile": compile_fresh,
+        "gemm_floor": lambda: _gemm_floor(model, x),
     }
     rows = []
     for impl in impls:
         note = ""
         try:
+            start = time.perf_counter()
+            fn = fresh[impl]()
+            fn()
             if impl == "compile":
-                ctwin = to_torch(model)
-                start = time.perf_counter()
-                fn = torch_step(torch.compile(ctwin), torch.optim.SGD(ctwin.parameters(), lr=1e-3))
-                fn()
                 note = f"compiled in {time.perf_counter() - start:.0f}s"
-            else:
-                fn = fns[impl]
             ms = _time(fn, device, rounds, steps)
-            mb = _peak_mb(fn, device) if impl != "gemm_floor" else None
+            mb = _peak_mb(fresh[impl], device) if impl != "gemm_floor" else None
         except Exception as e:  # torch.compile needs a working C++ toolchain: report, do not abort the bench
             ms, mb, note = None, None, f"failed: {type(e).__name__}: {str(e).splitlines()[0][:80]}"
         rows.append(Row(name, impl, ms, mb, note))

@@ -14,6 +14,7 @@ from dataclasses import fields
 
 import torch
 
+from .allocator import keep_freed_memory
 from .errors import DataError, GradientCheckError, TrainingError, UsageError
 from .train.config import LOSSES, TrainConfig
 
@@ -59,6 +60,8 @@ def _add_train_args(t: argparse.ArgumentParser, d: TrainConfig) -> None:
     t.add_argument("--subset", type=int, default=d.subset, metavar="N", help="train on the first N images only")
     t.add_argument("--no-check", dest="check", action="store_false", help="skip the first-batch gradient check")
     t.add_argument("--no-download", dest="download", action="store_false", help="never try to download data")
+    t.add_argument("--no-fused", dest="fused", action="store_false",
+                   help="train MLPs through the module path (lean), not the fused step")
     t.add_argument("--no-normalize", dest="normalize", action="store_false",
                    help="feed pixels in [0, 1] as the seeds did, instead of standardising them")
 
@@ -336,6 +339,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         commands = {"train": _train, "lr-find": _lr_find, "eval": _eval, "predict": _predict, "check": _check,
                     "trace": _trace, "derive": _derive, "bench": _bench, "data": _data}
+        if args.command in ("train", "lr-find", "bench"):
+            keep_freed_memory()  # training loops re-allocate the same buffers each step
         return commands[args.command](args)
     except (DataError, GradientCheckError, TrainingError) as e:
         print(f"handgrad: error: {e}", file=sys.stderr)

@@ -52,6 +52,11 @@ def relu_grad(dy: Tensor, y: Tensor) -> Tensor:
     return dy * y.sign()
 
 
+def relu_grad_(dy: Tensor, y: Tensor) -> Tensor:
+    """relu_grad written into Y's own storage (Y becomes dX): for lean backward, where Y is not needed again."""
+    return torch.mul(dy, y.sign_(), out=y)
+
+
 # -------------------------------------------------------------------------- mse
 
 
@@ -108,8 +113,8 @@ def softmax(x: Tensor, dim: int = -1) -> Tensor:
 # ------------------------------------------------------------- class targets
 
 
-def check_class_targets(logits: Tensor, target: Tensor) -> None:
-    """Raise ValueError unless logits is (N, C) and target holds N integer labels in [0, C)."""
+def check_class_targets(logits: Tensor, target: Tensor, check_range: bool = True) -> None:
+    """Raise ValueError unless logits is (N, C) and target holds N integer labels (in [0, C), if check_range)."""
     if logits.dim() != 2:
         raise ValueError(f"expected logits of shape [N, C], got {list(logits.shape)}")
     if target.is_floating_point() or target.is_complex() or target.dtype == torch.bool:
@@ -120,7 +125,7 @@ def check_class_targets(logits: Tensor, target: Tensor) -> None:
             f"got target {list(target.shape)}"
         )
     n_classes = logits.shape[1]
-    if target.numel() and bool(((target < 0) | (target >= n_classes)).any()):
+    if check_range and target.numel() and bool(((target < 0) | (target >= n_classes)).any()):
         bad = target[(target < 0) | (target >= n_classes)][0].item()
         raise ValueError(f"class label {bad} out of range: expected labels in [0, {n_classes - 1}]")
 

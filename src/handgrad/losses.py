@@ -49,8 +49,13 @@ class CrossEntropyLoss(_Loss):
     """
 
     def forward(self, logits: Tensor, target: Tensor) -> Tensor:
-        check_class_targets(logits, target)
-        loss, self.max, self.logsum = cross_entropy(logits, target, self.reduction)
+        # On the CPU gather itself rejects labels out of range, so the range is read only to explain it.
+        check_class_targets(logits, target, check_range=not logits.is_cpu)
+        try:
+            loss, self.max, self.logsum = cross_entropy(logits, target, self.reduction)
+        except (RuntimeError, IndexError):
+            check_class_targets(logits, target)
+            raise
         return loss
 
     def bwd(self, dloss: Tensor, logits: Tensor, target: Tensor) -> Tensor:

@@ -12,17 +12,25 @@ How gradients flow (the seeds' `.g` convention, made to add up):
 - `backward(grad)` records `grad` as `self.out.g`; `backward()` with no argument
   reads `self.out.g`, set by the next layer's backward (or, for a scalar output
   such as a loss, starts from 1).
-- A parameter's `.g` accumulates across backward calls until `zero_grad()`.
+- A parameter's `.g` accumulates across backward calls until `zero_grad()`, which
+  sets it to None (as torch's `zero_grad(set_to_none=True)`); the next backward
+  writes into the parameter's own gradient buffer again, so no step allocates it.
 - A `bwd` that returns None has written the `.g` of its inputs itself (as the
   seeds' `bwd` did, and as containers such as `Sequential` do through their
   children).
 - Backward runs once per forward: a second `backward` before the next forward
   raises RuntimeError instead of silently counting the gradients twice.
+- Inside `lean()`, each module lets go of what it saved (inputs, output, the
+  output's `.g`) as soon as its backward is done, and layers may overwrite their
+  own saved output with their input gradient: activations are freed layer by
+  layer during backward, as autograd frees its graph. Outside it (the default),
+  everything stays for inspection until the next forward.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import torch
@@ -48,6 +56,29 @@ class Parameter(torch.nn.Parameter):
     def __repr__(self) -> str:
         return "Parameter containing:\n" + repr(self.data)
 
+    def grad_buffer(self) -> Tensor:
+        """The parameter's own gradient storage, reused from step to step (`.g` is it, or None)."""
+        buf = self.__dict__.get("_gbuf")
+        if buf is None or buf.shape != self.shape or buf.dtype != self.dtype or buf.device != self.device:
+            buf = self._gbuf = torch.empty_like(self.data)
+        return buf
+
+
+def accumulate_mm(p: Parameter, a: Tensor, b: Tensor) -> None:
+    """p.g += a @ b, written straight into the parameter's gradient buffer (no temporary)."""
+    if p.g is None:
+        p.g = torch.mm(a, b, out=p.grad_buffer())
+    else:
+        p.g.addmm_(a, b)
+
+
+def accumulate_sum(p: Parameter, t: Tensor, dims: int | tuple[int, ...]) -> None:
+    """p.g += t.sum(dims), written straight into the parameter's gradient buffer."""
+    if p.g is None:
+        p.g = torch.sum(t, dims, out=p.grad_buffer())
+    else:
+        p.g.add_(t.sum(dims))
+
 
 def add_grad(t: Tensor, g: Tensor) -> None:
     """Add `g` into `t.g`: in place into a parameter's own buffer, out of place otherwise.
@@ -59,13 +90,29 @@ def add_grad(t: Tensor, g: Tensor) -> None:
     current = getattr(t, "g", None)
     if isinstance(t, Parameter):
         if current is None:
-            t.g = g.detach().clone()
+            # a mis-shaped gradient (a bug in someone's bwd) is kept as it came, for the checker to name
+            t.g = t.grad_buffer().copy_(g) if g.shape == t.shape else g.detach().clone()
         else:
             current.add_(g)
     elif current is None:
         t.g = g
     else:
         t.g = current + g
+
+
+@contextmanager
+def lean(enabled: bool = True) -> Iterator[None]:
+    """Backward frees each module's saved tensors once it is done with them (see the module docstring).
+
+    For training, where nothing reads activations or intermediate gradients after backward;
+    parameters' `.g` are kept as always. `lean(False)` turns it off inside an enclosing `lean()`.
+    """
+    previous = Module.lean
+    Module.lean = enabled
+    try:
+        yield
+    finally:
+        Module.lean = previous
 
 
 class Module:
@@ -79,6 +126,7 @@ class Module:
     """
 
     training: bool = True
+    lean: bool = False  # True inside handgrad.lean(): release saved tensors after backward
     _call_log: list[list[Module]] = []  # filled only inside handgrad.trace.recording()
 
     def __init__(self) -> None:
@@ -113,9 +161,9 @@ class Module:
         first layer of a network does not need the gradient of the data).
         Returns the accumulated gradient of the first input (`self.args[0].g`).
         """
-        if not hasattr(self, "out"):
-            raise RuntimeError(f"{type(self).__name__}.backward called before any forward")
-        if self._backward_done:
+        if self.__dict__.get("_backward_done", True):
+            if not hasattr(self, "out"):
+                raise RuntimeError(f"{type(self).__name__}.backward called before any forward")
             raise RuntimeError(
                 f"{type(self).__name__}.backward called twice for one forward; run the forward "
                 "again first (a second backward would count every gradient twice)"
@@ -146,7 +194,12 @@ class Module:
                 if g is not None and isinstance(x, Tensor):
                     add_grad(x, g)
         first = self.args[0] if self.args else None
-        return getattr(first, "g", None) if isinstance(first, Tensor) else None
+        first_g = getattr(first, "g", None) if isinstance(first, Tensor) else None
+        if Module.lean:
+            out.g = None
+            self.args = ()
+            self.out = None
+        return first_g
 
     def reopen_backward(self) -> None:
         """Allow another backward of the last forward: clear the `.g` of every tensor this module and its
@@ -214,10 +267,9 @@ class Module:
 
     # ------------------------------------------------------------------ state
     def zero_grad(self) -> None:
-        """Clear every parameter's `.g` in place (its buffer is kept and reused)."""
+        """Set every parameter's `.g` to None (its buffer is kept, and the next backward writes into it)."""
         for p in self.parameters():
-            if p.g is not None:
-                p.g.zero_()
+            p.g = None
 
     def train(self, mode: bool = True) -> Module:
         for m in self.modules():
@@ -237,6 +289,7 @@ class Module:
             for _, p in m._own_parameters():
                 p.data = p.data.to(device=device, dtype=dtype)
                 p.g = None
+                p.__dict__.pop("_gbuf", None)
             for bname in m.buffer_names():
                 b = getattr(m, bname)
                 b_dtype = dtype if (dtype is not None and b.is_floating_point()) else None

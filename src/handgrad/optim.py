@@ -26,9 +26,9 @@ class Optimizer:
         self.state: list[dict[str, Tensor]] = [{} for _ in self.params]
 
     def zero_grad(self) -> None:
+        """Set every `.g` to None (the parameter keeps its buffer; the next backward writes into it)."""
         for p in self.params:
-            if p.g is not None:
-                p.g.zero_()
+            p.g = None
 
     @torch.no_grad()
     def step(self) -> None:
@@ -79,16 +79,30 @@ class SGD(Optimizer):
             raise ValueError("Nesterov momentum needs momentum > 0")
         self.momentum, self.weight_decay, self.nesterov = momentum, weight_decay, nesterov
 
-    def update(self, p: Tensor, g: Tensor, state: dict[str, Tensor]) -> None:
-        d = g if self.weight_decay == 0 else g.add(p, alpha=self.weight_decay)
+    @torch.no_grad()
+    def step(self) -> None:
+        """The formula above for all parameters at once (torch's multi-tensor `_foreach` kernels)."""
+        self.steps += 1
+        live = [i for i, p in enumerate(self.params) if p.g is not None]
+        if not live:
+            return
+        ps = [self.params[i] for i in live]
+        ds = [p.g for p in ps]
+        if self.weight_decay:
+            ds = torch._foreach_add(ds, ps, alpha=self.weight_decay)
         if self.momentum:
-            buf = state.get("momentum_buffer")
-            if buf is None:
-                buf = state["momentum_buffer"] = d.clone()
-            else:
-                buf.mul_(self.momentum).add_(d)
-            d = d.add(buf, alpha=self.momentum) if self.nesterov else buf
-        p.add_(d, alpha=-self.lr)
+            states = [self.state[i] for i in live]
+            old = [k for k, st in enumerate(states) if "momentum_buffer" in st]
+            if old:
+                bufs = [states[k]["momentum_buffer"] for k in old]
+                torch._foreach_mul_(bufs, self.momentum)
+                torch._foreach_add_(bufs, [ds[k] for k in old])
+            for k, st in enumerate(states):
+                if "momentum_buffer" not in st:  # b = d on a parameter's first step
+                    st["momentum_buffer"] = ds[k].clone()
+            bufs = [st["momentum_buffer"] for st in states]
+            ds = torch._foreach_add(ds, bufs, alpha=self.momentum) if self.nesterov else bufs
+        torch._foreach_add_(ps, ds, alpha=-self.lr)
 
 
 class Adam(Optimizer):

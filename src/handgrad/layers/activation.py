@@ -7,7 +7,7 @@ import math
 import torch
 from torch import Tensor
 
-from ..functional import log_softmax, log_softmax_grad, relu, relu_grad
+from ..functional import log_softmax, log_softmax_grad, relu, relu_grad, relu_grad_
 from ..module import Module
 
 
@@ -18,8 +18,8 @@ class ReLU(Module):
         return relu(x)
 
     def bwd(self, dy: Tensor, x: Tensor) -> Tensor:
-        """dX = dY * (Y > 0)  (the mask read from the saved output)."""
-        return relu_grad(dy, self.out)
+        """dX = dY * (Y > 0)  (the mask read from the saved output; inside `lean()` dX overwrites it)."""
+        return relu_grad_(dy, self.out) if self.lean else relu_grad(dy, self.out)
 
 
 class LeakyReLU(Module):

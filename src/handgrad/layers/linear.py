@@ -5,9 +5,9 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from ..functional import lin, lin_grads
+from ..functional import lin
 from ..init import init_weight
-from ..module import Module, Parameter, add_grad
+from ..module import Module, Parameter, accumulate_mm, accumulate_sum
 
 
 class Linear(Module):
@@ -45,12 +45,17 @@ class Linear(Module):
         return lin(x, self.weight, self.bias)  # (N, out_features)
 
     def bwd(self, dy: Tensor, x: Tensor) -> Tensor | None:
-        """dX = dY @ W.T,  dW = X.T @ dY,  db = dY.sum(0)."""
-        dx, dw, db = lin_grads(dy, x, self.weight, self.needs_input_grad)
-        add_grad(self.weight, dw)
+        """dX = dY @ W.T,  dW = X.T @ dY,  db = dY.sum(0)   (leading dims of X folded into N).
+
+        dW and db go straight into the parameters' gradient buffers (`X.T @ dY` is a BLAS call on a
+        transposed view: no copy); dX is skipped when nothing below needs it.
+        """
+        x2 = x.reshape(-1, x.shape[-1])  # (N, in_features)
+        dy2 = dy.reshape(-1, dy.shape[-1])  # (N, out_features)
+        accumulate_mm(self.weight, x2.t(), dy2)  # (in_features, out_features)
         if self.bias is not None:
-            add_grad(self.bias, db)
-        return dx
+            accumulate_sum(self.bias, dy2, 0)  # (out_features,)
+        return dy @ self.weight.t() if self.needs_input_grad else None  # (..., in_features)
 
     def _export(self, name: str, t: Tensor) -> Tensor:
         return t.t() if name == "weight" else t

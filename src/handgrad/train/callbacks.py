@@ -10,6 +10,7 @@ import torch
 from tqdm.auto import tqdm
 
 from ..errors import TrainingError
+from ..module import lean
 from ..optim import clip_grad_norm
 from ..schedules import Schedule
 from .learner import Callback, CancelFit, Learner
@@ -35,6 +36,7 @@ class ClipGradCB(Callback):
     """Clips the gradients' global norm to max_norm before the step."""
 
     order = 10
+    needs_module_step = True
 
     def __init__(self, max_norm: float) -> None:
         self.max_norm = max_norm
@@ -44,7 +46,16 @@ class ClipGradCB(Callback):
 
 
 def _first_bad(learn: Learner, what: str) -> str:
-    """Name the first layer (in call order for activations, backward order for gradients) holding a NaN/Inf."""
+    """Name the first layer (in call order for activations, backward order for gradients) holding a NaN/Inf.
+
+    Training steps keep no activations (lean or fused), so the batch is run again through the module path,
+    keeping everything; the weights are still those that gave the non-finite value.
+    """
+    with lean(False):
+        learn.step_module(learn.xb, learn.yb)
+        if what == "gradient":
+            learn.model.zero_grad()
+            learn.step_module.backward(needs_input_grad=False)
     leaves = [(n, m) for n, m in learn.model.named_modules() if not any(True for _ in m.children())]
     if what == "activation":
         for name, m in leaves:
@@ -178,10 +189,11 @@ class EarlyStoppingCB(Callback):
 
 
 class LambdaCB(Callback):
-    """Calls `fn(learn)` at `event`."""
+    """Calls `fn(learn)` at `event` (after_loss and after_backward need the module path)."""
 
     def __init__(self, event: str, fn: Callable[[Learner], None], order: int = 0) -> None:
         self.order = order
+        self.needs_module_step = event in ("after_loss", "after_backward")
         setattr(self, event, fn)
 
 
@@ -252,6 +264,7 @@ class LRFinderCB(Callback):
     stops when the (smoothed) loss exceeds 4x its best or goes non-finite."""
 
     order = -10
+    needs_module_step = True  # reads the loss before the step
 
     def __init__(self, start: float = 1e-6, end: float = 10.0, steps: int = 100) -> None:
         self.start, self.end, self.steps = start, end, steps

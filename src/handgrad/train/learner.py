@@ -3,6 +3,14 @@
 Events, in order: before_fit, before_epoch, before_batch, after_loss, after_backward, after_batch,
 after_epoch, after_fit. A callback raising CancelBatch, CancelEpoch or CancelFit skips the rest
 of that batch, epoch or fit. No autograd anywhere: the backward is the model's hand-written one.
+
+Two ways through a batch:
+- the module path: forward, after_loss, backward inside `lean()` (activations freed as it goes),
+  after_backward, optimizer step;
+- the fused path (`handgrad.fused.FusedStep`), for MLPs trained with SGD without momentum: forward,
+  backward and update in one pass, then after_backward (no `.g` exists; a batch with a non-finite loss
+  was not applied). It is used only when no callback sets `needs_module_step` (callbacks acting
+  between forward and step, or on activations and `.g`).
 """
 
 from __future__ import annotations
@@ -13,7 +21,8 @@ import torch
 from torch import Tensor
 
 from ..data import DataLoader
-from ..module import Module, WithLoss
+from ..fused import FusedStep, unsupported
+from ..module import Module, WithLoss, lean
 from ..optim import Optimizer
 from .loop import evaluate
 
@@ -37,6 +46,7 @@ class Callback:
     """Implement any of the EVENTS as methods taking the learner; lower `order` runs first."""
 
     order = 0
+    needs_module_step = False  # True: acts on activations or .g between forward and step (no fused step)
 
     def state_dict(self) -> dict:
         """What this callback must remember across a resume (JSON-serialisable)."""
@@ -54,11 +64,14 @@ class Learner:
     """
 
     def __init__(self, model: Module, loss_fn: Module, opt: Optimizer, train_dl: DataLoader, x_valid: Tensor,
-                 y_valid: Tensor, n_classes: int, callbacks: Iterable[Callback] = ()) -> None:
+                 y_valid: Tensor, n_classes: int, callbacks: Iterable[Callback] = (), fused: bool = True) -> None:
         self.model, self.loss_fn, self.opt, self.train_dl = model, loss_fn, opt, train_dl
         self.x_valid, self.y_valid, self.n_classes = x_valid, y_valid, n_classes
         self.callbacks = sorted(callbacks, key=lambda cb: cb.order)
         self.step_module = WithLoss(model, loss_fn)
+        usable = fused and unsupported(model, loss_fn) is None and \
+            not any(cb.needs_module_step for cb in self.callbacks)
+        self.fused = FusedStep(model, loss_fn, opt) if usable else None
         self.epoch, self.batch_idx, self.t = 0, 0, 0
         self.epochs = 0
         self.stopped = ""  # why training stopped early, if it did
@@ -102,12 +115,17 @@ class Learner:
         try:
             self.xb, self.yb = xb, yb
             self("before_batch")
-            self.loss = self.step_module(xb, yb)
-            self("after_loss")
-            self.opt.zero_grad()
-            self.step_module.backward(needs_input_grad=False)  # the data needs no gradient
-            self("after_backward")
-            self.opt.step()
+            if self.fused is not None and self.fused.fused_update():
+                self.loss = self.fused(xb, yb)  # forward, loss, backward and SGD update in one pass
+                self("after_backward")
+            else:
+                with lean():
+                    self.loss = self.step_module(xb, yb)
+                    self("after_loss")
+                    self.opt.zero_grad()
+                    self.step_module.backward(needs_input_grad=False)  # the data needs no gradient
+                self("after_backward")
+                self.opt.step()
             self.t += 1
             self("after_batch")
         except CancelBatch:

@@ -166,12 +166,13 @@ def run(cfg: TrainConfig, log: Callable[[str], None] = print, progress: bool = T
         callbacks.append(EarlyStoppingCB(cfg.patience, log))
     stats = ActivationStats(model) if cfg.stats is not None else None
     if stats is not None:
-        callbacks.append(LambdaCB("after_batch", lambda learn: stats.record(), order=50))
+        # recorded after the forward, before the lean backward lets go of the activations
+        callbacks.append(LambdaCB("after_loss", lambda learn: stats.record(), order=50))
     if folder is not None:
         info = {"classes": list(data.classes), "mean": data.mean, "std": data.std, "dataset": data.name,
                 "n_in": n_in}
         callbacks.append(CheckpointCB(folder, cfg.save_every, info))
-    learn = Learner(model, loss_fn, opt, train_dl, data.x_valid, data.y_valid, n_classes, callbacks)
+    learn = Learner(model, loss_fn, opt, train_dl, data.x_valid, data.y_valid, n_classes, callbacks, cfg.fused)
 
     start_epoch, start_batch = 0, 0
     if checkpoint is not None:

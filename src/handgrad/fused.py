@@ -1,0 +1,179 @@
+"""A fused training step for MLPs: Sequential(Linear, ReLU, ..., Linear) with CrossEntropyLoss or MSELoss.
+
+The same hand-written formulas as `Linear.bwd`, `ReLU.bwd` and the losses' `bwd`, run as one flat
+sequence of torch calls on buffers kept from step to step, with none of the per-module bookkeeping:
+
+- forward: Y = addmm(b, X, W) into the layer's output buffer; ReLU clamps that buffer in place
+  (Linear's backward needs its input, not its output).
+- the loss's gradient is formed in the forward pass from the loss's own log-probabilities:
+  cross-entropy dL/dX = (exp(logp) - onehot(y)) / N; MSE dL/dY = 2 (Y - T) / numel.
+- backward, last layer first: dW = X.T @ dY (BLAS reads the transposed view, no copy),
+  db = dY.sum(0), dX = dY @ W.T into a gradient buffer, then dX *= sign(ReLU output), the mask
+  written over the saved output (which nothing needs any more).
+- the update: with SGD without momentum, each layer's update is applied as soon as its dW is formed,
+  after its dX has been taken from the old weights: W <- W (1 - lr wd) - lr X.T @ dY as one addmm into
+  W itself. No gradient buffer is filled and the weights are read once; `.g` stays None. With any other
+  optimizer (or momentum) the gradients go into `.g` as usual and `opt.step()` runs.
+
+What it gives up: the layers' `.args`, `.out` and intermediate `.g` are not set (use the module path to
+look at them), and a step whose loss is not finite is not applied. tests/test_fused.py checks it against
+the module path.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+import torch
+from torch import Tensor
+
+from .functional import _mse_diff, check_class_targets
+from .layers import Linear, ReLU
+from .losses import CrossEntropyLoss, MSELoss
+from .module import Module, Sequential, WithLoss, accumulate_mm, accumulate_sum, lean
+from .optim import SGD, Optimizer
+
+
+def unsupported(model: Module, loss_fn: Module) -> str | None:
+    """Why (model, loss_fn) cannot take the fused step, or None when it can."""
+    if not isinstance(model, Sequential) or not len(model):
+        return "the model is not a Sequential"
+    kinds = [type(m) for m in model]
+    if kinds[0] is not Linear or kinds[-1] is not Linear:
+        return "the model does not start and end with Linear"
+    for a, b in zip(kinds, kinds[1:]):
+        if not ((a is Linear and b in (Linear, ReLU)) or (a is ReLU and b is Linear)):
+            return f"{a.__name__} followed by {b.__name__} is not a Linear/ReLU chain"
+    if type(loss_fn) not in (CrossEntropyLoss, MSELoss):
+        return f"the loss is {type(loss_fn).__name__} (fused: CrossEntropyLoss, MSELoss)"
+    return None
+
+
+class FusedStep:
+    """`step(x, y)`: forward, loss, hand-written backward and optimizer step of an MLP; returns the loss."""
+
+    def __init__(self, model: Module, loss_fn: Module, opt: Optimizer) -> None:
+        why = unsupported(model, loss_fn)
+        if why is not None:
+            raise ValueError(f"no fused step for this model: {why}")
+        assert isinstance(model, Sequential)
+        self.model, self.loss_fn, self.opt = model, loss_fn, opt
+        self.linears: list[Linear] = [m for m in model if isinstance(m, Linear)]
+        # relu_after[i]: a ReLU follows linear i
+        layers = list(model)
+        self.relu_after = [layers.index(lin) + 1 < len(layers) and isinstance(layers[layers.index(lin) + 1], ReLU)
+                           for lin in self.linears]
+        self.plans: dict[tuple, tuple[list[tuple[Tensor, Tensor | None]], Tensor]] = {}
+
+    def _plan(self, x: Tensor) -> tuple[list[tuple[Tensor, Tensor | None]], Tensor]:
+        """Per linear: its output buffer (N, out) and the buffer for the gradient of its input (N, in);
+        and a vector of N ones (db = dY.T @ 1). Kept between steps for this batch size, dtype and device
+        (and the weights' storage: `to()` moves them)."""
+        key = (x.shape[0], x.dtype, x.device, self.linears[0].weight.data_ptr())
+        plan = self.plans.get(key)
+        if plan is None:
+            if len(self.plans) > 4:  # e.g. a last, smaller batch of each epoch; keep few
+                self.plans.clear()
+            n, like = x.shape[0], dict(dtype=x.dtype, device=x.device)
+            plan = self.plans[key] = ([(torch.empty(n, lin.out_features, **like),
+                                        torch.empty(n, lin.in_features, **like) if i else None)
+                                       for i, lin in enumerate(self.linears)], torch.ones(n, **like))
+        return plan
+
+    def fused_update(self) -> bool:
+        """True when the optimizer's update is applied inside the backward (SGD without momentum)."""
+        return type(self.opt) is SGD and self.opt.momentum == 0
+
+    def __call__(self, x: Tensor, y: Tensor) -> Tensor:
+        linears, relu_after = self.linears, self.relu_after
+        if x.dim() != 2 or x.shape[1] != linears[0].in_features:
+            raise ValueError(f"Linear({linears[0].in_features} -> {linears[0].out_features}) expects input "
+                             f"[N, {linears[0].in_features}], got {list(x.shape)}")
+        plan, ones = self._plan(x)
+        # forward: acts[i] is the input of linear i (acts[0] = x), after its ReLU
+        acts = [x]
+        for lin, (out, _), relu in zip(linears, plan, relu_after):
+            if lin.bias is not None:
+                torch.addmm(lin.bias, acts[-1], lin.weight, out=out)  # (N, out_features)
+            else:
+                torch.mm(acts[-1], lin.weight, out=out)
+            if relu:
+                out.clamp_min_(0.0)
+            acts.append(out)
+        loss, d = self._loss_and_grad(acts.pop(), y)  # d: dL/d(output), (N, n_out)
+        if not math.isfinite(loss.item()):
+            return loss  # not applied: the caller's guard reports it; the weights stay as they were
+        # backward (and update), last layer first
+        fused = self.fused_update()
+        if not fused:
+            self.opt.zero_grad()
+        lr, wd = self.opt.lr, getattr(self.opt, "weight_decay", 0.0)
+        for i in range(len(linears) - 1, -1, -1):
+            lin, a, w = linears[i], acts[i], linears[i].weight
+            # dX = dY @ W.T from the old weights; its ReLU mask comes after dW, which still reads a
+            dx = torch.mm(d, w.t(), out=plan[i][1]) if i else None
+            if fused:  # W <- W (1 - lr wd) - lr X.T @ dY,  b <- b (1 - lr wd) - lr dY.T @ 1
+                w.addmm_(a.t(), d, beta=1 - lr * wd, alpha=-lr)
+                if lin.bias is not None:
+                    lin.bias.addmv_(d.t(), ones, beta=1 - lr * wd, alpha=-lr)
+            else:
+                accumulate_mm(w, a.t(), d)
+                if lin.bias is not None:
+                    accumulate_sum(lin.bias, d, 0)
+            if dx is not None and relu_after[i - 1]:
+                dx.mul_(a.sign_())  # the mask written over the saved output a, not needed any more
+            d = dx
+        if fused:
+            self.opt.steps += 1
+        else:
+            self.opt.step()
+        return loss
+
+    def _loss_and_grad(self, out: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
+        """The loss (as the loss module computes it) and its gradient with respect to `out`."""
+        mean = self.loss_fn.reduction == "mean"
+        if isinstance(self.loss_fn, MSELoss):
+            diff = _mse_diff(out, y)  # (N, C) or (N,)
+            loss = diff.pow(2).mean() if mean else diff.pow(2).sum()
+            d = diff.mul_(2.0 / diff.numel() if mean else 2.0).reshape(out.shape)
+            return loss, d
+        # cross-entropy: L = -mean(logp_y),  dL/dX = (softmax - onehot) * scale,  softmax = exp(logp)
+        check_class_targets(out, y, check_range=not out.is_cpu)
+        logp = torch.log_softmax(out, dim=1)  # (N, C), the forward kernel (max-shifted)
+        scale = 1.0 / out.shape[0] if mean else 1.0
+        try:
+            picked = logp.gather(1, y[:, None])  # (N, 1)
+        except (RuntimeError, IndexError):
+            check_class_targets(out, y)
+            raise
+        loss = picked.mean().neg_() if mean else picked.sum().neg_()
+        d = logp.exp_().mul_(scale)  # softmax * scale
+        return loss, d.scatter_add_(1, y[:, None], self._minus(picked, -scale))
+
+    def _minus(self, like: Tensor, value: float) -> Tensor:
+        """A cached (N, 1) tensor filled with `value` (the -1/N of the one-hot term)."""
+        cached, key = getattr(self, "_minus_cache", (None, None))
+        if key != (like.shape, like.dtype, like.device, value):
+            cached = torch.full_like(like, value)
+            self._minus_cache = cached, (like.shape, like.dtype, like.device, value)
+        return cached
+
+
+def training_step(model: Module, loss_fn: Module, opt: Optimizer) -> Callable[[Tensor, Tensor], Tensor]:
+    """The fastest hand-written training step for (model, loss_fn, opt): `step(x, y)` runs forward, loss,
+    backward and the optimizer step, and returns the loss. The fused step where the model is an MLP,
+    else the module path inside `lean()` (activations freed as backward goes)."""
+    if unsupported(model, loss_fn) is None:
+        return FusedStep(model, loss_fn, opt)
+    with_loss = WithLoss(model, loss_fn)
+
+    def module_step(x: Tensor, y: Tensor) -> Tensor:
+        with lean():
+            loss = with_loss(x, y)
+            opt.zero_grad()
+            with_loss.backward(needs_input_grad=False)
+        opt.step()
+        return loss
+
+    return module_step
