@@ -29,12 +29,12 @@ def conv_case(c, dtype):
     return conv, ref, x
 
 
-@pytest.mark.parametrize("gemm_max_fan_in", [0, 10_000], ids=["conv-form", "gemm-form"])
+@pytest.mark.parametrize("weight_grad", ["conv", "auto"], ids=["conv-form", "auto"])
 @given(c=conv_configs())
-def test_conv2d_matches_torch_float64(c, gemm_max_fan_in):
-    """Both ways of computing the weight gradient."""
+def test_conv2d_matches_torch_float64(c, weight_grad):
+    """Both ways of computing the weight gradient (auto takes the pointwise GEMM for 1x1 kernels)."""
     conv, ref, x = conv_case(c, torch.float64)
-    conv.GEMM_MAX_FAN_IN = gemm_max_fan_in  # this instance only
+    conv.WEIGHT_GRAD = weight_grad  # this instance only
     check_against_torch(conv, ref, x)
 
 
@@ -52,7 +52,8 @@ def test_conv2d_rectangular_kernel_and_stride():
 
 
 def test_conv2d_backward_uses_no_torch_backward_op(monkeypatch):
-    """The weight and input gradients come from unfold/GEMM and conv_transpose2d, not torch's backward kernels."""
+    """The weight and input gradients come from convolutions, GEMMs and conv_transpose2d, not torch's backward
+    kernels."""
     calls = []
     real = torch.ops.aten.convolution_backward.default
 

@@ -27,6 +27,7 @@ import torch.nn.functional as F
 from .interop import to_torch
 from .losses import CrossEntropyLoss
 from .models import cnn, mlp
+from .data import DataLoader
 from .fused import training_step
 from .module import Module
 from .optim import SGD
@@ -53,18 +54,15 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize()
 
 
-def _time(fn: Callable[[], None], device: torch.device, rounds: int, steps: int) -> float:
+def _time(fn: Callable[[], None], device: torch.device, steps: int) -> float:
+    """ms per call over `steps` calls, after one call to warm the caches."""
     fn()
-    fn()
-    times = []
-    for _ in range(rounds):
-        _sync(device)
-        start = time.perf_counter()
-        for _ in range(steps):
-            fn()
-        _sync(device)
-        times.append((time.perf_counter() - start) / steps * 1e3)
-    return statistics.median(times)
+    _sync(device)
+    start = time.perf_counter()
+    for _ in range(steps):
+        fn()
+    _sync(device)
+    return (time.perf_counter() - start) / steps * 1e3
 
 
 def _peak_mb(fresh: Callable[[], Callable[[], None]], device: torch.device) -> float:
@@ -169,19 +167,30 @@ def bench_config(name: str, device: torch.device, rounds: int = 5, steps: int = 
         "compile": compile_fresh,
         "gemm_floor": lambda: _gemm_floor(model, x),
     }
-    rows = []
+    # build each step (compiling where asked), then time them in interleaved rounds, so that a slow
+    # stretch of the machine hits every implementation alike; the median round counts
+    fns: dict[str, Callable[[], None]] = {}
+    notes: dict[str, str] = {}
     for impl in impls:
-        note = ""
         try:
             start = time.perf_counter()
-            fn = fresh[impl]()
-            fn()
+            fns[impl] = fresh[impl]()
+            fns[impl]()
             if impl == "compile":
-                note = f"compiled in {time.perf_counter() - start:.0f}s"
-            ms = _time(fn, device, rounds, steps)
-            mb = _peak_mb(fresh[impl], device) if impl != "gemm_floor" else None
+                notes[impl] = f"compiled in {time.perf_counter() - start:.0f}s"
         except Exception as e:  # torch.compile needs a working C++ toolchain: report, do not abort the bench
-            ms, mb, note = None, None, f"failed: {type(e).__name__}: {str(e).splitlines()[0][:80]}"
+            notes[impl] = f"failed: {type(e).__name__}: {str(e).splitlines()[0][:80]}"
+    times: dict[str, list[float]] = {impl: [] for impl in fns}
+    for _ in range(rounds):
+        for impl, fn in fns.items():
+            times[impl].append(_time(fn, device, steps))
+    rows = []
+    for impl in impls:
+        ms = mb = None
+        if impl in fns:
+            ms = statistics.median(times[impl])
+            mb = _peak_mb(fresh[impl], device) if impl != "gemm_floor" else None
+        note = notes.get(impl, "")
         rows.append(Row(name, impl, ms, mb, note))
         log(f"  {name:28s} {impl:11s} " + (f"{ms:9.3f} ms/step" if ms is not None else "        -") +
             (f"  peak {mb:8.2f} MB" if mb is not None else "") + (f"  ({note})" if note else ""))
@@ -221,5 +230,89 @@ def plot(rows: list[Row], path: Path) -> Path:
     return _save(fig, path)
 
 
-def write_json(rows: list[Row], path: Path) -> None:
-    path.write_text(json.dumps({"rows": [asdict(r) for r in rows]}, indent=2) + "\n")
+def write_json(rows: list[Row], path: Path, tta: list[TimeToAccuracy] | None = None) -> None:
+    doc: dict = {"rows": [asdict(r) for r in rows]}
+    if tta is not None:
+        doc["time_to_accuracy"] = [asdict(r) for r in tta]
+    path.write_text(json.dumps(doc, indent=2) + "\n")
+
+
+@dataclass
+class TimeToAccuracy:
+    impl: str
+    seconds: float | None  # training wall time until `target` was first measured; None if never reached
+    batches: int
+    valid_acc: float  # the first accuracy at or above target (or the last one)
+    target: float
+
+
+def time_to_accuracy(device: torch.device, target: float = 0.85, every: int = 100, max_epochs: int = 10,
+                     log: Callable[[str], None] = print) -> list[TimeToAccuracy]:
+    """Wall time for the default `handgrad train` recipe (784-50-10 MLP, cross-entropy, SGD lr 0.1, batch 64,
+    seed 42, standardised Fashion-MNIST) to reach `target` validation accuracy: handgrad's training step
+    (the one `handgrad train` takes) against the same model in torch.nn with eager autograd and
+    torch.optim.SGD; same initial weights, same batches in the same order. The validation set is scored
+    every `every` batches, off the clock."""
+    from .train.config import TrainConfig
+    from .train.loop import evaluate, make_loss
+    from .train.run import build_model, build_optimizer, prepare_data
+    from .train.twin import torch_loss
+
+    cfg = TrainConfig(dataset="fashion-mnist", download=False)
+    data = prepare_data(cfg, device, log=lambda s: None)
+    n_classes = len(data.classes)
+    model, _ = build_model(cfg, data.x_train.shape[1], n_classes)
+    twin = to_torch(model)
+    loss_fn = make_loss(cfg.loss)
+    step = training_step(model, loss_fn, build_optimizer(cfg, model))
+    topt = torch.optim.SGD(twin.parameters(), lr=cfg.learning_rate)
+    tloss = torch_loss(cfg.loss)
+
+    def torch_step(xb: torch.Tensor, yb: torch.Tensor) -> None:
+        loss = tloss(twin(xb), yb)
+        topt.zero_grad()
+        loss.backward()
+        topt.step()
+
+    contenders: list[tuple[str, Callable[[torch.Tensor, torch.Tensor], object], Callable[[], float]]] = [
+        ("handgrad", step, lambda: evaluate(model, loss_fn, data.x_valid, data.y_valid, n_classes)[1]),
+        ("eager", torch_step, lambda: evaluate(twin, tloss, data.x_valid, data.y_valid, n_classes)[1]),
+    ]
+    results = []
+    for impl, fn, score in contenders:
+        dl = DataLoader(data.x_train, data.y_train, cfg.batch_size, shuffle=True, seed=cfg.seed)
+        clock, batches, acc, reached = 0.0, 0, 0.0, False
+        for epoch in range(max_epochs):
+            _sync(device)
+            start = time.perf_counter()
+            for xb, yb in dl.epoch_batches(epoch):
+                fn(xb, yb)
+                batches += 1
+                if batches % every == 0:
+                    _sync(device)
+                    clock += time.perf_counter() - start
+                    acc = score()
+                    reached = acc >= target
+                    if reached:
+                        break
+                    start = time.perf_counter()
+            if reached:
+                break
+            _sync(device)
+            clock += time.perf_counter() - start
+        results.append(TimeToAccuracy(impl, clock if reached else None, batches, acc, target))
+        log(f"  time to {target:.2f} {impl:9s} " + (f"{clock:6.2f} s" if reached else "not reached") +
+            f"  ({batches} batches, valid_acc {acc:.4f})")
+    return results
+
+
+def format_time_to_accuracy(results: list[TimeToAccuracy]) -> str:
+    eager = next((r for r in results if r.impl == "eager"), None)
+    lines = [f"{'time to accuracy':28s} {'impl':11s} {'seconds':>9s} {'vs eager':>9s} {'batches':>9s} "
+             f"{'valid_acc':>9s}"]
+    for r in results:
+        ratio = f"{r.seconds / eager.seconds:8.2f}x" if r.seconds and eager and eager.seconds else "        -"
+        secs = f"{r.seconds:9.2f}" if r.seconds is not None else "        -"
+        lines.append(f"{'fashion-mnist-' + format(r.target, '.2f'):28s} {r.impl:11s} {secs} {ratio} "
+                     f"{r.batches:9d} {r.valid_acc:9.4f}")
+    return "\n".join(lines)

@@ -130,6 +130,8 @@ def _parser() -> argparse.ArgumentParser:
     bn.add_argument("--device", default="cpu")
     bn.add_argument("--rounds", type=int, default=5)
     bn.add_argument("--no-compile", dest="compile", action="store_false", help="skip torch.compile")
+    bn.add_argument("--no-time-to-accuracy", dest="tta", action="store_false",
+                    help="skip the time to 0.85 Fashion-MNIST validation accuracy (handgrad vs eager)")
     bn.add_argument("--json", default=None, metavar="FILE", help="also write the rows as JSON")
     bn.add_argument("--plot", default=None, metavar="PNG", help="also save a bar chart")
 
@@ -301,7 +303,9 @@ def _derive(args: argparse.Namespace) -> int:
 def _bench(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from .bench import CONFIGS, IMPLS, bench_config, format_table, plot, write_json
+    from .bench import (CONFIGS, IMPLS, bench_config, format_table, format_time_to_accuracy, plot,
+                        time_to_accuracy, write_json)
+    from .data import locate
     from .train.run import resolve_device
 
     configs = args.configs or list(CONFIGS)
@@ -317,9 +321,17 @@ def _bench(args: argparse.Namespace) -> int:
     for name in configs:
         steps = {"mlp": 50, "cnn": 3}[CONFIGS[name][2]] if "1024" not in name else 5
         rows += bench_config(name, device, args.rounds, steps, impls)
+    tta = None
+    if args.tta:
+        if locate("fashion-mnist") is None:
+            print("time to accuracy skipped: Fashion-MNIST is not installed (apt-get install dataset-fashion-mnist)")
+        else:
+            tta = time_to_accuracy(device)
     print(format_table(rows))
+    if tta is not None:
+        print(format_time_to_accuracy(tta))
     if args.json:
-        write_json(rows, Path(args.json))
+        write_json(rows, Path(args.json), tta)
     if args.plot:
         plot(rows, Path(args.plot))
     return 0

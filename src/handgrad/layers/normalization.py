@@ -51,21 +51,35 @@ class _BatchNorm(Module):
         return (1, -1) + (1,) * (x.dim() - 2)
 
     def forward(self, x: Tensor) -> Tensor:
-        self._shape(x)
-        if self.training:
-            m = x.numel() // x.shape[1]
-            if m == 1:
-                raise ValueError(f"{type(self).__name__} in training needs more than one value per channel; got "
-                                 f"input {list(x.shape)} (batch size 1): use a larger batch or eval()")
-            # torch's fused kernel: batch statistics, the running ones updated in place, and the output
-            y, self.mean, self.invstd = torch.native_batch_norm(
-                x, self.weight, self.bias, self.running_mean, self.running_var, True, self.momentum, self.eps)
-            self.num_batches_tracked += 1
+        shape = self._shape(x)
+        if not self.training:  # one fused pass of the running statistics' affine map
+            self.xhat = None
+            self.invstd = (self.running_var + self.eps).rsqrt()
+            y, _, _ = torch.native_batch_norm(x, self.weight, self.bias, self.running_mean, self.running_var, False,
+                                              self.momentum, self.eps)
             return y
-        self.mean, self.invstd = self.running_mean, (self.running_var + self.eps).rsqrt()
-        y, _, _ = torch.native_batch_norm(x, self.weight, self.bias, self.running_mean, self.running_var, False,
-                                          self.momentum, self.eps)
-        return y
+        dims = (0,) + tuple(range(2, x.dim()))
+        m = x.numel() // x.shape[1]
+        if m == 1:
+            raise ValueError(f"{type(self).__name__} in training needs more than one value per channel; got "
+                             f"input {list(x.shape)} (batch size 1): use a larger batch or eval()")
+        # two-pass statistics (centre, then square); xhat is kept for the backward. In place where nothing
+        # tracks these tensors (autograd does only when the gradient checker runs this forward as reference)
+        tracked = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (x, self.weight))
+        mean = x.mean(dims, keepdim=True)  # (1, C, 1, ...)
+        xc = x - mean
+        var = (xc * xc).mean(dims, keepdim=True)  # biased, as the normalisation uses
+        invstd = (var + self.eps).rsqrt()
+        self.xhat = xc * invstd if tracked else xc.mul_(invstd)  # (N, C, ...)
+        self.invstd = invstd.view(-1)
+        with torch.no_grad():
+            self.running_mean.mul_(1 - self.momentum).add_(mean.view(-1), alpha=self.momentum)
+            self.running_var.mul_(1 - self.momentum).add_(var.view(-1), alpha=self.momentum * m / (m - 1))
+            self.num_batches_tracked += 1
+        if self.weight is None:
+            return self.xhat.clone()
+        return torch.addcmul(self.bias.view(shape), self.xhat, self.weight.view(shape)) if tracked else \
+            (self.xhat * self.weight.view(shape)).add_(self.bias.view(shape))
 
     def bwd(self, dy: Tensor, x: Tensor) -> Tensor | None:
         """train: dX = gamma invstd (dY - dbeta / M - xhat dgamma / M);  eval: dX = gamma invstd dY;
@@ -75,7 +89,9 @@ class _BatchNorm(Module):
         """
         shape = self._shape(x)
         dims = (0,) + tuple(range(2, x.dim()))
-        xhat = (x - self.mean.view(shape)) * self.invstd.view(shape)
+        xhat = self.xhat
+        if xhat is None:  # eval: normalised with the running statistics
+            xhat = (x - self.running_mean.view(shape)).mul_(self.invstd.view(shape))
         dgamma = (dy * xhat).sum(dims)
         dbeta = dy.sum(dims)
         if self.weight is not None:
@@ -84,11 +100,14 @@ class _BatchNorm(Module):
         if not self.needs_input_grad:
             return None
         scale = self.invstd if self.weight is None else self.weight * self.invstd  # (C,)
-        if not self.training:
+        if self.xhat is None:
             return dy * scale.view(shape)
         m = x.numel() // x.shape[1]
-        dx = torch.addcmul((-scale * dbeta / m).view(shape), dy, scale.view(shape))  # scale (dY - dbeta / M)
-        return dx.addcmul_(xhat, (-scale * dgamma / m).view(shape))  # ... - scale xhat dgamma / M
+        # scale (dY - dbeta / M - xhat dgamma / M): in place over the saved xhat inside lean() (in-place ops
+        # with a per-channel operand are several times faster on CPU than out-of-place broadcasting ones)
+        k = (-scale * dgamma / m).view(shape)
+        dx = xhat.mul_(k) if self.lean else xhat * k  # - scale xhat dgamma / M
+        return dx.addcmul_(dy, scale.view(shape)).sub_((scale * dbeta / m).view(shape))  # + scale (dY - dbeta / M)
 
     def extra_repr(self) -> str:
         return f"{self.num_features}, eps={self.eps}, momentum={self.momentum}, affine={self.weight is not None}"
