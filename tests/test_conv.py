@@ -29,12 +29,12 @@ def conv_case(c, dtype):
     return conv, ref, x
 
 
-@pytest.mark.parametrize("weight_grad", ["conv", "auto"], ids=["conv-form", "auto"])
+@pytest.mark.parametrize("pointwise", [False, True], ids=["conv-form", "pointwise-gemm"])
 @given(c=conv_configs())
-def test_conv2d_matches_torch_float64(c, weight_grad):
-    """Both ways of computing the weight gradient (auto takes the pointwise GEMM for 1x1 kernels)."""
+def test_conv2d_matches_torch_float64(c, pointwise):
+    """Both ways of computing the gradients of 1x1 kernels (GEMMs, or the convolution forms)."""
     conv, ref, x = conv_case(c, torch.float64)
-    conv.WEIGHT_GRAD = weight_grad  # this instance only
+    conv.POINTWISE = pointwise  # this instance only
     check_against_torch(conv, ref, x)
 
 
@@ -81,3 +81,12 @@ def test_conv2d_bad_input(shape, match):
 def test_conv2d_bad_groups():
     with pytest.raises(ValueError, match=r"must both be divisible by groups \(2\)"):
         hg.Conv2d(3, 4, 3, groups=2)
+
+
+@pytest.mark.parametrize("stride,padding,groups", [(1, 0, 1), (2, 0, 1), (2, 1, 2), (3, 2, 1)])
+def test_pointwise_gemm_gradients_of_1x1_kernels(stride, padding, groups):
+    torch.manual_seed(stride * 10 + padding)
+    conv = hg.Conv2d(4, 6, 1, stride, padding, groups=groups)
+    assert conv._pointwise()
+    x = torch.randn(3, 4, 7, 8, dtype=torch.float64)
+    check_against_torch(conv, lambda x, weight, bias: F.conv2d(x, weight, bias, stride, padding, 1, groups), x)

@@ -68,12 +68,14 @@ class Conv2d(Module):
 
     def bwd(self, dy: Tensor, x: Tensor) -> Tensor | None:
         """dX = conv_transpose2d(dY, W)   dW = sum_{n,h,w} dY[n, o, h, w] X[n, c, s h + d i - p, s w + d j - p]
-        db = sum_{n,h,w} dY  (see _weight_grad for the two ways dW is computed)."""
+        db = sum_{n,h,w} dY  (for 1x1 kernels both are GEMMs: see _pointwise_input_grad and _weight_grad)."""
         if self.bias is not None:
             add_grad(self.bias, dy.sum((0, 2, 3)))
         add_grad(self.weight, self._weight_grad(dy, x))
         if not self.needs_input_grad:
             return None
+        if self._pointwise():
+            return self._pointwise_input_grad(dy, x)
         out_pad = tuple(
             size - ((out - 1) * s - 2 * p + d * (k - 1) + 1)
             for size, out, s, p, d, k in zip(x.shape[2:], dy.shape[2:], self.stride, self.padding, self.dilation,
@@ -82,11 +84,29 @@ class Conv2d(Module):
         return F.conv_transpose2d(dy, self.weight, None, self.stride, self.padding, out_pad, self.groups,
                                   self.dilation)  # (N, C, H, W)
 
-    # "auto": 1x1 kernels by the pointwise GEMM form, others by the convolution form; "conv" forces the
-    # convolution form (tests compare both). Measured on CPU for the model zoo's layers: the GEMM over
-    # strided 1x1 inputs takes half the time of the convolution form; for 3x3 kernels the convolution form
-    # beats a GEMM over unfolded patches by 1.4-3x.
-    WEIGHT_GRAD = "auto"
+    def _pointwise_input_grad(self, dy: Tensor, x: Tensor) -> Tensor:
+        """1x1 kernel: dX[n, :, s h - p, s w - p] = W.T @ dY[n, :, h, w] (per group), zero at pixels no output read."""
+        g, (ph, pw), (sh, sw) = self.groups, self.padding, self.stride
+        cg, og = self.in_channels // g, self.out_channels // g
+        n, (ho, wo), (h, w) = x.shape[0], dy.shape[2:], x.shape[2:]
+        w2 = self.weight.view(g, og, cg)
+        rows = [torch.matmul(w2[i].t(), dy[:, i * og:(i + 1) * og].reshape(n, og, ho * wo))  # (N, Cg, Ho*Wo)
+                for i in range(g)]
+        sub = (rows[0] if g == 1 else torch.cat(rows, 1)).view(n, self.in_channels, ho, wo)
+        if (sh, sw, ph, pw) == (1, 1, 0, 0):
+            return sub
+        dx = dy.new_zeros(n, self.in_channels, h + 2 * ph, w + 2 * pw)
+        dx[:, :, ::sh, ::sw][:, :, :ho, :wo] = sub
+        return dx[:, :, ph:ph + h, pw:pw + w].contiguous() if (ph, pw) != (0, 0) else dx
+
+    # 1x1 kernels take GEMMs for both gradients (POINTWISE); False forces the convolution forms for every
+    # kernel (tests compare both). Measured on CPU for the model zoo's strided 1x1 shortcuts: the GEMMs take
+    # a quarter to a half of the convolution forms' time; for 3x3 kernels the convolution form beats a GEMM
+    # over unfolded patches by 1.4-3x.
+    POINTWISE = True
+
+    def _pointwise(self) -> bool:
+        return self.POINTWISE and self.kernel_size == (1, 1)
 
     def _weight_grad(self, dy: Tensor, x: Tensor) -> Tensor:
         """dW[o, c, i, j] = sum_{n,h,w} dY[n, o, h, w] X[n, c, s h + d i - p, s w + d j - p], per group, as
@@ -96,7 +116,7 @@ class Conv2d(Module):
         (kh, kw), g = self.kernel_size, self.groups
         cg, og = self.in_channels // g, self.out_channels // g
         n, (ho, wo) = x.shape[0], dy.shape[2:]
-        pointwise = self.WEIGHT_GRAD == "auto" and (kh, kw) == (1, 1)
+        pointwise = self._pointwise()
         if pointwise:
             (ph, pw), (sh, sw) = self.padding, self.stride
             xs = F.pad(x, (pw, pw, ph, ph)) if (ph, pw) != (0, 0) else x

@@ -65,17 +65,18 @@ class _BatchNorm(Module):
                              f"input {list(x.shape)} (batch size 1): use a larger batch or eval()")
         # two-pass statistics (centre, then square); xhat is kept for the backward. In place where nothing
         # tracks these tensors (autograd does only when the gradient checker runs this forward as reference)
-        tracked = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (x, self.weight))
+        tracked = torch.is_grad_enabled() and (x.requires_grad or (self.weight is not None and
+                                                                  self.weight.requires_grad))
         mean = x.mean(dims, keepdim=True)  # (1, C, 1, ...)
         xc = x - mean
         var = (xc * xc).mean(dims, keepdim=True)  # biased, as the normalisation uses
         invstd = (var + self.eps).rsqrt()
         self.xhat = xc * invstd if tracked else xc.mul_(invstd)  # (N, C, ...)
         self.invstd = invstd.view(-1)
-        with torch.no_grad():
-            self.running_mean.mul_(1 - self.momentum).add_(mean.view(-1), alpha=self.momentum)
-            self.running_var.mul_(1 - self.momentum).add_(var.view(-1), alpha=self.momentum * m / (m - 1))
-            self.num_batches_tracked += 1
+        # running statistics: r <- (1 - momentum) r + momentum batch (the variance unbiased, as torch keeps it)
+        self.running_mean.lerp_(mean.detach().view(-1), self.momentum)
+        self.running_var.lerp_(var.detach().view(-1) * (m / (m - 1)), self.momentum)
+        self.num_batches_tracked.add_(1)
         if self.weight is None:
             return self.xhat.clone()
         return torch.addcmul(self.bias.view(shape), self.xhat, self.weight.view(shape)) if tracked else \
