@@ -85,6 +85,11 @@ def _parser() -> argparse.ArgumentParser:
                    help="continue the run in DIR from its last checkpoint (its own config is used)")
     t.add_argument("--save-every", type=int, default=d.save_every, metavar="N",
                    help="also checkpoint every N batches (default: at the end of each epoch)")
+    t.add_argument("--nproc", type=int, default=d.nproc, metavar="N",
+                   help="data-parallel: N processes on this machine (torch.distributed, gloo on CPU, NCCL on GPU); "
+                        "--bs stays the global batch. Across machines, start each with torchrun instead")
+    t.add_argument("--dist-timeout", type=float, default=d.dist_timeout, metavar="S",
+                   help="data-parallel: seconds to wait for a rank before stopping with an error (default 60)")
 
     lf = sub.add_parser("lr-find", help="the learning-rate range test: loss against a growing lr, plotted")
     _add_train_args(lf, d)
@@ -143,9 +148,17 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _train(args: argparse.Namespace) -> int:
+    import os
+
     from .train.run import run
 
-    run(_config(args), progress=args.progress, overwrite=args.overwrite, resume=args.resume)
+    cfg = _config(args)
+    if cfg.nproc > 1 and "WORLD_SIZE" not in os.environ:  # the launcher: start the ranks, each runs this command
+        cfg.validate()
+        from .distributed import launch
+
+        return launch(cfg.nproc, args.argv, cfg.dist_timeout)
+    run(cfg, progress=args.progress, overwrite=args.overwrite, resume=args.resume)
     return 0
 
 
@@ -347,7 +360,9 @@ def _data(args: argparse.Namespace) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = _parser().parse_args(argv)
+    args.argv = argv
     try:
         commands = {"train": _train, "lr-find": _lr_find, "eval": _eval, "predict": _predict, "check": _check,
                     "trace": _trace, "derive": _derive, "bench": _bench, "data": _data}

@@ -85,7 +85,9 @@ class FusedStep:
         """True when the optimizer's update is applied inside the backward (SGD without momentum)."""
         return type(self.opt) is SGD and self.opt.momentum == 0
 
-    def __call__(self, x: Tensor, y: Tensor) -> Tensor:
+    def __call__(self, x: Tensor, y: Tensor, step: bool = True) -> Tensor:
+        """One training step; with step=False only forward, loss and the gradients into `.g` (the caller
+        runs the optimizer, e.g. after averaging the gradients over ranks)."""
         linears, relu_after = self.linears, self.relu_after
         if x.dim() != 2 or x.shape[1] != linears[0].in_features:
             raise ValueError(f"Linear({linears[0].in_features} -> {linears[0].out_features}) expects input "
@@ -102,10 +104,10 @@ class FusedStep:
                 out.clamp_min_(0.0)
             acts.append(out)
         loss, d = self._loss_and_grad(acts.pop(), y)  # d: dL/d(output), (N, n_out)
-        if not math.isfinite(loss.item()):
+        fused = step and self.fused_update()
+        if fused and not math.isfinite(loss.item()):
             return loss  # not applied: the caller's guard reports it; the weights stay as they were
         # backward (and update), last layer first
-        fused = self.fused_update()
         if not fused:
             self.opt.zero_grad()
         lr, wd = self.opt.lr, getattr(self.opt, "weight_decay", 0.0)
@@ -121,12 +123,14 @@ class FusedStep:
                 accumulate_mm(w, a.t(), d)
                 if lin.bias is not None:
                     accumulate_sum(lin.bias, d, 0)
+                for hook in Module._post_backward_hooks:  # e.g. start this layer's gradient all-reduce
+                    hook(lin)
             if dx is not None and relu_after[i - 1]:
                 dx.mul_(a.sign_())  # the mask written over the saved output a, not needed any more
             d = dx
         if fused:
             self.opt.steps += 1
-        else:
+        elif step:
             self.opt.step()
         return loss
 

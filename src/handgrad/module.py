@@ -128,6 +128,7 @@ class Module:
     training: bool = True
     lean: bool = False  # True inside handgrad.lean(): release saved tensors after backward
     _call_log: list[list[Module]] = []  # filled only inside handgrad.trace.recording()
+    _post_backward_hooks: list = []  # called with each module as its backward finishes (gradient all-reduce)
 
     def __init__(self) -> None:
         self.training = True
@@ -193,6 +194,8 @@ class Module:
             for x, g in zip(self.args, grads):
                 if g is not None and isinstance(x, Tensor):
                     add_grad(x, g)
+        for hook in Module._post_backward_hooks:
+            hook(self)
         first = self.args[0] if self.args else None
         first_g = getattr(first, "g", None) if isinstance(first, Tensor) else None
         if Module.lean:

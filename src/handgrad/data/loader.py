@@ -15,21 +15,34 @@ class DataLoader:
     a generator seeded with (seed, e): the same seed gives the same batches in
     every run, and any epoch's order can be rebuilt on its own. Without shuffle,
     batches are slices (views) of x and y, so nothing is copied.
+
+    Data-parallel: with `world_size` > 1, `batch_size` is the global batch and
+    rank `rank` gets its slice of every global batch (contiguous rows, sizes
+    differing by at most one): every sample of an epoch goes to exactly one rank,
+    none dropped or repeated, and a short last batch is split as far as it goes
+    (a rank may get an empty slice). All ranks draw the same order.
     """
 
     def __init__(self, x: Tensor, y: Tensor, batch_size: int, shuffle: bool = False, seed: int = 0,
-                 drop_last: bool = False) -> None:
+                 drop_last: bool = False, rank: int = 0, world_size: int = 1) -> None:
         if batch_size <= 0:
             raise ValueError(f"batch size must be a positive integer, got {batch_size}")
+        if world_size < 1 or not 0 <= rank < world_size:
+            raise ValueError(f"rank must be in [0, world_size), got rank {rank} of {world_size}")
         if x.shape[0] != y.shape[0]:
             raise ValueError(f"x and y must hold the same number of samples, got {x.shape[0]} and {y.shape[0]}")
         self.x, self.y = x, y
         self.batch_size, self.shuffle, self.seed, self.drop_last = batch_size, shuffle, seed, drop_last
+        self.rank, self.world_size = rank, world_size
         self.epoch = 0
 
     def __len__(self) -> int:
         n, bs = self.x.shape[0], self.batch_size
         return n // bs if self.drop_last else -(-n // bs)
+
+    def global_batch_size(self, i: int) -> int:
+        """Samples in global batch i (all ranks' slices together)."""
+        return min(self.batch_size, self.x.shape[0] - i * self.batch_size)
 
     def order(self, epoch: int) -> Tensor:
         """The sample order of `epoch` (a permutation of range(n))."""
@@ -45,11 +58,12 @@ class DataLoader:
         """The batches of `epoch` from batch number `start` on (to resume in the middle of an epoch)."""
         n, bs = self.x.shape[0], self.batch_size
         stop = n - n % bs if self.drop_last else n
-        if self.shuffle:
-            order = self.order(epoch).to(self.x.device)
-            for i in range(start * bs, stop, bs):
-                idx = order[i:i + bs]
+        order = self.order(epoch).to(self.x.device) if self.shuffle else None
+        for i in range(start * bs, stop, bs):
+            m = min(bs, n - i)
+            lo, hi = i + self.rank * m // self.world_size, i + (self.rank + 1) * m // self.world_size
+            if order is not None:
+                idx = order[lo:hi]
                 yield self.x[idx], self.y[idx]  # one gather per batch: the copy shuffling needs
-        else:
-            for i in range(start * bs, stop, bs):
-                yield self.x[i:i + bs], self.y[i:i + bs]
+            else:
+                yield self.x[lo:hi], self.y[lo:hi]

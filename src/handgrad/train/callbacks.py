@@ -111,16 +111,27 @@ class MetricsCB(Callback):
         self.start = time.perf_counter()
         if learn.batch_idx == 0:  # a fresh epoch (not one resumed in the middle)
             self.loss_sum, self.seen, self.seconds = 0.0, 0, 0.0
+        # loss sum (on the device) and samples not yet folded into loss_sum and seen
         self.total = torch.zeros((), dtype=torch.float64, device=learn.x_valid.device)
+        self.pending = 0
+        self.dist = learn.dist
 
     def after_batch(self, learn: Learner) -> None:
         self.total += learn.loss.detach().double() * learn.xb.shape[0]
-        self.seen += learn.xb.shape[0]
+        self.pending += learn.xb.shape[0]
 
     def flush(self) -> None:
-        """Fold the running device-side sum into the saved float (before a checkpoint)."""
-        self.loss_sum += float(self.total)
+        """Fold the running sums into the saved floats (before a checkpoint; data-parallel: on every rank,
+        summed over the ranks)."""
+        sums = torch.stack([self.total, torch.tensor(float(self.pending), dtype=torch.float64,
+                                                     device=self.total.device)])
+        if self.dist is not None:
+            self.dist.all_reduce_(sums, "summing the training loss")
+        loss_sum, seen = sums.tolist()
+        self.loss_sum += loss_sum
+        self.seen += int(seen)
         self.total.zero_()
+        self.pending = 0
 
     def after_epoch(self, learn: Learner) -> None:
         self.flush()
@@ -213,7 +224,7 @@ class CheckpointCB(Callback):
 
     def after_epoch(self, learn: Learner) -> None:
         metrics = learn.callback(MetricsCB)
-        if metrics is not None:
+        if metrics is not None and (learn.dist is None or learn.dist.is_main):
             self.run.write_metrics([vars(h) for h in metrics.history])
         self.save(learn, learn.epoch + 1, 0)
 
@@ -221,6 +232,8 @@ class CheckpointCB(Callback):
         metrics = learn.callback(MetricsCB)
         if metrics is not None:
             metrics.flush()
+        if learn.dist is not None and not learn.dist.is_main:
+            return  # data-parallel: only rank 0 writes (every rank holds the same weights)
         tensors = {f"model.{k}": v for k, v in learn.model.state_dict().items()}
         opt_state = learn.opt.state_dict()
         for i, state in enumerate(opt_state["state"]):

@@ -42,6 +42,8 @@ class TrainConfig:
     stats: str | None = None  # write a PNG of per-layer activation statistics over training here
     out: str | None = None  # run folder: config, metrics, checkpoints, plots
     save_every: int = 0  # also checkpoint every N batches (0: at the end of each epoch only)
+    nproc: int = 1  # data-parallel processes on this machine (torch.distributed; bs stays the global batch)
+    dist_timeout: float = 60.0  # seconds a collective may wait for a rank before training stops
 
     def validate(self) -> None:
         def check(ok: bool, message: str) -> None:
@@ -67,6 +69,9 @@ class TrainConfig:
         check(self.warmup >= 0, f"--warmup must be >= 0, got {self.warmup}")
         check(self.save_every >= 0, f"--save-every must be >= 0, got {self.save_every}")
         check(self.subset is None or self.subset >= 1, f"--subset must be positive, got {self.subset}")
+        check(self.nproc >= 1, f"--nproc must be at least 1, got {self.nproc}")
+        check(self.dist_timeout > 0, f"--dist-timeout must be positive, got {self.dist_timeout}")
+        check(not (self.torch_twin and self.nproc > 1), "--torch-twin trains in one process: leave out --nproc")
 
     @property
     def batch_size(self) -> int:

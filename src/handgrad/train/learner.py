@@ -21,6 +21,7 @@ import torch
 from torch import Tensor
 
 from ..data import DataLoader
+from ..distributed import Dist, GradSync, average_buffers
 from ..fused import FusedStep, unsupported
 from ..module import Module, WithLoss, lean
 from ..optim import Optimizer
@@ -64,7 +65,8 @@ class Learner:
     """
 
     def __init__(self, model: Module, loss_fn: Module, opt: Optimizer, train_dl: DataLoader, x_valid: Tensor,
-                 y_valid: Tensor, n_classes: int, callbacks: Iterable[Callback] = (), fused: bool = True) -> None:
+                 y_valid: Tensor, n_classes: int, callbacks: Iterable[Callback] = (), fused: bool = True,
+                 dist: Dist | None = None) -> None:
         self.model, self.loss_fn, self.opt, self.train_dl = model, loss_fn, opt, train_dl
         self.x_valid, self.y_valid, self.n_classes = x_valid, y_valid, n_classes
         self.callbacks = sorted(callbacks, key=lambda cb: cb.order)
@@ -72,6 +74,8 @@ class Learner:
         usable = fused and unsupported(model, loss_fn) is None and \
             not any(cb.needs_module_step for cb in self.callbacks)
         self.fused = FusedStep(model, loss_fn, opt) if usable else None
+        self.dist = dist
+        self.sync = GradSync(dist, model.parameters()) if dist is not None else None
         self.epoch, self.batch_idx, self.t = 0, 0, 0
         self.epochs = 0
         self.stopped = ""  # why training stopped early, if it did
@@ -115,7 +119,9 @@ class Learner:
         try:
             self.xb, self.yb = xb, yb
             self("before_batch")
-            if self.fused is not None and self.fused.fused_update():
+            if self.sync is not None:
+                self._synced_batch(xb, yb)
+            elif self.fused is not None and self.fused.fused_update():
                 self.loss = self.fused(xb, yb)  # forward, loss, backward and SGD update in one pass
                 self("after_backward")
             else:
@@ -131,9 +137,39 @@ class Learner:
         except CancelBatch:
             pass
 
+    def _synced_batch(self, xb: Tensor, yb: Tensor) -> None:
+        """Data-parallel: this rank's slice forward and backward, gradients weighted by the slice's share of the
+        global batch and summed over the ranks (bucketed all_reduce overlapping backward), then the step."""
+        assert self.sync is not None
+        self.sync.begin(weight=xb.shape[0] / self.train_dl.global_batch_size(self.batch_idx))
+        if xb.shape[0] == 0:  # a short last batch left nothing for this rank: it adds zeros
+            self.loss = torch.zeros((), device=xb.device)
+            self.opt.zero_grad()
+        else:
+            with self.sync.overlapping():
+                if self.fused is not None:
+                    self.loss = self.fused(xb, yb, step=False)
+                else:
+                    with lean():
+                        self.loss = self.step_module(xb, yb)
+                        self("after_loss")
+                        self.opt.zero_grad()
+                        self.step_module.backward(needs_input_grad=False)
+        self.sync.finish()
+        self("after_backward")
+        self.opt.step()
+
     def evaluate(self, x: Tensor, y: Tensor, bs: int = 2000) -> tuple[float, float]:
-        """(mean loss, accuracy) of the model in its current mode over x, y."""
-        return evaluate(self.model, self.loss_fn, x, y, self.n_classes, bs)
+        """(mean loss, accuracy) of the model in its current mode over x, y. Data-parallel: BatchNorm statistics
+        are first averaged over the ranks; rank 0 evaluates and sends the result to the others."""
+        if self.dist is None:
+            return evaluate(self.model, self.loss_fn, x, y, self.n_classes, bs)
+        average_buffers(self.dist, self.model)
+        result = torch.zeros(2, dtype=torch.float64, device=self.dist.device)
+        if self.dist.is_main:
+            result[:] = torch.tensor(evaluate(self.model, self.loss_fn, x, y, self.n_classes, bs))
+        self.dist.broadcast_(result, "sharing the validation result")
+        return float(result[0]), float(result[1])
 
     @torch.no_grad()
     def predict(self, x: Tensor, bs: int = 2000) -> Tensor:

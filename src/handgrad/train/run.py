@@ -12,7 +12,8 @@ import torch
 
 from ..check import check_module
 from ..data import DataLoader, Dataset, load_dataset, locate
-from ..errors import DataError, GradientCheckError
+from ..distributed import Dist, broadcast_module, init_from_env
+from ..errors import DataError, GradientCheckError, TrainingError
 from ..interop import to_torch
 from ..models import cnn, mlp
 from ..module import Module, WithLoss
@@ -120,6 +121,21 @@ def run(cfg: TrainConfig, log: Callable[[str], None] = print, progress: bool = T
         resume: str | Path | None = None) -> RunResult:
     """Train as `cfg` says. With resume, continue the run in that folder from its checkpoint (cfg is ignored:
     the folder's own config is used)."""
+    d = init_from_env(cfg.device, cfg.dist_timeout)  # data-parallel under torchrun / --nproc: join the group
+    if d is None:
+        return _run(cfg, None, log, progress, overwrite, resume)
+    try:  # rank 0 speaks and writes; every rank reports its own failure to the others before it stops
+        return _run(cfg, d, log if d.is_main else (lambda s: None), progress and d.is_main, overwrite, resume)
+    except BaseException as e:
+        d.report(f"{type(e).__name__}: {e}" if not isinstance(e, TrainingError) else str(e))
+        raise
+    finally:
+        d.close()
+
+
+def _run(cfg: TrainConfig, d: Dist | None, log: Callable[[str], None], progress: bool, overwrite: bool,
+         resume: str | Path | None) -> RunResult:
+    main = d is None or d.is_main
     folder = None
     if resume is not None:
         folder = RunFolder.open(resume)
@@ -128,10 +144,14 @@ def run(cfg: TrainConfig, log: Callable[[str], None] = print, progress: bool = T
     cfg.validate()
     if cfg.stats is not None and Path(cfg.stats).exists() and resume is None:
         raise ValueError(f"--stats {cfg.stats}: the file exists; choose another name or remove it")
-    device = resolve_device(cfg.device)
+    device = resolve_device(cfg.device) if d is None else d.device
     if resume is None and cfg.out is not None:
-        folder = RunFolder.create(cfg.out, overwrite)
-        folder.write_config(cfg.to_dict())
+        if main:
+            folder = RunFolder.create(cfg.out, overwrite)
+            folder.write_config(cfg.to_dict())
+        if d is not None:
+            d.barrier("waiting for rank 0 to create the run folder")
+            folder = folder or RunFolder.open(cfg.out)
     checkpoint = folder.load_checkpoint() if resume is not None else None
 
     start = time.perf_counter()
@@ -149,8 +169,15 @@ def run(cfg: TrainConfig, log: Callable[[str], None] = print, progress: bool = T
         f"bs {bs}, {opt_desc}, seed {cfg.seed}, device {device}" + (f"; run folder {folder.path}" if folder else ""))
     twin = to_torch(model) if cfg.torch_twin and checkpoint is None else None  # initial weights
 
-    train_dl = DataLoader(data.x_train, data.y_train, bs, shuffle=True, seed=cfg.seed)
-    if cfg.check and checkpoint is None:
+    if d is not None:
+        if cfg.torch_twin:
+            raise ValueError("--torch-twin trains in one process: run it without torchrun / --nproc")
+        log(f"data-parallel over {d.world_size} processes ({torch.distributed.get_backend()}): each global batch "
+            f"of {bs} split {bs // d.world_size}-{-(-bs // d.world_size)} per rank, gradients summed with all_reduce")
+        broadcast_module(d, model)
+    train_dl = DataLoader(data.x_train, data.y_train, bs, shuffle=True, seed=cfg.seed,
+                          rank=d.rank if d else 0, world_size=d.world_size if d else 1)
+    if cfg.check and checkpoint is None and main:
         xb, yb = next(train_dl.epoch_batches(0))
         log(first_batch_check(model, loss_fn, xb, yb))
 
@@ -164,7 +191,7 @@ def run(cfg: TrainConfig, log: Callable[[str], None] = print, progress: bool = T
         callbacks.append(ClipGradCB(cfg.clip))
     if cfg.patience is not None:
         callbacks.append(EarlyStoppingCB(cfg.patience, log))
-    stats = ActivationStats(model) if cfg.stats is not None else None
+    stats = ActivationStats(model) if cfg.stats is not None and main else None
     if stats is not None:
         # recorded after the forward, before the lean backward lets go of the activations
         callbacks.append(LambdaCB("after_loss", lambda learn: stats.record(), order=50))
@@ -172,7 +199,7 @@ def run(cfg: TrainConfig, log: Callable[[str], None] = print, progress: bool = T
         info = {"classes": list(data.classes), "mean": data.mean, "std": data.std, "dataset": data.name,
                 "n_in": n_in}
         callbacks.append(CheckpointCB(folder, cfg.save_every, info))
-    learn = Learner(model, loss_fn, opt, train_dl, data.x_valid, data.y_valid, n_classes, callbacks, cfg.fused)
+    learn = Learner(model, loss_fn, opt, train_dl, data.x_valid, data.y_valid, n_classes, callbacks, cfg.fused, d)
 
     start_epoch, start_batch = 0, 0
     if checkpoint is not None:
@@ -188,7 +215,7 @@ def run(cfg: TrainConfig, log: Callable[[str], None] = print, progress: bool = T
             f"-> valid_acc {last.valid_acc:.4f}, valid_loss {last.valid_loss:.4f}")
     if stats is not None:
         log(f"activation statistics of {len(stats.layers)} layers over {len(stats)} batches: {stats.plot(cfg.stats)}")
-    if folder is not None and history:
+    if folder is not None and history and main:
         log(f"run folder {folder.path}: " + ", ".join(p.name for p in write_plots(learn, history, data, folder)))
 
     if twin is not None:

@@ -1,0 +1,239 @@
+"""Data-parallel training: ranks are real processes talking gloo over loopback (127.0.0.1)."""
+
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from dist_worker import train
+
+from handgrad.data import DataLoader, locate
+from handgrad.distributed import shard_bounds
+from handgrad.train.runfolder import RunFolder
+
+HERE = Path(__file__).parent
+pytestmark = pytest.mark.skipif(not torch.distributed.is_gloo_available(), reason="torch built without gloo")
+
+
+def free_port():
+    with socket.socket() as s:  # binding is local; only connecting is disabled in tests
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def rank_env(rank, world, port):
+    return dict(os.environ, RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank), MASTER_ADDR="127.0.0.1",
+                MASTER_PORT=str(port), OMP_NUM_THREADS="1")
+
+
+def spawn_ranks(argv, tmp_path, world=2):
+    """Start `world` ranks of `argv` (as torchrun would), their output in files."""
+    port, procs = free_port(), []
+    for r in range(world):
+        out = open(tmp_path / f"rank{r}.out", "w")
+        err = open(tmp_path / f"rank{r}.err", "w")
+        procs.append(subprocess.Popen(argv, env=rank_env(r, world, port), stdout=out, stderr=err))
+    return procs
+
+
+def wait_all(procs, timeout):
+    return [p.wait(timeout) for p in procs]
+
+
+# ------------------------------------------------------------------- sharding
+
+
+@pytest.mark.parametrize("n,bs,world", [(100, 32, 2), (101, 32, 3), (65, 64, 2), (7, 4, 4), (33, 32, 2)])
+def test_every_sample_goes_to_exactly_one_rank_each_epoch(n, bs, world):
+    x, y = torch.arange(n).float()[:, None], torch.arange(n)
+    for epoch in range(2):
+        loaders = [DataLoader(x, y, bs, shuffle=True, seed=3, rank=r, world_size=world) for r in range(world)]
+        batches = [list(dl.epoch_batches(epoch)) for dl in loaders]
+        assert len({len(b) for b in batches}) == 1  # every rank takes every step, even with an empty slice
+        seen = torch.cat([yb for rank_batches in batches for _, yb in rank_batches])
+        assert sorted(seen.tolist()) == list(range(n))  # none dropped, none repeated
+        single = list(DataLoader(x, y, bs, shuffle=True, seed=3).epoch_batches(epoch))
+        for i, (_, full) in enumerate(single):  # the global batch is the single-process batch, split in order
+            assert torch.equal(torch.cat([batches[r][i][1] for r in range(world)]), full)
+            assert loaders[0].global_batch_size(i) == full.shape[0]
+            sizes = [batches[r][i][1].shape[0] for r in range(world)]
+            assert max(sizes) - min(sizes) <= 1
+
+
+def test_shard_bounds_and_bad_rank():
+    assert [shard_bounds(5, r, 2) for r in range(2)] == [(0, 2), (2, 5)]
+    assert [shard_bounds(1, r, 2) for r in range(2)] == [(0, 0), (0, 1)]
+    with pytest.raises(ValueError, match=r"rank must be in \[0, world_size\), got rank 2 of 2"):
+        DataLoader(torch.zeros(4, 1), torch.zeros(4), 2, rank=2, world_size=2)
+
+
+# ---------------------------------------------------------------- equivalence
+
+
+@pytest.mark.parametrize("path,bucket_mb", [("fused", None), ("module", None), ("module", 0.0001)])
+def test_two_ranks_on_half_batches_equal_one_process_on_the_full_batch(tmp_path, path, bucket_mb):
+    """One step's gradients to 1e-6 and the weights after 50 steps (SGD) to 1e-5, float32."""
+    out = tmp_path / "rank0.pt"
+    argv = [sys.executable, str(HERE / "dist_worker.py"), str(out), path, "1600", "0.0"]
+    if bucket_mb is not None:
+        argv.append(str(bucket_mb))
+    procs = spawn_ranks(argv, tmp_path)
+    assert wait_all(procs, 120) == [0, 0], (tmp_path / "rank0.err").read_text()[-2000:]
+    got = torch.load(out)
+    _, grads, weights, _ = train("module")  # one process, the full batch, no torch.distributed
+    for a, b in zip(got["grads"], grads):
+        torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-6)
+    for k in weights:
+        torch.testing.assert_close(got["weights"][k], weights[k], rtol=1e-5, atol=1e-5)
+    # 50 steps, one all_reduce per step (one bucket), or one per parameter with tiny buckets
+    assert got["calls"] == (50 if bucket_mb is None else 50 * 6)
+
+
+def test_a_rank_with_an_empty_slice_still_takes_part(tmp_path):
+    """1601 samples, global batch 32: the last batch has one sample, so rank 0's slice of it is empty."""
+    out = tmp_path / "rank0.pt"
+    procs = spawn_ranks([sys.executable, str(HERE / "dist_worker.py"), str(out), "fused", "1601", "0.0"], tmp_path)
+    assert wait_all(procs, 120) == [0, 0], (tmp_path / "rank0.err").read_text()[-2000:]
+    _, _, weights, _ = train("module", n=1601)
+    for k in weights:
+        torch.testing.assert_close(torch.load(out)["weights"][k], weights[k], rtol=1e-5, atol=1e-5)
+
+
+# ---------------------------------------------------------------------- CLI
+
+
+@pytest.fixture
+def npz(tmp_path):
+    gen = torch.Generator().manual_seed(0)
+    centers = 2 * torch.randn(10, 784, generator=gen)
+    y = torch.randint(0, 10, (4000,), generator=gen)
+    x = centers[y] + 3 * torch.randn(4000, 784, generator=gen)
+    path = tmp_path / "mnist.npz"
+    np.savez(path, x_train=x.numpy(), y_train=y.numpy())
+    return path
+
+
+def train_argv(npz, *extra):
+    return [sys.executable, "-m", "handgrad", "train", "--dataset", "mnist", "--data", str(npz), "--no-download",
+            "--no-progress", *extra]
+
+
+def final_accuracy(text):
+    return float(re.search(r"-> valid_acc ([0-9.]+)", text).group(1))
+
+
+def test_nproc_2_trains_like_one_process_and_only_rank_0_writes(tmp_path, npz):
+    one = subprocess.run(train_argv(npz, "--epochs", "2"), capture_output=True, text=True, timeout=120)
+    assert one.returncode == 0, one.stderr
+    two = subprocess.run(train_argv(npz, "--epochs", "2", "--nproc", "2", "--out", str(tmp_path / "run")),
+                         capture_output=True, text=True, timeout=180)
+    assert two.returncode == 0, two.stderr
+    assert two.stdout.count("done:") == 1 and two.stdout.count("epoch 1/2") == 1  # rank 0 speaks, once
+    assert "data-parallel over 2 processes (gloo)" in two.stdout
+    assert abs(final_accuracy(one.stdout) - final_accuracy(two.stdout)) <= 0.005
+    tensors, meta = RunFolder.open(tmp_path / "run").load_checkpoint()
+    assert meta["epoch"] == 2
+    # and every rank resumes from the folder rank 0 wrote
+    resumed = subprocess.run([sys.executable, "-m", "handgrad", "train", "--resume", str(tmp_path / "run"),
+                              "--nproc", "2", "--no-progress"], capture_output=True, text=True, timeout=180)
+    assert resumed.returncode == 0, resumed.stderr
+
+
+def descendant_with_rank(parent, rank, timeout=60):
+    """The pid of a process under `parent` whose environment says RANK=rank (a torchrun-style worker)."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        for pid in filter(str.isdigit, os.listdir("/proc")):
+            try:
+                stat = Path(f"/proc/{pid}/stat").read_text()
+                environ = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+            except OSError:
+                continue
+            if int(stat.rsplit(")", 1)[1].split()[1]) == parent and f"RANK={rank}".encode() in environ:
+                return int(pid)
+        time.sleep(0.2)
+    raise AssertionError(f"no rank {rank} under pid {parent}")
+
+
+def wait_for_checkpoint(folder, procs, timeout=90):
+    deadline = time.time() + timeout
+    while not (folder / "checkpoint.safetensors").exists():
+        assert time.time() < deadline, "no checkpoint appeared"
+        assert all(p.poll() is None for p in procs), "a rank ended early"
+        time.sleep(0.1)
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+def test_killing_a_rank_stops_the_other_with_one_line_and_the_checkpoint_survives(tmp_path, npz):
+    folder = tmp_path / "run"
+    timeout = 15
+    procs = spawn_ranks(train_argv(npz, "--epochs", "500", "--save-every", "10", "--out", str(folder), "--no-check",
+                                   "--dist-timeout", str(timeout)), tmp_path)
+    try:
+        wait_for_checkpoint(folder, procs)
+        time.sleep(0.3)
+        procs[1].kill()
+        start = time.time()
+        code = procs[0].wait(timeout + 30)
+        waited = time.time() - start
+    finally:
+        for p in procs:
+            p.kill()
+    err = (tmp_path / "rank0.err").read_text().strip().splitlines()
+    assert code == 1
+    assert waited < timeout + 10
+    assert re.fullmatch(r"handgrad: error: rank 1 .*", err[-1]), err[-5:]
+    assert len([line for line in err if line.startswith("handgrad: error:")]) == 1
+    tensors, meta = RunFolder.open(folder).load_checkpoint()  # the latest checkpoint is whole
+    assert meta["batch"] % 10 == 0 and tensors
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+def test_a_hung_rank_stops_the_other_after_the_timeout(tmp_path, npz):
+    timeout = 6
+    procs = spawn_ranks(train_argv(npz, "--epochs", "500", "--save-every", "10", "--out", str(tmp_path / "run"),
+                                   "--no-check", "--dist-timeout", str(timeout)), tmp_path)
+    try:
+        wait_for_checkpoint(tmp_path / "run", procs)
+        os.kill(procs[1].pid, signal.SIGSTOP)  # hung: alive, silent
+        start = time.time()
+        code = procs[0].wait(timeout + 30)
+        waited = time.time() - start
+    finally:
+        for p in procs:
+            p.kill()
+    err = (tmp_path / "rank0.err").read_text().strip().splitlines()
+    assert code == 1 and timeout - 1 < waited < timeout + 15
+    assert re.fullmatch(r"handgrad: error: rank 1 is not responding: .*", err[-1]), err[-5:]
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+def test_the_nproc_launcher_names_the_rank_that_died(tmp_path, npz):
+    launcher = subprocess.Popen(train_argv(npz, "--epochs", "500", "--save-every", "10", "--out",
+                                           str(tmp_path / "run"), "--no-check", "--nproc", "2"),
+                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        wait_for_checkpoint(tmp_path / "run", [launcher])
+        os.kill(descendant_with_rank(launcher.pid, 1), signal.SIGKILL)
+        _, err = launcher.communicate(timeout=60)
+    finally:
+        launcher.kill()
+    assert launcher.returncode == 1
+    assert err.strip().splitlines()[-1] == "handgrad: error: rank 1 failed (killed by SIGKILL); the other ranks " \
+                                           "were stopped"
+
+
+@pytest.mark.skipif(locate("fashion-mnist") is None, reason="Fashion-MNIST not installed")
+def test_bad_distributed_flags():
+    bad = subprocess.run([sys.executable, "-m", "handgrad", "train", "--nproc", "0"], capture_output=True, text=True)
+    assert bad.returncode == 2 and bad.stderr.strip() == "handgrad: error: --nproc must be at least 1, got 0"
+    twin = subprocess.run([sys.executable, "-m", "handgrad", "train", "--nproc", "2", "--torch-twin"],
+                          capture_output=True, text=True)
+    assert twin.returncode == 2 and "--torch-twin trains in one process" in twin.stderr
