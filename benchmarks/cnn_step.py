@@ -1,7 +1,8 @@
 """One CNN training step (forward, loss, backward, SGD update): handgrad vs the same model with torch autograd.
 
 Same weights, same batch, same thread count, in one process; the two are timed in
-alternating rounds and the medians compared.
+alternating rounds and the medians compared. handgrad's step is the one `handgrad train` takes
+(`handgrad.training_step`: the module path inside `lean()`), with the same allocator setting.
 
     python benchmarks/cnn_step.py [--bs 128] [--channels 16,32,64] [--rounds 7] [--steps 10] [--device cpu]
 """
@@ -29,20 +30,17 @@ def main() -> None:
     p.add_argument("--device", default="cpu")
     args = p.parse_args()
     device = torch.device(args.device)
+    hg.keep_freed_memory()
     torch.manual_seed(0)
     model = cnn(10, tuple(int(c) for c in args.channels.split(","))).to(device)
     twin = to_torch(model)
-    step = hg.WithLoss(model, hg.CrossEntropyLoss())
-    opt = hg.SGD(model.parameters(), lr=0.01)
+    step = hg.training_step(model, hg.CrossEntropyLoss(), hg.SGD(model.parameters(), lr=0.01))
     topt = torch.optim.SGD(twin.parameters(), lr=0.01)
     x = torch.randn(args.bs, 784, device=device)
     y = torch.randint(0, 10, (args.bs,), device=device)
 
     def handgrad_step() -> None:
         step(x, y)
-        opt.zero_grad()
-        step.backward(needs_input_grad=False)
-        opt.step()
 
     def torch_step() -> None:
         loss = F.cross_entropy(twin(x), y)
