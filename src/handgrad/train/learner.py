@@ -11,6 +11,10 @@ Two ways through a batch:
   backward and update in one pass, then after_backward (no `.g` exists; a batch with a non-finite loss
   was not applied). It is used only when no callback sets `needs_module_step` (callbacks acting
   between forward and step, or on activations and `.g`).
+
+Data-parallel (`dist`): each rank runs either path on its slice of the global batch without stepping,
+`GradSync` sums the weighted gradients over the ranks, then after_backward and the step. Every rank
+must take every step: a callback must not cancel a batch on one rank only.
 """
 
 from __future__ import annotations
@@ -125,17 +129,21 @@ class Learner:
                 self.loss = self.fused(xb, yb)  # forward, loss, backward and SGD update in one pass
                 self("after_backward")
             else:
-                with lean():
-                    self.loss = self.step_module(xb, yb)
-                    self("after_loss")
-                    self.opt.zero_grad()
-                    self.step_module.backward(needs_input_grad=False)  # the data needs no gradient
+                self._forward_backward(xb, yb)
                 self("after_backward")
                 self.opt.step()
             self.t += 1
             self("after_batch")
         except CancelBatch:
             pass
+
+    def _forward_backward(self, xb: Tensor, yb: Tensor) -> None:
+        """The module path: forward, after_loss, hand-written backward into `.g`, inside lean()."""
+        with lean():
+            self.loss = self.step_module(xb, yb)
+            self("after_loss")
+            self.opt.zero_grad()
+            self.step_module.backward(needs_input_grad=False)  # the data needs no gradient
 
     def _synced_batch(self, xb: Tensor, yb: Tensor) -> None:
         """Data-parallel: this rank's slice forward and backward, gradients weighted by the slice's share of the
@@ -150,11 +158,7 @@ class Learner:
                 if self.fused is not None:
                     self.loss = self.fused(xb, yb, step=False)
                 else:
-                    with lean():
-                        self.loss = self.step_module(xb, yb)
-                        self("after_loss")
-                        self.opt.zero_grad()
-                        self.step_module.backward(needs_input_grad=False)
+                    self._forward_backward(xb, yb)
         self.sync.finish()
         self("after_backward")
         self.opt.step()
