@@ -237,3 +237,14 @@ def test_bad_distributed_flags():
     twin = subprocess.run([sys.executable, "-m", "handgrad", "train", "--nproc", "2", "--torch-twin"],
                           capture_output=True, text=True)
     assert twin.returncode == 2 and "--torch-twin trains in one process" in twin.stderr
+
+
+def test_a_rank_that_never_comes_stops_the_others_with_one_line(tmp_path, npz):
+    port = free_port()
+    start = time.time()
+    alone = subprocess.run(train_argv(npz, "--dist-timeout", "3"), env=rank_env(0, 2, port), capture_output=True,
+                           text=True, timeout=60)
+    assert alone.returncode == 1 and time.time() - start < 30
+    last = alone.stderr.strip().splitlines()[-1]  # (torch's C++ layer may log its own warnings before it)
+    assert re.fullmatch(r"handgrad: error: rank 0 could not join the group of 2 ranks at 127\.0\.0\.1:\d+ within "
+                        r"3 s: .*", last), alone.stderr[-1000:]

@@ -135,9 +135,15 @@ def init_from_env(device: str = "cpu", timeout: float = DEFAULT_TIMEOUT_S) -> Di
     if dev.type == "cuda":
         dev = torch.device("cuda", local_rank)
         torch.cuda.set_device(dev)
-    store = _store(rank, world_size, timeout)
-    dist.init_process_group("nccl" if dev.type == "cuda" else "gloo", store=store, rank=rank, world_size=world_size,
-                            timeout=timedelta(seconds=timeout))
+    try:
+        store = _store(rank, world_size, timeout)
+        dist.init_process_group("nccl" if dev.type == "cuda" else "gloo", store=store, rank=rank,
+                                world_size=world_size, timeout=timedelta(seconds=timeout))
+    except Exception as e:  # a rank that never came, an unreachable MASTER_ADDR, a port in use
+        where = f"{os.environ.get('MASTER_ADDR', '127.0.0.1')}:{os.environ.get('MASTER_PORT', '29500')}"
+        first = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
+        raise TrainingError(f"rank {rank} could not join the group of {world_size} ranks at {where} within "
+                            f"{timeout:.0f} s: {first}") from None
     d = Dist(rank, world_size, local_rank, store, timeout, dev)
     beat_store = _store(rank, world_size, timeout) if rank else store  # a client of its own for the thread
 
@@ -270,6 +276,7 @@ def launch(nproc: int, argv: list[str], timeout: float, log: Callable[[str], Non
     logging.getLogger("torch.distributed.elastic").setLevel(logging.CRITICAL)  # our one line says it
     if "OMP_NUM_THREADS" not in os.environ:  # share the cores instead of oversubscribing them
         os.environ["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // nproc))
+    os.environ.setdefault("TORCH_CPP_LOG_LEVEL", "ERROR")  # the ranks' own one-line errors say what failed
     config = LaunchConfig(min_nodes=1, max_nodes=1, nproc_per_node=nproc, run_id=str(uuid.uuid4()),
                           rdzv_backend="c10d", rdzv_endpoint="localhost:0", max_restarts=0, monitor_interval=0.2,
                           rdzv_configs={"timeout": int(timeout)})
