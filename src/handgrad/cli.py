@@ -359,6 +359,15 @@ def _data(args: argparse.Namespace) -> int:
     return 0
 
 
+def _error(e: Exception) -> None:
+    """One line on stderr, written at once (data-parallel ranks share it); ranks other than 0 say who they are."""
+    import os
+
+    rank = os.environ.get("RANK", "0") if int(os.environ.get("WORLD_SIZE", "1")) > 1 else "0"
+    sys.stderr.write(f"handgrad: error: {'' if rank == '0' else f'[rank {rank}] '}{e}\n")
+    sys.stderr.flush()
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = _parser().parse_args(argv)
@@ -370,10 +379,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             keep_freed_memory()  # training loops re-allocate the same buffers each step
         return commands[args.command](args)
     except (DataError, GradientCheckError, TrainingError) as e:
-        print(f"handgrad: error: {e}", file=sys.stderr)
+        _error(e)
         return 1
     except ValueError as e:
-        print(f"handgrad: error: {e}", file=sys.stderr)
+        _error(e)
         return 2
     except KeyboardInterrupt:
         print("handgrad: interrupted", file=sys.stderr)

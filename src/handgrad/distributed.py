@@ -283,7 +283,15 @@ def launch(nproc: int, argv: list[str], timeout: float, log: Callable[[str], Non
     try:
         elastic_launch(config, sys.executable)("-m", "handgrad", *argv)
     except ChildFailedError as e:
-        rank, failure = e.get_first_failure()
-        why = f"killed by {failure.signal_name()}" if failure.exitcode < 0 else f"exit code {failure.exitcode}"
+        # the cause first: a rank killed by a signal other than the launcher's SIGTERM, then one that ended
+        # with an error, then one the launcher stopped
+        def cause(item):
+            rank, f = item
+            group = 0 if f.exitcode < 0 and f.signal_name() != "SIGTERM" else 1 if f.exitcode > 0 else 2
+            return group, f.timestamp, rank
+
+        rank, failure = min(e.failures.items(), key=cause)
+        why = f"killed by {failure.signal_name()}" if failure.exitcode < 0 else \
+            f"exit code {failure.exitcode}; its error line is above"
         raise TrainingError(f"rank {rank} failed ({why}); the other ranks were stopped") from None
     return 0
