@@ -5,6 +5,7 @@ import sys
 import torch
 
 from handgrad.bench import _gemm_floor, bench_config
+from handgrad.data import locate
 from handgrad.models import mlp
 
 
@@ -20,6 +21,13 @@ def test_bench_rows_and_json(tmp_path):
     assert all(r["step_ms"] > 0 for r in rows) and rows[0]["peak_mb"] > 0
     assert (tmp_path / "bench.png").stat().st_size > 5000
     assert "vs eager" in proc.stdout
+    if locate("fashion-mnist") is not None:  # time to 0.85 accuracy, handgrad and eager on the same batches
+        tta = json.loads(out.read_text())["time_to_accuracy"]
+        assert [r["impl"] for r in tta] == ["handgrad", "eager"]
+        for r in tta:
+            assert r["target"] == 0.85 and r["batches"] > 0 and r["batches"] % 100 == 0
+            assert (r["seconds"] is not None) == (r["valid_acc"] >= 0.85)
+        assert "fashion-mnist-0.85" in proc.stdout
 
 
 def test_gemm_floor_counts_the_steps_matrix_multiplies():
