@@ -203,3 +203,47 @@ def test_keep_freed_memory_applies_on_linux_glibc():
     import platform
     applied = keep_freed_memory()
     assert applied == (platform.system() == "Linux" and platform.libc_ver()[0] == "glibc")
+
+
+def test_lean_cnn_frees_activations_between_layers_and_keeps_the_gradients():
+    """conv -> BN -> ReLU: the conv output and the BN output are freed after the next layer's forward."""
+    from handgrad.models import cnn
+
+    torch.manual_seed(8)
+    model = cnn(10, (4, 8)).double()
+    twin = copy.deepcopy(model)
+    x, y = torch.randn(6, 784, dtype=torch.float64), torch.randint(0, 10, (6,))
+    plain = WithLoss(twin, hg.CrossEntropyLoss())
+    plain(x, y)
+    plain.backward(needs_input_grad=False)
+    step = WithLoss(model, hg.CrossEntropyLoss())
+    with lean():
+        step(x, y)
+        stem = model[1]  # conv_bn: Sequential(Conv2d, BatchNorm2d)
+        assert stem[0].out.untyped_storage().size() == 0  # the conv output: only BN read it, and BN keeps xhat
+        assert model[2].args[0].untyped_storage().size() == 0  # the BN output: ReLU reads its own output
+        assert model[2].out.untyped_storage().size() > 0
+        residual = model[3][0]  # res_block: the branches' outputs go once summed, the sum once ReLU ran
+        assert residual.body.out.untyped_storage().size() == 0
+        assert residual.shortcut.out.untyped_storage().size() == 0
+        assert residual.out.untyped_storage().size() == 0
+        step.backward(needs_input_grad=False)
+    for (name, p), q in zip(model.named_parameters(), twin.parameters()):
+        torch.testing.assert_close(p.g, q.g, rtol=1e-10, atol=1e-12, msg=lambda m, name=name: f"{name}: {m}")
+
+
+def test_lean_keeps_what_activation_statistics_read():
+    from handgrad.train.stats import ActivationStats
+
+    # no activations: the stats watch the layers with parameters, here the last of a nested Sequential
+    model = hg.Sequential(hg.Sequential(hg.Linear(4, 3), hg.BatchNorm1d(3)), hg.Dropout(0.5), hg.Linear(3, 2))
+    stats = ActivationStats(model)
+    with lean():
+        model(torch.randn(5, 4))
+    stats.record()
+    assert model[0][0].out.untyped_storage().size() > 0 and model[0][1].out.untyped_storage().size() > 0
+    unwatched = hg.Sequential(hg.Sequential(hg.Linear(4, 3), hg.BatchNorm1d(3)), hg.Dropout(0.5), hg.Linear(3, 2))
+    with lean():
+        unwatched(torch.randn(5, 4))
+    assert unwatched[0][0].out.untyped_storage().size() == 0  # freed where nobody reads it
+    assert unwatched[0][1].out.untyped_storage().size() == 0

@@ -204,6 +204,19 @@ class Module:
             self.out = None
         return first_g
 
+    # What the hand-written backward reads besides dY (shapes aside). Inside lean(), Sequential frees the
+    # memory of a tensor passed between two layers as soon as neither reads its values (a layer's
+    # `keep_output = True` keeps its output, for callers that read it after the forward).
+    def backward_reads_input(self) -> bool:
+        return True
+
+    def backward_reads_output(self) -> bool:
+        return True
+
+    def keeps_output(self) -> bool:
+        """True when someone reads this module's output after the forward (`keep_output = True`)."""
+        return getattr(self, "keep_output", False)
+
     def reopen_backward(self) -> None:
         """Allow another backward of the last forward: clear the `.g` of every tensor this module and its
         sub-modules saw (inputs, outputs, intermediates; not parameters) and the once-per-forward flag.
@@ -387,9 +400,23 @@ class Sequential(Module):
     def __iter__(self) -> Iterator[Module]:
         return iter(self.layers)
 
+    def backward_reads_input(self) -> bool:
+        return self.layers[0].backward_reads_input() if self.layers else False
+
+    def backward_reads_output(self) -> bool:
+        return self.layers[-1].backward_reads_output() if self.layers else False
+
+    def keeps_output(self) -> bool:
+        return getattr(self, "keep_output", False) or bool(self.layers) and self.layers[-1].keeps_output()
+
     def forward(self, x: Tensor) -> Tensor:
+        prev = None
         for layer in self.layers:
-            x = layer(x)
+            out = layer(x)
+            if Module.lean and prev is not None and not prev.backward_reads_output() and \
+                    not layer.backward_reads_input() and not prev.keeps_output():
+                _free_private(x, prev)
+            prev, x = layer, out
         return x
 
     def bwd(self, dout: Tensor, x: Tensor) -> Tensor | None:
@@ -407,6 +434,17 @@ class Sequential(Module):
             if i >= first or needs_input_grad:
                 self.layers[i].backward(dout if i == last else None, needs_input_grad=needs_input_grad)
         return None
+
+
+def _free_private(t: Tensor, producer: Module) -> None:
+    """Free `t`'s memory (its shape stays, for the gradient it will carry) unless it may share storage:
+    a view, or an output that is (a view of) the producer's input."""
+    if t._base is not None:
+        return
+    ptr = t.untyped_storage().data_ptr()
+    if any(isinstance(a, Tensor) and a.untyped_storage().data_ptr() == ptr for a in producer.args):
+        return
+    t.untyped_storage().resize_(0)
 
 
 class WithLoss(Module):

@@ -14,6 +14,9 @@ from ..module import Module
 class ReLU(Module):
     """Y = max(X, 0)."""
 
+    def backward_reads_input(self) -> bool:
+        return False  # the mask comes from the output
+
     def forward(self, x: Tensor) -> Tensor:
         return relu(x)
 

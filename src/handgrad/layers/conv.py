@@ -62,6 +62,9 @@ class Conv2d(Module):
             raise ValueError(f"{name}: input spatial size {x.shape[2]}x{x.shape[3]} ({h}x{w} with padding) is "
                              f"smaller than the kernel ({eh}x{ew} with dilation)")
 
+    def backward_reads_output(self) -> bool:
+        return False
+
     def forward(self, x: Tensor) -> Tensor:
         self._check(x)
         return F.conv2d(x, self.weight, self.bias, self.stride, self.padding, self.dilation, self.groups)

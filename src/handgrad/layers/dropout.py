@@ -21,6 +21,12 @@ class Dropout(Module):
             raise ValueError(f"Dropout probability must be in [0, 1], got {p}")
         self.p = p
 
+    def backward_reads_input(self) -> bool:
+        return False  # the saved mask only
+
+    def backward_reads_output(self) -> bool:
+        return False
+
     def forward(self, x: Tensor) -> Tensor:
         if not self.training or self.p == 0.0:
             self.mask = None

@@ -50,6 +50,12 @@ class _BatchNorm(Module):
                              f"(input {list(x.shape)})")
         return (1, -1) + (1,) * (x.dim() - 2)
 
+    def backward_reads_input(self) -> bool:
+        return getattr(self, "xhat", None) is None  # training keeps xhat; eval recomputes it from X
+
+    def backward_reads_output(self) -> bool:
+        return False
+
     def forward(self, x: Tensor) -> Tensor:
         shape = self._shape(x)
         if not self.training:  # one fused pass of the running statistics' affine map

@@ -37,6 +37,12 @@ class MaxPool2d(Module):
         self.stride = _pair(stride) if stride is not None else self.kernel_size
         self.padding, self.dilation = _pair(padding), _pair(dilation)
 
+    def backward_reads_input(self) -> bool:
+        return False  # shapes (and saved indices) only
+
+    def backward_reads_output(self) -> bool:
+        return False
+
     def forward(self, x: Tensor) -> Tensor:
         _check_4d("MaxPool2d", x, self.kernel_size, self.padding, self.dilation)
         y, self.indices = F.max_pool2d(x, self.kernel_size, self.stride, self.padding, self.dilation,
@@ -63,6 +69,12 @@ class AvgPool2d(Module):
         self.kernel_size = _pair(kernel_size)
         self.stride = _pair(stride) if stride is not None else self.kernel_size
         self.padding = _pair(padding)
+
+    def backward_reads_input(self) -> bool:
+        return False  # shapes (and saved indices) only
+
+    def backward_reads_output(self) -> bool:
+        return False
 
     def forward(self, x: Tensor) -> Tensor:
         _check_4d("AvgPool2d", x, self.kernel_size, self.padding)
@@ -93,6 +105,12 @@ class AdaptiveAvgPool2d(Module):
         if h % oh or w % ow:
             raise ValueError(f"AdaptiveAvgPool2d: output size {oh}x{ow} must divide the input size {h}x{w}")
         return h // oh, w // ow
+
+    def backward_reads_input(self) -> bool:
+        return False  # shapes (and saved indices) only
+
+    def backward_reads_output(self) -> bool:
+        return False
 
     def forward(self, x: Tensor) -> Tensor:
         kernel = self._window(x)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from torch import Tensor
 
-from ..module import Module, Sequential
+from ..module import Module, Sequential, _free_private
 from .activation import ReLU
 from .conv import Conv2d
 from .normalization import BatchNorm2d
@@ -23,7 +23,19 @@ class Residual(Module):
         if y.shape != skip.shape:
             raise ValueError(f"Residual: body output {list(y.shape)} and shortcut output {list(skip.shape)} differ; "
                              "give a shortcut that projects X to the body's shape")
-        return y + skip
+        out = y + skip
+        if Module.lean:  # the sum is all that goes on: free the branches' outputs where no backward reads them
+            for branch, t in ((self.body, y), (self.shortcut, skip)):
+                if branch is not None and not branch.backward_reads_output() and not branch.keeps_output():
+                    _free_private(t, branch)
+        return out
+
+    def backward_reads_input(self) -> bool:
+        return self.body.backward_reads_input() or (self.shortcut is not None and
+                                                    self.shortcut.backward_reads_input())
+
+    def backward_reads_output(self) -> bool:
+        return False
 
     def bwd(self, dy: Tensor, x: Tensor) -> Tensor | None:
         """dX = body.bwd(dY) + shortcut.bwd(dY)  (dY itself for the identity): X fans out, so both add into X.g."""

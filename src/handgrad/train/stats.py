@@ -27,6 +27,8 @@ class ActivationStats:
         named = [(n, m) for n, m in model.named_modules() if not any(True for _ in m.children())]
         chosen = [(n, m) for n, m in named if isinstance(m, ACTIVATIONS)]
         self.layers = chosen or [(n, m) for n, m in named if any(True for _ in m._own_parameters())]
+        for _, m in self.layers:
+            m.keep_output = True  # read after the forward: lean training must not free it
         self.means: list[list[Tensor]] = [[] for _ in self.layers]
         self.stds: list[list[Tensor]] = [[] for _ in self.layers]
         self.hists: list[list[Tensor]] = [[] for _ in self.layers]
