@@ -15,7 +15,7 @@ import torch
 from dist_worker import train
 
 from handgrad.data import DataLoader, locate
-from handgrad.distributed import shard_bounds
+from handgrad.data.loader import shard_bounds
 from handgrad.train.runfolder import RunFolder
 
 HERE = Path(__file__).parent
@@ -170,23 +170,29 @@ def wait_for_checkpoint(folder, procs, timeout=90):
         time.sleep(0.1)
 
 
-@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
-def test_killing_a_rank_stops_the_other_with_one_line_and_the_checkpoint_survives(tmp_path, npz):
-    folder = tmp_path / "run"
-    timeout = 15
-    procs = spawn_ranks(train_argv(npz, "--epochs", "500", "--save-every", "10", "--out", str(folder), "--no-check",
-                                   "--dist-timeout", str(timeout)), tmp_path)
+def disturb_rank_1(tmp_path, npz, timeout, disturb):
+    """Train with 2 ranks into tmp_path/run until a checkpoint exists, `disturb` rank 1's process, and wait for
+    rank 0 to stop: (its exit code, seconds it took, its stderr lines)."""
+    procs = spawn_ranks(train_argv(npz, "--epochs", "500", "--save-every", "10", "--out", str(tmp_path / "run"),
+                                   "--no-check", "--dist-timeout", str(timeout)), tmp_path)
     try:
-        wait_for_checkpoint(folder, procs)
+        wait_for_checkpoint(tmp_path / "run", procs)
         time.sleep(0.3)
-        procs[1].kill()
+        disturb(procs[1])
         start = time.time()
         code = procs[0].wait(timeout + 30)
         waited = time.time() - start
     finally:
         for p in procs:
             p.kill()
-    err = (tmp_path / "rank0.err").read_text().strip().splitlines()
+    return code, waited, (tmp_path / "rank0.err").read_text().strip().splitlines()
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+def test_killing_a_rank_stops_the_other_with_one_line_and_the_checkpoint_survives(tmp_path, npz):
+    folder = tmp_path / "run"
+    timeout = 15
+    code, waited, err = disturb_rank_1(tmp_path, npz, timeout, lambda p: p.kill())
     assert code == 1
     assert waited < timeout + 10
     assert re.fullmatch(r"handgrad: error: rank 1 .*", err[-1]), err[-5:]
@@ -198,18 +204,7 @@ def test_killing_a_rank_stops_the_other_with_one_line_and_the_checkpoint_survive
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
 def test_a_hung_rank_stops_the_other_after_the_timeout(tmp_path, npz):
     timeout = 6
-    procs = spawn_ranks(train_argv(npz, "--epochs", "500", "--save-every", "10", "--out", str(tmp_path / "run"),
-                                   "--no-check", "--dist-timeout", str(timeout)), tmp_path)
-    try:
-        wait_for_checkpoint(tmp_path / "run", procs)
-        os.kill(procs[1].pid, signal.SIGSTOP)  # hung: alive, silent
-        start = time.time()
-        code = procs[0].wait(timeout + 30)
-        waited = time.time() - start
-    finally:
-        for p in procs:
-            p.kill()
-    err = (tmp_path / "rank0.err").read_text().strip().splitlines()
+    code, waited, err = disturb_rank_1(tmp_path, npz, timeout, lambda p: os.kill(p.pid, signal.SIGSTOP))  # hung
     assert code == 1 and timeout - 1 < waited < timeout + 15
     assert re.fullmatch(r"handgrad: error: rank 1 is not responding: .*", err[-1]), err[-5:]
 

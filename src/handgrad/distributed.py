@@ -258,11 +258,6 @@ class GradSync:
             hooks.remove(self.ready)
 
 
-def shard_bounds(n: int, rank: int, world_size: int) -> tuple[int, int]:
-    """Rank `rank`'s rows [lo, hi) of a batch of n: contiguous, sizes differing by at most one, none lost."""
-    return rank * n // world_size, (rank + 1) * n // world_size
-
-
 def launch(nproc: int, argv: list[str], timeout: float, log: Callable[[str], None] = print) -> int:
     """Run `python -m handgrad <argv>` in `nproc` processes on this machine under torch's elastic launcher (what
     torchrun runs); return 0, or raise TrainingError naming the first rank that failed and why."""

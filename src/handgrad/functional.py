@@ -141,9 +141,20 @@ def _scale(n: int, reduction: str) -> float:
 # ------------------------------------------------------------------------- nll
 
 
+def pick_classes(x: Tensor, target: Tensor) -> Tensor:
+    """x[i, target_i] as (N, 1), after check_class_targets. On the CPU gather itself rejects labels out of
+    range, so the labels are read (one device sync) only to explain the error; elsewhere they are read first."""
+    check_class_targets(x, target, check_range=not x.is_cpu)
+    try:
+        return x.gather(1, target[:, None])
+    except (RuntimeError, IndexError):
+        check_class_targets(x, target)
+        raise
+
+
 def nll(logp: Tensor, target: Tensor, reduction: str = "mean") -> Tensor:
     """L = -mean(logp[i, target_i])."""
-    return -_reduce(logp.gather(1, target[:, None]), reduction)
+    return -_reduce(pick_classes(logp, target), reduction)
 
 
 def nll_grad(logp: Tensor, target: Tensor, reduction: str = "mean") -> Tensor:
@@ -162,10 +173,10 @@ def cross_entropy(logits: Tensor, target: Tensor, reduction: str = "mean") -> tu
     Working with X - m keeps exp from overflowing and keeps float32 precision for
     logits as large as 1e4. Returns (L, m, log-sum) so backward can rebuild softmax.
     """
+    picked = pick_classes(logits, target)  # (N, 1)
     m = logits.amax(dim=1, keepdim=True)  # (N, 1)
-    shifted = logits - m  # (N, C)
-    logsum = shifted.exp().sum(dim=1, keepdim=True).log()  # (N, 1)
-    return _reduce(logsum - shifted.gather(1, target[:, None]), reduction), m, logsum
+    logsum = (logits - m).exp().sum(dim=1, keepdim=True).log()  # (N, 1)
+    return _reduce(logsum - (picked - m), reduction), m, logsum
 
 
 def cross_entropy_grad(logits: Tensor, target: Tensor, m: Tensor, logsum: Tensor, reduction: str = "mean") -> Tensor:

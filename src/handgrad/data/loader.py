@@ -8,6 +8,11 @@ import torch
 from torch import Tensor
 
 
+def shard_bounds(n: int, rank: int, world_size: int) -> tuple[int, int]:
+    """Rank `rank`'s rows [lo, hi) of a batch of n: contiguous, sizes differing by at most one, none lost."""
+    return rank * n // world_size, (rank + 1) * n // world_size
+
+
 class DataLoader:
     """Batches of (x, y) from tensors.
 
@@ -60,8 +65,7 @@ class DataLoader:
         stop = n - n % bs if self.drop_last else n
         order = self.order(epoch).to(self.x.device) if self.shuffle else None
         for i in range(start * bs, stop, bs):
-            m = min(bs, n - i)
-            lo, hi = i + self.rank * m // self.world_size, i + (self.rank + 1) * m // self.world_size
+            lo, hi = (i + b for b in shard_bounds(min(bs, n - i), self.rank, self.world_size))
             if order is not None:
                 idx = order[lo:hi]
                 yield self.x[idx], self.y[idx]  # one gather per batch: the copy shuffling needs

@@ -27,7 +27,17 @@ def avg_pool_grad(dy: Tensor, input_shape: tuple[int, ...], kernel: tuple[int, i
     return F.fold(cols, (h, w), kernel, padding=padding, stride=stride).view(n, c, h, w)
 
 
-class MaxPool2d(Module):
+class _Pool(Module):
+    """A pooling layer: its backward reads shapes (and MaxPool2d's saved indices), not X or Y."""
+
+    def backward_reads_input(self) -> bool:
+        return False
+
+    def backward_reads_output(self) -> bool:
+        return False
+
+
+class MaxPool2d(_Pool):
     """Y = max of X over each window."""
 
     def __init__(self, kernel_size: int | tuple[int, int], stride: int | tuple[int, int] | None = None,
@@ -36,12 +46,6 @@ class MaxPool2d(Module):
         self.kernel_size = _pair(kernel_size)
         self.stride = _pair(stride) if stride is not None else self.kernel_size
         self.padding, self.dilation = _pair(padding), _pair(dilation)
-
-    def backward_reads_input(self) -> bool:
-        return False  # shapes (and saved indices) only
-
-    def backward_reads_output(self) -> bool:
-        return False
 
     def forward(self, x: Tensor) -> Tensor:
         _check_4d("MaxPool2d", x, self.kernel_size, self.padding, self.dilation)
@@ -60,7 +64,7 @@ class MaxPool2d(Module):
         return f"kernel_size={self.kernel_size}, stride={self.stride}, padding={self.padding}"
 
 
-class AvgPool2d(Module):
+class AvgPool2d(_Pool):
     """Y = mean of X over each window (zero padding counted, as torch's default)."""
 
     def __init__(self, kernel_size: int | tuple[int, int], stride: int | tuple[int, int] | None = None,
@@ -69,12 +73,6 @@ class AvgPool2d(Module):
         self.kernel_size = _pair(kernel_size)
         self.stride = _pair(stride) if stride is not None else self.kernel_size
         self.padding = _pair(padding)
-
-    def backward_reads_input(self) -> bool:
-        return False  # shapes (and saved indices) only
-
-    def backward_reads_output(self) -> bool:
-        return False
 
     def forward(self, x: Tensor) -> Tensor:
         _check_4d("AvgPool2d", x, self.kernel_size, self.padding)
@@ -88,7 +86,7 @@ class AvgPool2d(Module):
         return f"kernel_size={self.kernel_size}, stride={self.stride}, padding={self.padding}"
 
 
-class AdaptiveAvgPool2d(Module):
+class AdaptiveAvgPool2d(_Pool):
     """Y = mean of X over an (H/oh, W/ow) grid of windows; output_size 1 is global average pooling.
 
     Output sizes must divide the input's (then the windows tile it exactly).
@@ -105,12 +103,6 @@ class AdaptiveAvgPool2d(Module):
         if h % oh or w % ow:
             raise ValueError(f"AdaptiveAvgPool2d: output size {oh}x{ow} must divide the input size {h}x{w}")
         return h // oh, w // ow
-
-    def backward_reads_input(self) -> bool:
-        return False  # shapes (and saved indices) only
-
-    def backward_reads_output(self) -> bool:
-        return False
 
     def forward(self, x: Tensor) -> Tensor:
         kernel = self._window(x)
