@@ -92,3 +92,126 @@ def test_cross_entropy_rejects_non_2d_logits():
 def test_unknown_reduction():
     with pytest.raises(ValueError, match="reduction must be one of"):
         hg.MSELoss(reduction="avg")
+
+
+# ------------------------------------------------ reductions: 'mean', 'sum', 'none' as torch, nothing else
+
+REDUCTIONS = ["mean", "sum", "none"]
+
+
+def _class_data(n=5, c=4, seed=0):
+    torch.manual_seed(seed)
+    return 3 * torch.randn(n, c, dtype=torch.float64), torch.randint(0, c, (n,))
+
+
+@pytest.mark.parametrize("reduction", REDUCTIONS)
+def test_loss_classes_match_torch_for_each_reduction(reduction):
+    """Forward values, and hand-written gradients under a random dloss (a vector for 'none') against autograd."""
+    logits, y = _class_data()
+    check_against_torch(hg.CrossEntropyLoss(reduction=reduction),
+                        lambda a, b: F.cross_entropy(a, b, reduction=reduction), logits, y)
+    check_against_torch(hg.NLLLoss(reduction=reduction), lambda a, b: F.nll_loss(a, b, reduction=reduction),
+                        F.log_softmax(logits, 1), y)
+    a, b = torch.randn(5, 3, dtype=torch.float64), torch.randn(5, 3, dtype=torch.float64)
+    check_against_torch(hg.MSELoss(reduction=reduction), lambda o, t: F.mse_loss(o, t, reduction=reduction), a, b)
+
+
+def _autograd(loss_fn, x, dloss):
+    x = x.detach().clone().requires_grad_(True)
+    loss = loss_fn(x)
+    (g,) = torch.autograd.grad(loss, x, dloss)
+    return loss.detach(), g
+
+
+@pytest.mark.parametrize("reduction", REDUCTIONS)
+def test_functional_losses_match_torch_for_each_reduction(reduction):
+    """handgrad.functional's forward and *_grad (with and without dloss) against torch.nn.functional."""
+    from handgrad import functional as HF
+
+    logits, y = _class_data(6, 5, seed=1)
+    n = logits.shape[0]
+    dloss = torch.randn(n, dtype=torch.float64) if reduction == "none" else torch.tensor(1.7, dtype=torch.float64)
+    ones = torch.ones_like(dloss)
+
+    ref, ref_g = _autograd(lambda x: F.cross_entropy(x, y, reduction=reduction), logits, dloss)
+    loss, m, logsum = HF.cross_entropy(logits, y, reduction)
+    assert loss.shape == ref.shape
+    torch.testing.assert_close(loss, ref)
+    torch.testing.assert_close(HF.cross_entropy_grad(logits, y, m, logsum, reduction, dloss), ref_g)
+    _, ref_g1 = _autograd(lambda x: F.cross_entropy(x, y, reduction=reduction), logits, ones)
+    torch.testing.assert_close(HF.cross_entropy_grad(logits, y, m, logsum, reduction), ref_g1)
+
+    logp = F.log_softmax(logits, 1)
+    ref, ref_g = _autograd(lambda x: F.nll_loss(x, y, reduction=reduction), logp, dloss)
+    loss = HF.nll(logp, y, reduction)
+    assert loss.shape == ref.shape
+    torch.testing.assert_close(loss, ref)
+    torch.testing.assert_close(HF.nll_grad(logp, y, reduction, dloss), ref_g)
+    _, ref_g1 = _autograd(lambda x: F.nll_loss(x, y, reduction=reduction), logp, ones)
+    torch.testing.assert_close(HF.nll_grad(logp, y, reduction), ref_g1)
+
+    out, t = torch.randn(4, 3, dtype=torch.float64), torch.randn(4, 3, dtype=torch.float64)
+    dloss = torch.randn(4, 3, dtype=torch.float64) if reduction == "none" else torch.tensor(-0.3, dtype=torch.float64)
+    ref, ref_g = _autograd(lambda x: F.mse_loss(x, t, reduction=reduction), out, dloss)
+    loss = HF.mse(out, t, reduction)
+    assert loss.shape == ref.shape
+    torch.testing.assert_close(loss, ref)
+    torch.testing.assert_close(HF.mse_grad(out, t, reduction, dloss), ref_g)
+    _, ref_g1 = _autograd(lambda x: F.mse_loss(x, t, reduction=reduction), out, torch.ones_like(dloss))
+    torch.testing.assert_close(HF.mse_grad(out, t, reduction), ref_g1)
+
+
+def test_mse_none_follows_the_seeds_for_n1_against_n():
+    """reduction='none' with output [N, 1] and target [N]: a per-element loss [N], gradient [N, 1]."""
+    out, y = torch.randn(7, 1, dtype=torch.float64), torch.randn(7, dtype=torch.float64)
+    check_against_torch(hg.MSELoss(reduction="none"), lambda o, t: F.mse_loss(o[:, 0], t, reduction="none"), out, y)
+    mse = hg.MSELoss(reduction="none")
+    assert mse(out, y).shape == (7,)
+    mse.backward(torch.ones(7, dtype=torch.float64))
+    assert out.g.shape == (7, 1) and y.g.shape == (7,)
+
+
+def test_loss_none_backward_needs_the_per_sample_gradient():
+    logits, y = _class_data()
+    ce = hg.CrossEntropyLoss(reduction="none")
+    assert ce(logits, y).shape == (5,)
+    with pytest.raises(RuntimeError, match=r"needs the gradient of its output \(shape \[5\]\)"):
+        ce.backward()
+
+
+@pytest.mark.parametrize("reduction", ["none", "mean"])
+def test_functional_loss_grads_reject_a_dloss_of_the_wrong_shape(reduction):
+    from handgrad import functional as HF
+
+    logits, y = _class_data()
+    bad = torch.ones(3, dtype=torch.float64)
+    want = r"\[5\]" if reduction == "none" else r"\[\]"
+    with pytest.raises(ValueError, match=rf"expected dloss of shape {want}.*got \[3\]") as e:
+        HF.nll_grad(logits, y, reduction, bad)
+    assert "\n" not in str(e.value)
+    _, m, logsum = HF.cross_entropy(logits, y, reduction)
+    with pytest.raises(ValueError, match=rf"expected dloss of shape {want}.*got \[3\]"):
+        HF.cross_entropy_grad(logits, y, m, logsum, reduction, bad)
+    want = r"\[5, 4\]" if reduction == "none" else r"\[\]"
+    with pytest.raises(ValueError, match=rf"expected dloss of shape {want}.*got \[3\]"):
+        HF.mse_grad(logits, logits.flip(0), reduction, bad)
+
+
+@pytest.mark.parametrize("bad", ["avg", "Mean", "", "elementwise_mean", None, 1])
+def test_unknown_reduction_is_rejected_by_classes_and_functions(bad):
+    from handgrad import functional as HF
+
+    logits, y = _class_data()
+    _, m, logsum = HF.cross_entropy(logits, y)
+    calls = [
+        lambda: hg.MSELoss(reduction=bad), lambda: hg.CrossEntropyLoss(reduction=bad),
+        lambda: hg.NLLLoss(reduction=bad),
+        lambda: HF.mse(logits, logits, bad), lambda: HF.mse_grad(logits, logits, bad),
+        lambda: HF.nll(logits, y, bad), lambda: HF.nll_grad(logits, y, bad),
+        lambda: HF.cross_entropy(logits, y, bad), lambda: HF.cross_entropy_grad(logits, y, m, logsum, bad),
+    ]
+    for call in calls:
+        with pytest.raises(ValueError) as e:
+            call()
+        msg = str(e.value)
+        assert "reduction must be one of 'mean', 'sum', 'none'" in msg and repr(bad) in msg and "\n" not in msg

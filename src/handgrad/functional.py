@@ -57,6 +57,24 @@ def relu_grad_(dy: Tensor, y: Tensor) -> Tensor:
     return torch.mul(dy, y.sign_(), out=y)
 
 
+# ------------------------------------------------------------------- reductions
+
+REDUCTIONS = ("mean", "sum", "none")  # as torch: a scalar mean or sum, or the loss per element / sample
+
+
+def check_reduction(reduction: object) -> None:
+    """Raise ValueError unless `reduction` is 'mean', 'sum' or 'none'."""
+    if not (isinstance(reduction, str) and reduction in REDUCTIONS):
+        raise ValueError(f"reduction must be one of 'mean', 'sum', 'none', got {reduction!r}")
+
+
+def check_dloss(dloss: Tensor, loss_shape: tuple[int, ...], reduction: str) -> None:
+    """Raise ValueError unless the upstream gradient `dloss` has the loss's shape."""
+    if tuple(dloss.shape) != tuple(loss_shape):
+        raise ValueError(f"expected dloss of shape {list(loss_shape)} (the loss's, reduction={reduction!r}), "
+                         f"got {list(dloss.shape)}")
+
+
 # -------------------------------------------------------------------------- mse
 
 
@@ -79,16 +97,24 @@ def _mse_diff(output: Tensor, target: Tensor) -> Tensor:
 
 
 def mse(output: Tensor, target: Tensor, reduction: str = "mean") -> Tensor:
-    """L = mean((output - target)^2)   (sum with reduction='sum')."""
+    """L = mean((output - target)^2)   ('sum': the sum; 'none': L_i = (output_i - target_i)^2, the target's shape)."""
+    check_reduction(reduction)
     sq = _mse_diff(output, target).pow(2)
-    return sq.mean() if reduction == "mean" else sq.sum()
+    return sq.mean() if reduction == "mean" else sq.sum() if reduction == "sum" else sq
 
 
-def mse_grad(output: Tensor, target: Tensor, reduction: str = "mean") -> Tensor:
-    """dL/doutput = 2 (output - target) / N   (N = number of elements; 1 with reduction='sum')."""
+def mse_grad(output: Tensor, target: Tensor, reduction: str = "mean", dloss: Tensor | None = None) -> Tensor:
+    """dL/doutput = 2 (output - target) / N * dloss   (N = number of elements; 1 with 'sum' or 'none').
+
+    dloss: the upstream gradient, of the loss's shape (a scalar; per element with 'none'); None means 1.
+    """
+    check_reduction(reduction)
     diff = _mse_diff(output, target)
     scale = 2.0 / diff.numel() if reduction == "mean" else 2.0
-    return (diff * scale).reshape(output.shape)
+    if dloss is None:
+        return (diff * scale).reshape(output.shape)
+    check_dloss(dloss, diff.shape if reduction == "none" else (), reduction)
+    return diff.mul_(dloss * scale).reshape(output.shape)  # diff is our own temporary: scaled in place
 
 
 # --------------------------------------------------------------- (log-)softmax
@@ -131,11 +157,19 @@ def check_class_targets(logits: Tensor, target: Tensor, check_range: bool = True
 
 
 def _reduce(per_sample: Tensor, reduction: str) -> Tensor:
-    return per_sample.mean() if reduction == "mean" else per_sample.sum()
+    """(N, 1) per-sample losses -> their mean, their sum, or ('none') the losses themselves as (N,)."""
+    if reduction == "mean":
+        return per_sample.mean()
+    return per_sample.sum() if reduction == "sum" else per_sample.view(-1)
 
 
-def _scale(n: int, reduction: str) -> float:
-    return 1.0 / n if reduction == "mean" else 1.0
+def _row_scale(n: int, reduction: str, dloss: Tensor | None) -> float | Tensor:
+    """Sample i's factor in dL/dX: dloss / N ('mean'), dloss ('sum'), dloss_i ('none', as (N, 1)); dloss None = 1."""
+    scale = 1.0 / n if reduction == "mean" else 1.0
+    if dloss is None:
+        return scale
+    check_dloss(dloss, (n,) if reduction == "none" else (), reduction)
+    return dloss.view(n, 1) if reduction == "none" else dloss * scale
 
 
 # ------------------------------------------------------------------------- nll
@@ -153,37 +187,53 @@ def pick_classes(x: Tensor, target: Tensor) -> Tensor:
 
 
 def nll(logp: Tensor, target: Tensor, reduction: str = "mean") -> Tensor:
-    """L = -mean(logp[i, target_i])."""
+    """L = -mean(logp[i, target_i])   ('sum': the sum; 'none': L_i = -logp[i, target_i], shape (N,))."""
+    check_reduction(reduction)
     return -_reduce(pick_classes(logp, target), reduction)
 
 
-def nll_grad(logp: Tensor, target: Tensor, reduction: str = "mean") -> Tensor:
-    """dL/dlogp = -onehot(target) / N."""
+def nll_grad(logp: Tensor, target: Tensor, reduction: str = "mean", dloss: Tensor | None = None) -> Tensor:
+    """dL/dlogp = -onehot(target) / N * dloss   ('sum': no / N; 'none': row i times dloss_i).
+
+    dloss: the upstream gradient, of the loss's shape (a scalar; (N,) with 'none'); None means 1.
+    """
+    check_reduction(reduction)
     d = torch.zeros_like(logp)  # (N, C)
-    d.scatter_(1, target[:, None], -_scale(logp.shape[0], reduction))
-    return d
+    scale = _row_scale(logp.shape[0], reduction, dloss)
+    if isinstance(scale, Tensor):  # the one nonzero of each row: -scale_i
+        return d.scatter_(1, target[:, None], scale.neg().to(d.dtype).expand(logp.shape[0], 1))
+    return d.scatter_(1, target[:, None], -scale)
 
 
 # --------------------------------------------------------------- cross-entropy
 
 
 def cross_entropy(logits: Tensor, target: Tensor, reduction: str = "mean") -> tuple[Tensor, Tensor, Tensor]:
-    """L = mean(log(sum(exp(X_i - m_i))) - (X_i[target_i] - m_i)),  m_i = max(X_i).
+    """L = mean(log(sum(exp(X_i - m_i))) - (X_i[target_i] - m_i)),  m_i = max(X_i)   ('sum': the sum; 'none':
+    the per-sample losses, shape (N,)).
 
     Working with X - m keeps exp from overflowing and keeps float32 precision for
     logits as large as 1e4. Returns (L, m, log-sum) so backward can rebuild softmax.
     """
+    check_reduction(reduction)
     picked = pick_classes(logits, target)  # (N, 1)
     m = logits.amax(dim=1, keepdim=True)  # (N, 1)
     logsum = (logits - m).exp().sum(dim=1, keepdim=True).log()  # (N, 1)
     return _reduce(logsum - (picked - m), reduction), m, logsum
 
 
-def cross_entropy_grad(logits: Tensor, target: Tensor, m: Tensor, logsum: Tensor, reduction: str = "mean") -> Tensor:
-    """dL/dX = (softmax(X) - onehot(target)) / N,  softmax(X) = exp((X - m) - logsum)."""
+def cross_entropy_grad(logits: Tensor, target: Tensor, m: Tensor, logsum: Tensor, reduction: str = "mean",
+                       dloss: Tensor | None = None) -> Tensor:
+    """dL/dX = (softmax(X) - onehot(target)) / N * dloss,  softmax(X) = exp((X - m) - logsum)   ('sum': no / N;
+    'none': row i times dloss_i).
+
+    dloss: the upstream gradient, of the loss's shape (a scalar; (N,) with 'none'); None means 1.
+    """
+    check_reduction(reduction)
+    scale = _row_scale(logits.shape[0], reduction, dloss)
     d = (logits - m).sub_(logsum).exp_()  # (N, C) softmax
     d.scatter_add_(1, target[:, None], torch.full_like(m, -1.0))
-    return d.mul_(_scale(logits.shape[0], reduction))
+    return d if isinstance(scale, float) and scale == 1.0 else d.mul_(scale)
 
 
 # ------------------------------------------------------ the seeds' 2-layer MLP

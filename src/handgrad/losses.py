@@ -4,17 +4,17 @@ from __future__ import annotations
 
 from torch import Tensor
 
-from .functional import cross_entropy, cross_entropy_grad, mse, mse_grad, nll, nll_grad
+from .functional import REDUCTIONS, check_reduction, cross_entropy, cross_entropy_grad, mse, mse_grad, nll, nll_grad
 from .module import Module
-
-REDUCTIONS = ("mean", "sum")
 
 
 class _Loss(Module):
+    """reduction: 'mean' or 'sum' (a scalar loss), or 'none' (the loss per element or sample; its backward then
+    needs dloss of that shape), as torch.nn's losses."""
+
     def __init__(self, reduction: str = "mean") -> None:
         super().__init__()
-        if reduction not in REDUCTIONS:
-            raise ValueError(f"reduction must be one of {REDUCTIONS}, got {reduction!r}")
+        check_reduction(reduction)
         self.reduction = reduction
 
     def extra_repr(self) -> str:
@@ -33,8 +33,8 @@ class MSELoss(_Loss):
         return mse(output, target, self.reduction)
 
     def bwd(self, dloss: Tensor, output: Tensor, target: Tensor) -> tuple[Tensor, Tensor | None]:
-        """dL/doutput = 2 (output - target) / N,  dL/dtarget = -dL/doutput (for a float target)."""
-        doutput = mse_grad(output, target, self.reduction) * dloss
+        """dL/doutput = 2 (output - target) / N * dloss,  dL/dtarget = -dL/doutput (for a float target)."""
+        doutput = mse_grad(output, target, self.reduction, dloss)
         dtarget = -doutput.reshape(target.shape) if target.is_floating_point() else None
         return doutput, dtarget
 
@@ -52,8 +52,8 @@ class CrossEntropyLoss(_Loss):
         return loss
 
     def bwd(self, dloss: Tensor, logits: Tensor, target: Tensor) -> Tensor:
-        """dL/dX = (softmax(X) - onehot(y)) / N."""
-        return cross_entropy_grad(logits, target, self.max, self.logsum, self.reduction).mul_(dloss)
+        """dL/dX = (softmax(X) - onehot(y)) / N * dloss   ('none': row i times dloss_i)."""
+        return cross_entropy_grad(logits, target, self.max, self.logsum, self.reduction, dloss)
 
 
 class NLLLoss(_Loss):
@@ -63,5 +63,5 @@ class NLLLoss(_Loss):
         return nll(logp, target, self.reduction)
 
     def bwd(self, dloss: Tensor, logp: Tensor, target: Tensor) -> Tensor:
-        """dL/dlogp = -onehot(y) / N."""
-        return nll_grad(logp, target, self.reduction).mul_(dloss)
+        """dL/dlogp = -onehot(y) / N * dloss   ('none': row i times dloss_i)."""
+        return nll_grad(logp, target, self.reduction, dloss)

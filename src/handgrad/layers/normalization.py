@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import math
+import numbers
+
 import torch
 from torch import Tensor
 
@@ -16,19 +19,35 @@ def normalize_grad(g: Tensor, xhat: Tensor, invstd: Tensor, dims: tuple[int, ...
     return invstd * (g - g.mean(dims, keepdim=True) - xhat * (g * xhat).mean(dims, keepdim=True))
 
 
+def check_eps(owner: str, eps: object) -> None:
+    """Raise ValueError unless eps is a positive finite number (it keeps 1 / sqrt(var + eps) finite)."""
+    if not (isinstance(eps, numbers.Real) and not isinstance(eps, bool) and math.isfinite(eps) and eps > 0):
+        raise ValueError(f"{owner}: eps must be a positive finite number, got {eps!r}")
+
+
 class _BatchNorm(Module):
     """Y = gamma * (X - mean) / sqrt(var + eps) + beta, per channel (dim 1).
 
     Training: mean and (biased) var of the batch, and running statistics updated with
-    `momentum` (running_var from the unbiased var), as torch.nn does. Eval: the running ones.
+    `momentum` (running_var from the unbiased var), as torch.nn does; momentum=None makes them
+    the cumulative average of all batches so far (factor 1 / num_batches_tracked). Eval: the running ones.
     """
 
     dims_allowed: tuple[int, ...] = ()
     input_desc = ""
 
-    def __init__(self, num_features: int, eps: float = 1e-5, momentum: float = 0.1, affine: bool = True, *,
+    def __init__(self, num_features: int, eps: float = 1e-5, momentum: float | None = 0.1, affine: bool = True, *,
                  dtype: torch.dtype | None = None, device: torch.device | str | None = None) -> None:
         super().__init__()
+        name = type(self).__name__
+        if not (isinstance(num_features, numbers.Integral) and not isinstance(num_features, bool)
+                and num_features >= 1):
+            raise ValueError(f"{name}: num_features must be a positive int, got {num_features!r}")
+        check_eps(name, eps)
+        if momentum is not None and not (isinstance(momentum, numbers.Real) and not isinstance(momentum, bool)
+                                         and 0 <= momentum <= 1):
+            raise ValueError(f"{name}: momentum must be None or a number in [0, 1], got {momentum!r}")
+        num_features = int(num_features)
         self.num_features, self.eps, self.momentum = num_features, eps, momentum
         kw = {"dtype": dtype, "device": device}
         self.weight = Parameter(torch.ones(num_features, **kw)) if affine else None
@@ -62,7 +81,7 @@ class _BatchNorm(Module):
             self.xhat = None
             self.invstd = (self.running_var + self.eps).rsqrt()
             y, _, _ = torch.native_batch_norm(x, self.weight, self.bias, self.running_mean, self.running_var, False,
-                                              self.momentum, self.eps)
+                                              0.0, self.eps)  # momentum: unused in eval
             return y
         dims = (0,) + tuple(range(2, x.dim()))
         m = x.numel() // x.shape[1]
@@ -79,10 +98,13 @@ class _BatchNorm(Module):
         invstd = (var + self.eps).rsqrt()
         self.xhat = xc * invstd if tracked else xc.mul_(invstd)  # (N, C, ...)
         self.invstd = invstd.view(-1)
-        # running statistics: r <- (1 - momentum) r + momentum batch (the variance unbiased, as torch keeps it)
-        self.running_mean.lerp_(mean.detach().view(-1), self.momentum)
-        self.running_var.lerp_(var.detach().view(-1) * (m / (m - 1)), self.momentum)
+        # running statistics: r <- (1 - f) r + f batch (the variance unbiased, as torch keeps it), f = momentum, or
+        # f = 1 / num_batches_tracked (counting this batch) for momentum=None: the mean of all batches so far
         self.num_batches_tracked.add_(1)
+        f = self.momentum if self.momentum is not None else \
+            self.num_batches_tracked.to(self.running_mean.dtype).reciprocal()  # a tensor: no device sync
+        self.running_mean.lerp_(mean.detach().view(-1), f)
+        self.running_var.lerp_(var.detach().view(-1) * (m / (m - 1)), f)
         if self.weight is None:
             return self.xhat.clone()
         return torch.addcmul(self.bias.view(shape), self.xhat, self.weight.view(shape)) if tracked else \
@@ -141,7 +163,14 @@ class LayerNorm(Module):
                  bias: bool = True, *, dtype: torch.dtype | None = None,
                  device: torch.device | str | None = None) -> None:
         super().__init__()
-        self.normalized_shape = (normalized_shape,) if isinstance(normalized_shape, int) else tuple(normalized_shape)
+        shape = (normalized_shape,) if isinstance(normalized_shape, numbers.Integral) else \
+            tuple(normalized_shape) if isinstance(normalized_shape, (tuple, list, torch.Size)) else None
+        if not shape or not all(isinstance(d, numbers.Integral) and not isinstance(d, bool) and d >= 1
+                                for d in shape):
+            raise ValueError(f"LayerNorm: normalized_shape must be a positive int or a non-empty tuple of them, "
+                             f"got {normalized_shape!r}")
+        check_eps("LayerNorm", eps)
+        self.normalized_shape = tuple(int(d) for d in shape)
         self.eps = eps
         kw = {"dtype": dtype, "device": device}
         self.weight = Parameter(torch.ones(self.normalized_shape, **kw)) if elementwise_affine else None
@@ -164,15 +193,20 @@ class LayerNorm(Module):
         return y if self.bias is None else y + self.bias
 
     def bwd(self, dy: Tensor, x: Tensor) -> Tensor | None:
-        """dX = invstd (g - mean(g) - xhat mean(g xhat)), g = dY gamma; dgamma = sum(dY xhat), dbeta = sum(dY)."""
+        """dX = invstd (g - mean(g) - xhat mean(g xhat)), g = dY gamma; dgamma = sum(dY xhat), dbeta = sum(dY),
+        the sums over the leading dims (none for an unbatched input: then dgamma = dY xhat, dbeta = dY)."""
         dims = self._dims(x)
         lead = tuple(range(x.dim() - len(dims)))
+
+        def sum_lead(t: Tensor) -> Tensor:  # t.sum(()) would sum over every dim
+            return t.sum(lead) if lead else t
+
         g = dy
         if self.weight is not None:
-            add_grad(self.weight, (dy * self.xhat).sum(lead))
+            add_grad(self.weight, sum_lead(dy * self.xhat))
             g = dy * self.weight
         if self.bias is not None:
-            add_grad(self.bias, dy.sum(lead))
+            add_grad(self.bias, sum_lead(dy))
         if not self.needs_input_grad:
             return None
         return normalize_grad(g, self.xhat, self.invstd, dims)
