@@ -2,6 +2,7 @@
 
 import copy
 import math
+import weakref
 
 import pytest
 import torch
@@ -11,7 +12,9 @@ from handgrad.allocator import keep_freed_memory
 from handgrad.fused import FusedStep, training_step, unsupported
 from handgrad.models import mlp
 from handgrad.optim import AdamW
+from handgrad.calls import Freed
 from handgrad.module import WithLoss, lean
+from handgrad.trace import recording
 
 
 def data(n=24, n_in=12, n_out=4, dtype=torch.float32, seed=0):
@@ -205,6 +208,24 @@ def test_keep_freed_memory_applies_on_linux_glibc():
     assert applied == (platform.system() == "Linux" and platform.libc_ver()[0] == "glibc")
 
 
+def test_lean_releases_the_tensors_themselves():
+    """No reference to a dropped activation remains anywhere: its memory is gone once the next layer ran."""
+    refs = []
+
+    class Spy(hg.Linear):
+        def forward(self, x):
+            out = super().forward(x)
+            refs.append(weakref.ref(out))
+            return out
+
+    model = hg.Sequential(Spy(4, 8), hg.BatchNorm1d(8), hg.ReLU(), Spy(8, 3))
+    with lean():
+        loss = WithLoss(model, hg.CrossEntropyLoss())(torch.randn(5, 4), torch.randint(0, 3, (5,)))
+        assert refs[0]() is None  # Linear -> BatchNorm: neither backward reads it
+        assert refs[1]() is not None  # the model's output: the loss reads it
+        del loss
+
+
 def test_lean_cnn_frees_activations_between_layers_and_keeps_the_gradients():
     """conv -> BN -> ReLU: the conv output and the BN output are freed after the next layer's forward."""
     from handgrad.models import cnn
@@ -217,16 +238,16 @@ def test_lean_cnn_frees_activations_between_layers_and_keeps_the_gradients():
     plain(x, y)
     plain.backward(needs_input_grad=False)
     step = WithLoss(model, hg.CrossEntropyLoss())
-    with lean():
+    with lean(), recording() as calls:
         step(x, y)
         stem = model[1]  # conv_bn: Sequential(Conv2d, BatchNorm2d)
-        assert stem[0].out.untyped_storage().size() == 0  # the conv output: only BN read it, and BN keeps xhat
-        assert model[2].args[0].untyped_storage().size() == 0  # the BN output: ReLU reads its own output
-        assert model[2].out.untyped_storage().size() > 0
+        assert isinstance(stem[0].out, Freed)  # the conv output: only BN read it, and BN keeps xhat
+        assert isinstance(model[2].args[0], Freed)  # the BN output: ReLU reads its own output
+        assert isinstance(model[2].out, torch.Tensor)
         residual = model[3][0]  # res_block: the branches' outputs go once summed, the sum once ReLU ran
-        assert residual.body.out.untyped_storage().size() == 0
-        assert residual.shortcut.out.untyped_storage().size() == 0
-        assert residual.out.untyped_storage().size() == 0
+        assert isinstance(residual.body.out, Freed) and isinstance(residual.shortcut.out, Freed)
+        assert isinstance(residual.out, Freed)
+        del calls
         step.backward(needs_input_grad=False)
     for (name, p), q in zip(model.named_parameters(), twin.parameters()):
         torch.testing.assert_close(p.g, q.g, rtol=1e-10, atol=1e-12, msg=lambda m, name=name: f"{name}: {m}")
@@ -241,9 +262,9 @@ def test_lean_keeps_what_activation_statistics_read():
     with lean():
         model(torch.randn(5, 4))
     stats.record()
-    assert model[0][0].out.untyped_storage().size() > 0 and model[0][1].out.untyped_storage().size() > 0
+    assert isinstance(model[0][0].out, torch.Tensor) and isinstance(model[0][1].out, torch.Tensor)
     unwatched = hg.Sequential(hg.Sequential(hg.Linear(4, 3), hg.BatchNorm1d(3)), hg.Dropout(0.5), hg.Linear(3, 2))
     with lean():
         unwatched(torch.randn(5, 4))
-    assert unwatched[0][0].out.untyped_storage().size() == 0  # freed where nobody reads it
-    assert unwatched[0][1].out.untyped_storage().size() == 0
+    assert isinstance(unwatched[0][0].out, Freed)  # dropped where nobody reads it
+    assert isinstance(unwatched[0][1].out, Freed)

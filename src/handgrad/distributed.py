@@ -33,6 +33,7 @@ import torch.distributed as dist
 from torch import Tensor
 
 from .errors import TrainingError
+from .calls import Call
 from .module import Module, Parameter
 
 DEFAULT_TIMEOUT_S = 60.0
@@ -182,8 +183,15 @@ class GradSync:
     """
 
     def __init__(self, d: Dist, params: Iterable[Parameter], bucket_mb: float | None = None,
-                 overlap: bool = True) -> None:
+                 overlap: bool = True, model: Module | None = None) -> None:
         self.d, self.overlap = d, overlap
+        # a parameter's gradient is final once no module holding it has a call left to backpropagate
+        # (a module used twice, tied weights); without the model, once its own module's backward ran
+        self.owners: dict[int, list[Module]] = {}
+        if model is not None:
+            for m in model.modules():
+                for _, p in m._own_parameters():
+                    self.owners.setdefault(id(p), []).append(m)
         bucket_mb = BUCKET_MB if bucket_mb is None else bucket_mb
         self.params = list(params)
         # buckets in reverse order: backward produces the last layers' gradients first
@@ -203,6 +211,7 @@ class GradSync:
 
     def begin(self, weight: float) -> None:
         self.weight = weight
+        self.first_call = next(Call.count)  # calls of this step are numbered from here
         self.missing = [len(ps) for ps in self.buckets]
         self.works: list[dist.Work | None] = [None] * len(self.buckets)
         self.seen: set[int] = set()
@@ -211,6 +220,8 @@ class GradSync:
         """Backward has finished `module`: its own parameters' gradients are final for this step."""
         for _, p in module._own_parameters():
             b = self.where.get(id(p))
+            if any(_has_pending(m, self.first_call) for m in self.owners.get(id(p), (module,))):
+                continue
             if b is not None and id(p) not in self.seen:
                 self.seen.add(id(p))
                 self.missing[b] -= 1
@@ -256,6 +267,12 @@ class GradSync:
             yield
         finally:
             hooks.remove(self.ready)
+
+
+def _has_pending(module: Module, since: int) -> bool:
+    """Whether `module` has a call made since call number `since` whose backward has not run yet."""
+    return any((c := ref()) is not None and not c.done and c.serial >= since
+               for ref in module.__dict__.get("_pending", ()))
 
 
 def launch(nproc: int, argv: list[str], timeout: float, log: Callable[[str], None] = print) -> int:

@@ -45,8 +45,15 @@ def unsupported(model: Module, loss_fn: Module) -> str | None:
     for a, b in zip(kinds, kinds[1:]):
         if not ((a is Linear and b in (Linear, ReLU)) or (a is ReLU and b is Linear)):
             return f"{a.__name__} followed by {b.__name__} is not a Linear/ReLU chain"
+    if len({id(m) for m in model}) != len(model):
+        return "a layer is used more than once (the module path gives every use its own record)"
+    params = [p for m in model for _, p in m._own_parameters()]
+    if len({id(p) for p in params}) != len(params):
+        return "layers share a parameter (tied weights)"
     if type(loss_fn) not in (CrossEntropyLoss, MSELoss):
         return f"the loss is {type(loss_fn).__name__} (fused: CrossEntropyLoss, MSELoss)"
+    if loss_fn.reduction not in ("mean", "sum"):
+        return f"the loss's reduction is {loss_fn.reduction!r} (fused: 'mean', 'sum')"
     return None
 
 
@@ -60,6 +67,7 @@ class FusedStep:
         assert isinstance(model, Sequential)
         self.model, self.loss_fn, self.opt = model, loss_fn, opt
         self.linears: list[Linear] = [m for m in model if isinstance(m, Linear)]
+        self.param_ids = [id(p) for lin in self.linears for p in (lin.weight, lin.bias) if p is not None]
         # relu_after[i]: a ReLU follows linear i
         layers = list(model)
         self.relu_after = [layers.index(lin) + 1 < len(layers) and isinstance(layers[layers.index(lin) + 1], ReLU)
@@ -82,8 +90,11 @@ class FusedStep:
         return plan
 
     def fused_update(self) -> bool:
-        """True when the optimizer's update is applied inside the backward (SGD without momentum)."""
-        return type(self.opt) is SGD and self.opt.momentum == 0
+        """True when the optimizer's update is applied inside the backward: SGD without momentum, one parameter
+        group, over exactly this model's parameters."""
+        own = self.param_ids
+        return type(self.opt) is SGD and len(self.opt.param_groups) == 1 and self.opt.momentum == 0 and \
+            [id(p) for p in self.opt.params] == own
 
     def __call__(self, x: Tensor, y: Tensor, step: bool = True) -> Tensor:
         """One training step; with step=False only forward, loss and the gradients into `.g` (the caller

@@ -8,7 +8,7 @@ import torch
 from torch import Tensor, nn
 
 from . import layers as L
-from .module import Module, Sequential
+from .module import Module, Sequential, lean, run_backward
 
 
 class TorchResidual(nn.Module):
@@ -43,9 +43,7 @@ def _bn_to_torch(m: L.BatchNorm1d | L.BatchNorm2d) -> nn.Module:
 
 def _bn_from_torch(m: nn.BatchNorm1d | nn.BatchNorm2d) -> Module:
     cls = L.BatchNorm1d if isinstance(m, nn.BatchNorm1d) else L.BatchNorm2d
-    if m.momentum is None:
-        raise TypeError("BatchNorm with momentum=None (cumulative average) has no handgrad equivalent")
-    return cls(m.num_features, m.eps, m.momentum, affine=m.affine)
+    return cls(m.num_features, m.eps, m.momentum, affine=m.affine)  # momentum None: the cumulative average, as torch
 
 
 # handgrad class -> builder of the torch.nn module with the same structure (weights loaded afterwards)
@@ -108,18 +106,61 @@ _FROM_TORCH: dict[type, Callable[[nn.Module], Module]] = {
 }
 
 
+_MEMO: list[dict[int, object]] = []  # the structure being converted: one twin per module, however often placed
+
+
 def _structure_to_torch(m: Module) -> nn.Module:
-    build = _TO_TORCH.get(type(m))
-    if build is None:
-        raise TypeError(f"no torch.nn twin for {type(m).__name__}")
-    return build(m)
+    memo = _MEMO[-1]
+    if id(m) not in memo:
+        build = _TO_TORCH.get(type(m))
+        if build is None:
+            raise TypeError(f"no torch.nn twin for {type(m).__name__}")
+        memo[id(m)] = build(m)
+    return memo[id(m)]  # type: ignore[return-value]
 
 
 def _structure_from_torch(m: nn.Module) -> Module:
-    build = _FROM_TORCH.get(type(m))
-    if build is None:
-        raise TypeError(f"no handgrad equivalent for torch module {type(m).__name__}")
-    return build(m)
+    memo = _MEMO[-1]
+    if id(m) not in memo:
+        build = _FROM_TORCH.get(type(m))
+        if build is None:
+            raise TypeError(f"no handgrad equivalent for torch module {type(m).__name__}")
+        memo[id(m)] = build(m)
+    return memo[id(m)]  # type: ignore[return-value]
+
+
+def _convert(build, module):  # type: ignore[no-untyped-def]
+    _MEMO.append({})
+    try:
+        return build(module)
+    finally:
+        _MEMO.pop()
+
+
+def _tie(model: nn.Module | Module, names: list[list[str]]) -> None:
+    """Make each group of parameter names one shared parameter (the first name's), as in the source model."""
+    for group in names:
+        for name in group[1:]:
+            *path, attr = name.split(".")
+            owner = model
+            for part in path:
+                owner = owner[int(part)] if part.isdigit() and not hasattr(owner, part) else getattr(owner, part)
+            setattr(owner, attr, _get(model, group[0]))
+
+
+def _get(model: nn.Module | Module, name: str) -> object:
+    obj = model
+    for part in name.split("."):
+        obj = obj[int(part)] if part.isdigit() and not hasattr(obj, part) else getattr(obj, part)
+    return obj
+
+
+def _shared_names(named: list[tuple[str, Tensor]]) -> list[list[str]]:
+    """Groups of names under which one tensor sits, for tensors with several."""
+    groups: dict[int, list[str]] = {}
+    for name, p in named:
+        groups.setdefault(id(p), []).append(name)
+    return [g for g in groups.values() if len(g) > 1]
 
 
 def _first_tensor(tensors: list[Tensor]) -> tuple[torch.dtype | None, torch.device | None]:
@@ -127,8 +168,10 @@ def _first_tensor(tensors: list[Tensor]) -> tuple[torch.dtype | None, torch.devi
 
 
 def to_torch(module: Module) -> nn.Module:
-    """The torch.nn twin of a handgrad model: same structure, copies of its weights and buffers, same mode."""
-    twin = _structure_to_torch(module)
+    """The torch.nn twin of a handgrad model: same structure, copies of its weights and buffers, same mode.
+    A module placed twice is one torch module placed twice, and tied parameters are tied in the twin."""
+    twin = _convert(_structure_to_torch, module)
+    _tie(twin, _shared_names(list(module.named_parameters(remove_duplicate=False))))
     dtype, device = _first_tensor(module.parameters())
     twin.to(device=device, dtype=dtype)
     twin.load_state_dict(module.state_dict())
@@ -137,8 +180,10 @@ def to_torch(module: Module) -> nn.Module:
 
 
 def from_torch(module: nn.Module) -> Module:
-    """A handgrad model equal to a torch.nn one: same structure, copies of its weights and buffers, same mode."""
-    model = _structure_from_torch(module)
+    """A handgrad model equal to a torch.nn one: same structure, copies of its weights and buffers, same mode
+    (reused modules and tied parameters stay so)."""
+    model = _convert(_structure_from_torch, module)
+    _tie(model, _shared_names(list(module.named_parameters(remove_duplicate=False))))
     dtype, device = _first_tensor(list(module.parameters()))
     model.to(device=device, dtype=dtype)
     model.load_state_dict(module.state_dict())
@@ -153,54 +198,127 @@ __all__ = ["TorchGeneralRelu", "TorchResidual", "from_torch", "to_torch"]
 
 
 class _HandgradFunction(torch.autograd.Function):
-    """A torch.autograd.Function whose backward is the handgrad module's hand-written one."""
+    """A torch.autograd.Function whose backward is the handgrad module's hand-written one.
+
+    Each forward is one call of the module, with its own record (saved tensors, dropout mask): autograd's
+    backward of that call runs the hand-written backward of that record, however many other calls ran since.
+    """
 
     @staticmethod
     def forward(ctx, module: Module, n_inputs: int, *tensors: Tensor) -> Tensor:  # type: ignore[override]
         inputs = [t.detach() for t in tensors[:n_inputs]]
-        ctx.module, ctx.inputs, ctx.rng_state = module, inputs, torch.get_rng_state()
-        return module(*inputs).detach()
+        with lean(False):  # autograd may ask for this call's backward more than once: keep everything
+            out = module(*inputs)
+        if not isinstance(out, Tensor):
+            raise TypeError(f"wrap({type(module).__name__}): forward returned a {type(out).__name__}; a wrapped "
+                            "module must return one tensor")
+        ctx.call, ctx.module = module.__dict__["_last"], module
+        return out.detach()
 
     @staticmethod
     def backward(ctx, dy: Tensor) -> tuple[Tensor | None, ...]:  # type: ignore[override]
-        module, inputs = ctx.module, ctx.inputs
+        module, call = ctx.module, ctx.call
+        if torch.is_grad_enabled():
+            raise RuntimeError(f"wrap({type(module).__name__}): double backward (create_graph=True, gradgradcheck) "
+                               "is not supported: handgrad's hand-written backward is not itself differentiated")
         params = module.parameters()
+        # this call's gradients only, in fresh tensors: the parameters' own .g and buffers are put aside
+        kept = [(p.g, p.__dict__.pop("_gbuf", None)) for p in params]
         for p in params:
-            p.g = None  # this call's contribution only: autograd accumulates into .grad itself
-        if any(a is not x for a, x in zip(module.args, inputs)):
-            # another forward ran since (gradcheck perturbing inputs): rebuild this one's saved state,
-            # with the random numbers it drew (dropout masks)
-            with torch.random.fork_rng(devices=[]):
-                torch.set_rng_state(ctx.rng_state)
-                module(*inputs)
-        module.reopen_backward()  # autograd may ask for several backward passes of one forward
-        module.backward(dy.contiguous())
-        d_inputs = [getattr(x, "g", None) if x.is_floating_point() else None for x in inputs]
-        return (None, None, *d_inputs, *(p.g for p in params))
+            p.g = None
+        try:
+            call.reopen()  # retain_graph: autograd may run this backward again
+            with lean(False):
+                run_backward(call, dy.contiguous())
+            d_inputs = [getattr(x, "g", None) if x.is_floating_point() else None for x in call.args]
+            d_params = [p.g for p in params]
+        finally:
+            for p, (g, buf) in zip(params, kept):
+                p.g = g
+                p.__dict__.pop("_gbuf", None)
+                if buf is not None:
+                    p.__dict__["_gbuf"] = buf
+        return (None, None, *d_inputs, *d_params)
+
+
+class _Shell(nn.Module):
+    """The torch.nn face of one handgrad module: its parameters (sharing storage) and buffers, under the
+    handgrad names, and its sub-modules' shells. It computes nothing itself."""
+
+    def __init__(self, module: Module) -> None:
+        super().__init__()
+        object.__setattr__(self, "_handgrad", module)
+
+    def _get_name(self) -> str:
+        return type(self._handgrad).__name__
+
+    def extra_repr(self) -> str:
+        return self._handgrad.extra_repr()
+
+
+def _mirror(module: Module, shell: nn.Module, params: dict[int, nn.Parameter], shells: dict[int, nn.Module],
+            pairs: list[tuple[Module, str, nn.Module]]) -> None:
+    """Fill `shell` with `module`'s parameters, buffers and sub-module shells (a tied parameter or a reused
+    module maps to one torch object, as in torch)."""
+    for name, p in module._own_parameters():
+        if id(p) not in params:
+            params[id(p)] = nn.Parameter(p.data)
+        shell.register_parameter(name, params[id(p)])
+    for bname in module.buffer_names():
+        shell.register_buffer(bname, getattr(module, bname))
+        pairs.append((module, bname, shell))
+    for name, child in module.named_children():
+        parent = shell
+        *path, last = name.split(".")  # `layers.0` (a list attribute) -> a container `layers` holding `0`
+        for part in path:
+            if part not in parent._modules:
+                parent.add_module(part, nn.Module())
+            parent = parent._modules[part]
+        if id(child) not in shells:
+            shells[id(child)] = _Shell(child)
+            _mirror(child, shells[id(child)], params, shells, pairs)
+        parent.add_module(last, shells[id(child)])
 
 
 class TorchModule(nn.Module):
     """A handgrad Module running inside torch.nn: autograd calls its hand-written backward.
 
-    The torch parameters share storage with the handgrad ones, so a torch optimizer
-    trains the handgrad module, and `loss.backward()` fills `.grad` from its `.g`.
+    Parameters and buffers appear under the handgrad names (`0.weight`, `1.running_mean`), the parameters
+    sharing storage with the handgrad ones (a tied parameter once), so a torch optimizer trains the
+    handgrad module, `loss.backward()` fills `.grad`, `.to()` moves both, and `state_dict()` holds both.
+    Each call is its own record, so a module used several times in one graph gets every use's gradient.
     """
 
     def __init__(self, module: Module) -> None:
         super().__init__()
-        self.handgrad_module = module  # a plain attribute: not an nn.Module
-        self.names = [n for n, _ in module.named_parameters()]
-        self.params = nn.ParameterList([nn.Parameter(p.data) for p in module.parameters()])
+        object.__setattr__(self, "handgrad_module", module)  # a plain attribute: not an nn.Module
+        params: dict[int, nn.Parameter] = {}
+        self._buffer_pairs: list[tuple[Module, str, nn.Module]] = []
+        _mirror(module, self, params, {id(module): self}, self._buffer_pairs)
+        self._param_pairs = [(p, params[id(p)]) for p in module.parameters()]
+
+    @property
+    def params(self) -> list[nn.Parameter]:
+        """The torch parameters, in the handgrad module's `parameters()` order."""
+        return [tp for _, tp in self._param_pairs]
 
     def forward(self, *inputs: Tensor) -> Tensor:
         m = self.handgrad_module
         m.train(self.training)
-        for hp, tp in zip(m.parameters(), self.params):
-            hp.data = tp.data  # follow .to(), .double() and in-place optimizer updates on the torch side
+        for hp, tp in self._param_pairs:  # follow .to(), .double() and in-place updates on the torch side
+            if hp.data is not tp.data:
+                hp.data = tp.data
+        for hmod, bname, shell in self._buffer_pairs:
+            b = shell._buffers[bname]
+            if getattr(hmod, bname) is not b:
+                setattr(hmod, bname, b)
         return _HandgradFunction.apply(m, len(inputs), *inputs, *self.params)
 
+    def _get_name(self) -> str:
+        return f"TorchModule[{type(self.handgrad_module).__name__}]"
+
     def extra_repr(self) -> str:
-        return repr(self.handgrad_module)
+        return self.handgrad_module.extra_repr()
 
 
 def wrap(module: Module) -> TorchModule:

@@ -1,30 +1,29 @@
 """Module, Parameter and Sequential: the seeds' layer base class, grown up.
 
-A Module's `__call__` runs `forward` and keeps what `backward` needs: the inputs
-in `self.args` and the output in `self.out`. Each layer writes its backward by
-hand in `bwd(dout, *args)`, beside its forward.
+A layer writes `forward(*args)` and its hand-written backward `bwd(dout, *args)` side by side.
+Each call `m(x)` keeps its own record (handgrad.calls.Call): the inputs, the output and what the
+forward set on the module (`self.mask = ...`). A module may be called any number of times in one
+forward; `m.args` and `m.out` show the last call, and each call's backward sees its own.
 
 How gradients flow (the seeds' `.g` convention, made to add up):
 
-- A tensor's `.g` is the sum of the gradients that its consumers' backward calls
-  sent back. `Module.backward` adds what `bwd` returns into the `.g` of each
-  input, so a tensor consumed twice (fan-out) gets the sum of both paths.
-- `backward(grad)` records `grad` as `self.out.g`; `backward()` with no argument
-  reads `self.out.g`, set by the next layer's backward (or, for a scalar output
-  such as a loss, starts from 1).
-- A parameter's `.g` accumulates across backward calls until `zero_grad()`, which
-  sets it to None (as torch's `zero_grad(set_to_none=True)`); the next backward
-  writes into the parameter's own gradient buffer again, so no step allocates it.
-- A `bwd` that returns None has written the `.g` of its inputs itself (as the
-  seeds' `bwd` did, and as containers such as `Sequential` do through their
-  children).
-- Backward runs once per forward: a second `backward` before the next forward
-  raises RuntimeError instead of silently counting the gradients twice.
-- Inside `lean()`, each module lets go of what it saved (inputs, output, the
-  output's `.g`) as soon as its backward is done, and layers may overwrite their
-  own saved output with their input gradient: activations are freed layer by
-  layer during backward, as autograd frees its graph. Outside it (the default),
-  everything stays for inspection until the next forward.
+- A tensor's `.g` is the sum of the gradients that its consumers' backward calls sent back:
+  `backward` adds what `bwd` returns into the `.g` of each input, so a tensor consumed twice
+  (fan-out, or a module reused) gets the sum of both paths.
+- `m.backward(grad)` runs the backward of m's pending call (inside another call's backward, the
+  latest of its sub-calls of m; else m's latest call) once, and records `grad` as its output's `.g`;
+  `m.backward()` reads the output's `.g` set by the next layer's backward (or starts from 1 for a
+  scalar such as a loss). A second backward of one call raises instead of counting gradients twice.
+- A module that writes no `bwd` is differentiated through its sub-calls: they are replayed in
+  reverse (see handgrad.calls). So a model class whose forward loops over its layers needs no
+  backward of its own.
+- A parameter's `.g` accumulates across calls and backward passes until `zero_grad()`, which sets
+  it to None (torch's `set_to_none=True`); the next backward writes into the parameter's own
+  gradient buffer again, so no step allocates it.
+- Inside `lean()`, each call lets go of what it saved once its backward is done, and Sequential
+  drops its references to activations no backward reads (references only: memory goes when
+  nothing holds it, so views and callers keep theirs). Outside it (the default), everything stays
+  for inspection until the next forward.
 """
 
 from __future__ import annotations
@@ -35,6 +34,9 @@ from typing import Any
 
 import torch
 from torch import Tensor
+
+from . import calls
+from .calls import Call, Freed, is_tensor
 
 
 class Parameter(torch.nn.Parameter):
@@ -100,6 +102,10 @@ def add_grad(t: Tensor, g: Tensor) -> None:
         t.g = current + g
 
 
+def _shares_memory(a: Any, b: Any) -> bool:
+    return isinstance(a, Tensor) and isinstance(b, Tensor) and calls._shares_memory(a, b)
+
+
 @contextmanager
 def lean(enabled: bool = True) -> Iterator[None]:
     """Backward frees each module's saved tensors once it is done with them (see the module docstring).
@@ -118,33 +124,62 @@ def lean(enabled: bool = True) -> Iterator[None]:
 class Module:
     """Base class of every layer, loss and model.
 
-    Subclasses implement `forward(*args)` and the hand-written `bwd(dout, *args)`,
-    which returns the gradient of the input (a tuple of them when `forward` takes
-    several differentiable inputs; inputs left out, such as targets, get none) and
-    adds into its parameters' `.g` with `add_grad`. When `self.needs_input_grad` is
-    False, `bwd` may skip the input gradient and return None.
+    Subclasses implement `forward(*args)` and, for a layer, the hand-written `bwd(dout, *args)`,
+    which returns the gradient of the input (a tuple of them when `forward` takes several
+    differentiable inputs; inputs left out, such as targets, get none) and adds into its
+    parameters' `.g` with `add_grad`. When `self.needs_input_grad` is False, `bwd` may skip the
+    input gradient and return None. A module without `bwd` is differentiated through the modules
+    its forward calls.
     """
 
     training: bool = True
     lean: bool = False  # True inside handgrad.lean(): release saved tensors after backward
-    _call_log: list[list[Module]] = []  # filled only inside handgrad.trace.recording()
-    _post_backward_hooks: list = []  # called with each module as its backward finishes (gradient all-reduce)
+    _call_log: list[list[Call]] = []  # filled only inside handgrad.trace.recording()
+    _post_backward_hooks: list = []  # called with each module as a call's backward finishes (gradient all-reduce)
+    # True for containers whose forward does nothing but call sub-modules (Sequential, WithLoss): their
+    # replay needs no watching of torch operations
+    forward_calls_modules_only: bool = False
 
     def __init__(self) -> None:
         self.training = True
 
+    def __setattr__(self, name: str, value: Any) -> None:
+        object.__setattr__(self, name, value)
+        saved = self.__dict__.get("_saving")
+        if saved is not None:  # set by a forward: part of that call's context
+            saved[name] = value
+
     # ----------------------------------------------------------------- calling
     def __call__(self, *args: Any) -> Any:
-        out = self.forward(*args)
+        call = Call(self, args)
+        d = self.__dict__
+        outer_saving = d.get("_saving")
+        d["_saving"] = call.saved
+        composite = self.writes_no_bwd()
+        calls.STACK.append(call)
+        try:
+            if composite and not self.forward_calls_modules_only:
+                with calls.watching(call):
+                    out = self.forward(*args)
+            else:
+                out = self.forward(*args)
+        finally:
+            calls.STACK.pop()
+            d["_saving"] = outer_saving
+            call.watched = None
         if any(out is a for a in args):
             # A distinct tensor object, so that out.g and the input's .g never mix.
             out = out.view_as(out)
-        self.args = args
-        self.out = out
-        self._backward_done = False
-        if Module._call_log:
-            for log in Module._call_log:
-                log.append(self)
+            if composite:
+                call.events.append(calls.View(next(a for a in args if out._base is a or _shares_memory(a, out)),
+                                              out))
+        call.out = out
+        d["args"], d["out"], d["_last"] = args, out, call
+        calls.remember(self, call)
+        if calls.STACK:
+            calls.note_output(calls.STACK[-1], call)
+        for log in Module._call_log:
+            log.append(call)
         return out
 
     def forward(self, *args: Any) -> Any:
@@ -153,56 +188,28 @@ class Module:
     def bwd(self, dout: Tensor, *args: Any) -> Tensor | tuple[Tensor | None, ...] | None:
         raise NotImplementedError(f"{type(self).__name__} has no hand-written backward (bwd)")
 
-    def backward(self, grad: Tensor | None = None, *, needs_input_grad: bool = True) -> Tensor | None:
-        """Run the hand-written backward of the last call.
+    @classmethod
+    def writes_no_bwd(cls) -> bool:
+        """True for modules differentiated through their sub-calls (no `bwd` of their own)."""
+        return cls.bwd is Module.bwd
 
-        grad: gradient of the loss with respect to `self.out`; defaults to `self.out.g`,
+    def backward(self, grad: Tensor | None = None, *, needs_input_grad: bool = True) -> Tensor | None:
+        """Run the backward of this module's pending call (see the module docstring).
+
+        grad: gradient of the loss with respect to the call's output; defaults to the output's `.g`,
         or to 1 when the output is a scalar with no `.g` yet (a loss).
-        needs_input_grad: False skips the input gradient where the layer can (the
-        first layer of a network does not need the gradient of the data).
-        Returns the accumulated gradient of the first input (`self.args[0].g`).
+        needs_input_grad: False skips the input gradient where the layer can (the first layer of a
+        network does not need the gradient of the data).
+        Returns the accumulated gradient of the first input (`args[0].g`).
         """
-        if self.__dict__.get("_backward_done", True):
-            if not hasattr(self, "out"):
+        call = calls.pending(self)
+        if call is None:
+            if "_last" not in self.__dict__:
                 raise RuntimeError(f"{type(self).__name__}.backward called before any forward")
             raise RuntimeError(
-                f"{type(self).__name__}.backward called twice for one forward; run the forward "
-                "again first (a second backward would count every gradient twice)"
-            )
-        out = self.out
-        if grad is None:
-            grad = getattr(out, "g", None)
-            if grad is None:
-                if out.numel() != 1:
-                    raise RuntimeError(
-                        f"{type(self).__name__}.backward() needs the gradient of its output "
-                        f"(shape {list(out.shape)}): pass it, or run the next layer's backward first"
-                    )
-                grad = torch.ones_like(out)
-        elif tuple(grad.shape) != tuple(out.shape):
-            raise ValueError(
-                f"{type(self).__name__}.backward: expected a gradient of shape {list(out.shape)} "
-                f"(the output's), got {list(grad.shape)}"
-            )
-        out.g = grad
-        self.needs_input_grad = needs_input_grad
-        self._backward_done = True
-        grads = self.bwd(grad, *self.args)
-        if isinstance(grads, Tensor):
-            grads = (grads,)
-        if grads is not None and needs_input_grad:
-            for x, g in zip(self.args, grads):
-                if g is not None and isinstance(x, Tensor):
-                    add_grad(x, g)
-        for hook in Module._post_backward_hooks:
-            hook(self)
-        first = self.args[0] if self.args else None
-        first_g = getattr(first, "g", None) if isinstance(first, Tensor) else None
-        if Module.lean:
-            out.g = None
-            self.args = ()
-            self.out = None
-        return first_g
+                f"{type(self).__name__}.backward called twice for one forward; run the forward again first (a "
+                "second backward would count every gradient twice)")
+        return run_backward(call, grad, needs_input_grad)
 
     # What the hand-written backward reads besides dY (shapes aside). Inside lean(), Sequential frees the
     # memory of a tensor passed between two layers as soon as neither reads its values (a layer's
@@ -216,16 +223,6 @@ class Module:
     def keeps_output(self) -> bool:
         """True when someone reads this module's output after the forward (`keep_output = True`)."""
         return getattr(self, "keep_output", False)
-
-    def reopen_backward(self) -> None:
-        """Allow another backward of the last forward: clear the `.g` of every tensor this module and its
-        sub-modules saw (inputs, outputs, intermediates; not parameters) and the once-per-forward flag.
-        For callers that need several vector-Jacobian products of one forward (torch.autograd.gradcheck)."""
-        for m in self.modules():
-            m._backward_done = False
-            for t in (*getattr(m, "args", ()), getattr(m, "out", None)):
-                if isinstance(t, Tensor) and getattr(t, "g", None) is not None:
-                    t.g = None
 
     # -------------------------------------------------------------- structure
     def named_children(self) -> Iterator[tuple[str, Module]]:
@@ -244,27 +241,41 @@ class Module:
             yield m
 
     def modules(self) -> Iterator[Module]:
-        yield self
-        for child in self.children():
-            yield from child.modules()
+        """Every module in the tree once (a module placed twice is listed at its first place), as torch does."""
+        for _, m in self.named_modules():
+            yield m
 
-    def named_modules(self, prefix: str = "") -> Iterator[tuple[str, Module]]:
+    def named_modules(self, prefix: str = "", remove_duplicate: bool = True,
+                      _seen: set[int] | None = None) -> Iterator[tuple[str, Module]]:
+        seen = set() if _seen is None else _seen
+        if remove_duplicate:
+            if id(self) in seen:
+                return
+            seen.add(id(self))
         yield prefix, self
         for name, child in self.named_children():
-            yield from child.named_modules(f"{prefix}.{name}" if prefix else name)
+            yield from child.named_modules(f"{prefix}.{name}" if prefix else name, remove_duplicate, seen)
 
     def _own_parameters(self) -> Iterator[tuple[str, Parameter]]:
         for name, value in vars(self).items():
             if isinstance(value, Parameter):
                 yield name, value
 
-    def named_parameters(self, prefix: str = "") -> Iterator[tuple[str, Parameter]]:
-        """(name, parameter) pairs, named as torch.nn names them (`0.weight`, `layers.1.bias`)."""
-        for name, module in self.named_modules(prefix):
+    def named_parameters(self, prefix: str = "", remove_duplicate: bool = True) -> Iterator[tuple[str, Parameter]]:
+        """(name, parameter) pairs, named as torch.nn names them (`0.weight`, `layers.1.bias`). A parameter
+        shared by several modules (tied weights, a module placed twice) is listed once, under its first name,
+        unless remove_duplicate=False."""
+        seen: set[int] = set()
+        for name, module in self.named_modules(prefix, remove_duplicate=remove_duplicate):
             for pname, p in module._own_parameters():
+                if remove_duplicate:
+                    if id(p) in seen:
+                        continue
+                    seen.add(id(p))
                 yield (f"{name}.{pname}" if name else pname), p
 
     def parameters(self) -> list[Parameter]:
+        """Every parameter once (see named_parameters)."""
         return [p for _, p in self.named_parameters()]
 
     def _all_parameters(self) -> Iterator[Parameter]:
@@ -326,9 +337,10 @@ class Module:
         return t
 
     def state_dict(self) -> dict[str, Tensor]:
-        """Parameters and buffers in torch.nn's names and layouts, so torch modules load them."""
+        """Parameters and buffers in torch.nn's names and layouts, so torch modules load them. As torch's, it
+        has an entry for every place a tensor sits (a tied weight under both names)."""
         state: dict[str, Tensor] = {}
-        for prefix, m in self.named_modules():
+        for prefix, m in self.named_modules(remove_duplicate=False):
             own = [n for n, _ in m._own_parameters()] + list(m.buffer_names())
             for name in own:
                 key = f"{prefix}.{name}" if prefix else name
@@ -341,7 +353,7 @@ class Module:
         Raises ValueError naming the first missing, unexpected or mis-shaped tensor.
         """
         targets: dict[str, tuple[Module, str]] = {}
-        for prefix, m in self.named_modules():
+        for prefix, m in self.named_modules(remove_duplicate=False):
             for name in [n for n, _ in m._own_parameters()] + list(m.buffer_names()):
                 targets[f"{prefix}.{name}" if prefix else name] = (m, name)
         missing = [k for k in targets if k not in state]
@@ -377,8 +389,96 @@ class Module:
         return f"{type(self).__name__}(\n" + "\n".join(lines) + "\n)"
 
 
+def run_backward(call: Call, grad: Tensor | None = None, needs_input_grad: bool = True) -> Tensor | None:
+    """The backward of one call: its context put back on the module, its `bwd` (or the replay of its
+    sub-calls), what it returns added into its inputs' `.g`. Returns the first input's `.g`."""
+    m = call.module
+    name = type(m).__name__
+    if call.done:
+        raise RuntimeError(f"{name}.backward called twice for one forward; run the forward again first (a second "
+                           "backward would count every gradient twice)")
+    out = call.out
+    if not is_tensor(out):
+        raise TypeError(f"{name}.backward: the output is a {type(out).__name__}, not a tensor; run backward on "
+                        "the modules that made its tensors")
+    if grad is None:
+        grad = getattr(out, "g", None)
+        if grad is None:
+            if out.numel() != 1:
+                raise RuntimeError(f"{name}.backward() needs the gradient of its output (shape {list(out.shape)}): "
+                                   "pass it, or run the next layer's backward first")
+            grad = torch.ones(out.shape, dtype=out.dtype, device=out.device)
+    elif tuple(grad.shape) != tuple(out.shape):
+        raise ValueError(f"{name}.backward: expected a gradient of shape {list(out.shape)} (the output's), got "
+                         f"{list(grad.shape)}")
+    out.g = grad
+    call.done = True
+    last = m.__dict__.get("_last")
+    call.restore()
+    m.needs_input_grad = needs_input_grad
+    calls.SCOPES.append(call)
+    try:
+        grads = _replay(call, needs_input_grad) if m.writes_no_bwd() else m.bwd(grad, *call.args)
+    finally:
+        calls.SCOPES.pop()
+    if isinstance(grads, Tensor):
+        grads = (grads,)
+    if grads is not None and needs_input_grad:
+        for x, g in zip(call.args, grads):
+            if g is not None and is_tensor(x):
+                add_grad(x, g)
+    for hook in Module._post_backward_hooks:
+        hook(m)
+    first = call.args[0] if call.args else None
+    first_g = getattr(first, "g", None) if is_tensor(first) else None
+    if Module.lean:  # let go of what this call saved
+        out.g = None
+        call.args, call.out = (), None
+        call.saved.clear()
+        if last is call:
+            m.__dict__["args"], m.__dict__["out"] = (), None
+    if last is not None and last is not call:
+        last.restore()  # m.out, m.args and the rest show the last call again
+    return first_g
+
+
+def _replay(call: Call, needs_input_grad: bool) -> None:
+    """Backward of a module without `bwd`: its sub-calls' backward in reverse order (each adds into the .g of
+    its inputs, which are earlier sub-calls' outputs or this call's inputs), views' gradients sent back
+    into the tensors they view. Calls that nothing below them needs (no parameters, inputs that need no
+    gradient) or whose output got no gradient are skipped."""
+    m = call.module
+    if call.opaque:
+        raise RuntimeError(f"{type(m).__name__}.forward applies {call.opaque} to a tensor that comes from its "
+                           "inputs or modules; handgrad replays only calls of modules and views: use a handgrad "
+                           f"layer for it, or write {type(m).__name__}.bwd")
+    # which tensors need a gradient: this call's inputs if the caller wants dX, parameters, and what comes of them
+    needs = {id(a): needs_input_grad for a in call.args if is_tensor(a)}
+    learns: dict[int, bool] = {}
+    for ev in call.events:
+        if isinstance(ev, Call):
+            sub = ev.module
+            if id(sub) not in learns:
+                learns[id(sub)] = any(True for _ in sub._all_parameters())
+            ev_needs = any(isinstance(a, Parameter) or needs.get(id(a), False) for a in ev.args)
+            needs[id(ev.out)] = ev_needs or learns[id(sub)]
+        else:
+            needs[id(ev.out)] = isinstance(ev.src, Parameter) or needs.get(id(ev.src), False)
+    for ev in reversed(call.events):
+        if isinstance(ev, Call):
+            if ev.done or not needs[id(ev.out)] or getattr(ev.out, "g", None) is None:
+                continue
+            ev_needs = any(isinstance(a, Parameter) or needs.get(id(a), False) for a in ev.args)
+            run_backward(ev, None, ev_needs)
+        elif getattr(ev.out, "g", None) is not None and needs[id(ev.out)]:
+            add_grad(ev.src, ev.grad())
+    return None
+
+
 class Sequential(Module):
-    """A chain of modules: forward in order, backward in reverse, each reading `.g` of its output."""
+    """A chain of modules: forward in order; backward is the replay of their calls in reverse."""
+
+    forward_calls_modules_only = True
 
     def __init__(self, *layers: Module) -> None:
         super().__init__()
@@ -410,45 +510,44 @@ class Sequential(Module):
         return getattr(self, "keep_output", False) or bool(self.layers) and self.layers[-1].keeps_output()
 
     def forward(self, x: Tensor) -> Tensor:
-        prev = None
+        """Y = layer_n(... layer_1(X)). Each intermediate is read by the next layer only: inside lean(), once
+        that layer has run, a tensor that neither backward reads is dropped from both records, and one that
+        the next layer did not alias is marked private (its producer may write its gradient over it)."""
+        producer: Call | None = None
         for layer in self.layers:
-            out = layer(x)
-            if Module.lean and prev is not None and not prev.backward_reads_output() and \
-                    not layer.backward_reads_input() and not prev.keeps_output():
-                _free_private(x, prev)
-            prev, x = layer, out
+            y = layer(x)
+            consumer = layer.__dict__["_last"]
+            if Module.lean and producer is not None:
+                _release(x, producer, consumer)
+            producer, x = consumer, y
         return x
 
-    def bwd(self, dout: Tensor, x: Tensor) -> Tensor | None:
-        """dX = bwd_1(... bwd_n(dY)): each layer reads its output's .g and adds into its input's .g."""
-        last = len(self.layers) - 1
-        if last < 0:
-            return dout
-        # Layer i must pass a gradient down only if something below it learns, or the caller wants dX;
-        # layers below the first that learns have nothing to do then and are skipped. The scan stops at
-        # the first layer with parameters, usually layer 0 or 1, so this costs next to nothing per step.
-        first = next((i for i, layer in enumerate(self.layers) if any(True for _ in layer._all_parameters())),
-                     last + 1)
-        for i in range(last, -1, -1):
-            needs_input_grad = self.needs_input_grad or i > first
-            if i >= first or needs_input_grad:
-                self.layers[i].backward(dout if i == last else None, needs_input_grad=needs_input_grad)
-        return None
+
+def _release(x: Tensor, producer: Call, consumer: Call) -> None:
+    """Inside lean(): `x`, made by `producer`, has been read by `consumer`, its only reader."""
+    if not isinstance(x, Tensor) or producer.out is not x:
+        return
+    if not producer.module.backward_reads_output() and not consumer.module.backward_reads_input() and \
+            not producer.module.keeps_output():
+        stand_in = Freed(x)
+        producer.replace(x, stand_in)
+        consumer.replace(x, stand_in)
+    elif not _shares_memory(consumer.out, x):
+        _mark_private(producer, x)
 
 
-def _free_private(t: Tensor, producer: Module) -> None:
-    """Free `t`'s memory (its shape stays, for the gradient it will carry) unless it may share storage:
-    a view, or an output that is (a view of) the producer's input."""
-    if t._base is not None:
-        return
-    ptr = t.untyped_storage().data_ptr()
-    if any(isinstance(a, Tensor) and a.untyped_storage().data_ptr() == ptr for a in producer.args):
-        return
-    t.untyped_storage().resize_(0)
+def _mark_private(call: Call, x: Tensor) -> None:
+    """`x`, the output of `call` (and of the sub-calls that returned it), is read by one later call only."""
+    call.private = True
+    for ev in call.events:
+        if isinstance(ev, Call) and ev.out is x:
+            _mark_private(ev, x)
 
 
 class WithLoss(Module):
     """A model and its loss as one Module: forward(x, target) -> loss; backward fills every `.g`."""
+
+    forward_calls_modules_only = True
 
     def __init__(self, model: Module, loss_fn: Module) -> None:
         super().__init__()
@@ -456,9 +555,3 @@ class WithLoss(Module):
 
     def forward(self, x: Tensor, target: Tensor) -> Tensor:
         return self.loss_fn(self.model(x), target)
-
-    def bwd(self, dloss: Tensor, x: Tensor, target: Tensor) -> None:
-        """dX = model.bwd(loss.bwd(dL)); the model's input .g is written by its first layer."""
-        self.loss_fn.backward(dloss)
-        self.model.backward(needs_input_grad=self.needs_input_grad)
-        return None

@@ -9,13 +9,14 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from .calls import Call
 from .module import Module
 
 
 @contextmanager
-def recording() -> Iterator[list[Module]]:
-    """Within the block, every Module call is appended (in call order) to the yielded list."""
-    calls: list[Module] = []
+def recording() -> Iterator[list[Call]]:
+    """Within the block, the record of every Module call is appended (in call order) to the yielded list."""
+    calls: list[Call] = []
     Module._call_log.append(calls)
     try:
         yield calls
@@ -48,7 +49,8 @@ class LayerTrace:
 
 def trace(model: Module, x: Tensor, target: Tensor | None = None, loss_fn: Module | None = None,
           seed: int = 0) -> list[LayerTrace]:
-    """Run one forward and backward through `model` and describe every leaf layer in call order.
+    """Run one forward and backward through `model` and describe every call of a leaf layer, in call order
+    (a layer called twice has two rows).
 
     With `loss_fn` and `target` the backward starts from the loss; otherwise from a random
     upstream gradient (standard normal, seeded) on the output.
@@ -65,14 +67,15 @@ def trace(model: Module, x: Tensor, target: Tensor | None = None, loss_fn: Modul
     else:
         model.backward(torch.randn(out.shape, generator=torch.Generator().manual_seed(seed), dtype=out.dtype))
     rows = []
-    for m in calls:
+    for call in calls:
+        m = call.module
         if any(True for _ in m.children()) or id(m) not in names:
             continue  # containers and the loss: their leaves tell the story
-        first = m.args[0] if m.args else None
+        first = call.args[0] if call.args else None
         params = [(n, _shape(p.g)) for n, p in m._own_parameters()]
-        rows.append(LayerTrace(names[id(m)], repr(m).split("\n")[0], _shape(first), _shape(m.out),
-                               _shape(getattr(m.out, "g", None)), _stats(m.out), _stats(getattr(m.out, "g", None)),
-                               params))
+        rows.append(LayerTrace(names[id(m)], repr(m).split("\n")[0], _shape(first), _shape(call.out),
+                               _shape(getattr(call.out, "g", None)), _stats(call.out),
+                               _stats(getattr(call.out, "g", None)), params))
     return rows
 
 

@@ -21,8 +21,9 @@ class ReLU(Module):
         return relu(x)
 
     def bwd(self, dy: Tensor, x: Tensor) -> Tensor:
-        """dX = dY * (Y > 0)  (the mask read from the saved output; inside `lean()` dX overwrites it)."""
-        return relu_grad_(dy, self.out) if self.lean else relu_grad(dy, self.out)
+        """dX = dY * (Y > 0)  (the mask read from the saved output; inside `lean()`, where nothing else reads
+        the output any more, dX overwrites it)."""
+        return relu_grad_(dy, self.out) if self.lean and self.out_private else relu_grad(dy, self.out)
 
 
 class LeakyReLU(Module):

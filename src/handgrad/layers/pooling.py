@@ -58,7 +58,7 @@ class MaxPool2d(_Pool):
         n, c = x.shape[:2]
         dx = dy.new_zeros(n, c, x.shape[2] * x.shape[3])
         dx.scatter_add_(2, self.indices.reshape(n, c, -1), dy.reshape(n, c, -1))
-        return dx.view_as(x)
+        return dx.view(x.shape)
 
     def extra_repr(self) -> str:
         return f"kernel_size={self.kernel_size}, stride={self.stride}, padding={self.padding}"
@@ -114,7 +114,7 @@ class AdaptiveAvgPool2d(_Pool):
         """dX[p] = dY[window of p] / (kh kw)."""
         kernel = self._window(x)
         if self.output_size == (1, 1):
-            return (dy / (x.shape[2] * x.shape[3])).expand_as(x)
+            return (dy / (x.shape[2] * x.shape[3])).expand(x.shape)
         return avg_pool_grad(dy, tuple(x.shape), kernel, kernel, (0, 0))
 
     def extra_repr(self) -> str:

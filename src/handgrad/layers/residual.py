@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from torch import Tensor
 
-from ..module import Module, Sequential, _free_private
+from ..calls import Freed
+from ..module import Module, Sequential
 from .activation import ReLU
 from .conv import Conv2d
 from .normalization import BatchNorm2d
@@ -19,15 +20,19 @@ class Residual(Module):
 
     def forward(self, x: Tensor) -> Tensor:
         y = self.body(x)
+        body_call = self.body.__dict__["_last"]
         skip = x if self.shortcut is None else self.shortcut(x)
         if y.shape != skip.shape:
             raise ValueError(f"Residual: body output {list(y.shape)} and shortcut output {list(skip.shape)} differ; "
                              "give a shortcut that projects X to the body's shape")
         out = y + skip
-        if Module.lean:  # the sum is all that goes on: free the branches' outputs where no backward reads them
-            for branch, t in ((self.body, y), (self.shortcut, skip)):
-                if branch is not None and not branch.backward_reads_output() and not branch.keeps_output():
-                    _free_private(t, branch)
+        if Module.lean:  # the sum is all that reads the branches' outputs: drop them where no backward reads them
+            branches = [(self.body, body_call, y)]
+            if self.shortcut is not None:
+                branches.append((self.shortcut, self.shortcut.__dict__["_last"], skip))
+            for branch, call, t in branches:
+                if call.out is t and not branch.backward_reads_output() and not branch.keeps_output():
+                    call.replace(t, Freed(t))
         return out
 
     def backward_reads_input(self) -> bool:

@@ -79,7 +79,7 @@ class Learner:
             not any(cb.needs_module_step for cb in self.callbacks)
         self.fused = FusedStep(model, loss_fn, opt) if usable else None
         self.dist = dist
-        self.sync = GradSync(dist, model.parameters()) if dist is not None else None
+        self.sync = GradSync(dist, model.parameters(), model=model) if dist is not None else None
         self.epoch, self.batch_idx, self.t = 0, 0, 0
         self.epochs = 0
         self.stopped = ""  # why training stopped early, if it did
