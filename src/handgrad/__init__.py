@@ -4,7 +4,7 @@ from . import check, functional, init, interop, models
 from .aliases import Lin, Mse, Relu
 from .layers import (GELU, AdaptiveAvgPool2d, AvgPool2d, BatchNorm1d, BatchNorm2d, Conv2d, Dropout, Embedding, Flatten,
                      GeneralRelu, LayerNorm, LeakyReLU, Linear, LogSoftmax, MaxPool2d, ReLU, Residual, Sigmoid, SiLU,
-                     Softmax, Tanh, Unflatten, conv_bn, res_block)
+                     Softmax, Tanh, TiedLinear, Unflatten, conv_bn, res_block)
 from .losses import CrossEntropyLoss, MSELoss, NLLLoss
 from .allocator import keep_freed_memory
 from .fused import FusedStep, training_step
@@ -16,6 +16,7 @@ __version__ = "0.1.0"
 __all__ = [
     "GELU", "AdaptiveAvgPool2d", "AvgPool2d", "BatchNorm1d", "BatchNorm2d", "Conv2d", "Dropout", "Embedding",
     "Flatten", "GeneralRelu", "LayerNorm", "LeakyReLU", "MaxPool2d", "Residual", "Sigmoid", "SiLU", "Softmax", "Tanh",
+    "TiedLinear",
     "Unflatten", "conv_bn", "res_block",
     "CrossEntropyLoss", "Lin", "Linear", "LogSoftmax", "MSELoss", "Module", "Mse", "NLLLoss", "Parameter",
     "ReLU", "Relu", "SGD", "Sequential", "WithLoss", "add_grad", "check", "functional", "init", "interop", "models",

@@ -39,10 +39,17 @@ class Freed:
     the reference to the tensor, so its memory goes as soon as nothing else (a view, the caller) holds it.
     """
 
-    __slots__ = ("shape", "dtype", "device", "g")
+    __slots__ = ("shape", "dtype", "device", "g", "_stride", "_offset")
 
     def __init__(self, t: Tensor) -> None:
         self.shape, self.dtype, self.device, self.g = t.shape, t.dtype, t.device, getattr(t, "g", None)
+        self._stride, self._offset = t.stride(), t.storage_offset()  # where it sat, for the views of it
+
+    def stride(self) -> tuple[int, ...]:
+        return self._stride
+
+    def storage_offset(self) -> int:
+        return self._offset
 
     def size(self, dim: int | None = None) -> Any:
         return self.shape if dim is None else self.shape[dim]
@@ -153,8 +160,14 @@ class Call:
         if m.__dict__.get("_last") is self:
             m.__dict__["args"], m.__dict__["out"] = self.args, self.out
         for ev in self.events:
-            if isinstance(ev, Call) and (ev.out is t or any(a is t for a in ev.args)):
-                ev.replace(t, stand_in)
+            if isinstance(ev, Call):
+                if ev.out is t or any(a is t for a in ev.args):
+                    ev.replace(t, stand_in)
+            else:
+                if ev.src is t:
+                    ev.src = stand_in
+                if ev.out is t:
+                    ev.out = stand_in
 
 
 # ----------------------------------------------------------------------------------------- the call stack

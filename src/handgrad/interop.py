@@ -49,6 +49,7 @@ def _bn_from_torch(m: nn.BatchNorm1d | nn.BatchNorm2d) -> Module:
 # handgrad class -> builder of the torch.nn module with the same structure (weights loaded afterwards)
 _TO_TORCH: dict[type, Callable[[Module], nn.Module]] = {
     L.Linear: lambda m: nn.Linear(m.in_features, m.out_features, bias=m.bias is not None),
+    L.TiedLinear: lambda m: nn.Linear(m.in_features, m.out_features, bias=m.bias is not None),
     L.Conv2d: lambda m: nn.Conv2d(m.in_channels, m.out_channels, m.kernel_size, m.stride, m.padding, m.dilation,
                                   m.groups, bias=m.bias is not None),
     L.BatchNorm1d: _bn_to_torch,
@@ -142,15 +143,17 @@ def _tie(model: nn.Module | Module, names: list[list[str]]) -> None:
     for group in names:
         for name in group[1:]:
             *path, attr = name.split(".")
-            owner = model
-            for part in path:
-                owner = owner[int(part)] if part.isdigit() and not hasattr(owner, part) else getattr(owner, part)
-            setattr(owner, attr, _get(model, group[0]))
+            owner = _get(model, ".".join(path)) if path else model
+            shared = _get(model, group[0])
+            if isinstance(owner, Module) and getattr(owner, attr).shape != shared.shape:  # type: ignore[union-attr]
+                raise TypeError(f"'{name}' is tied to '{group[0]}' in a layout handgrad's {type(owner).__name__} "
+                                "does not share (tie an Embedding to its output projection with TiedLinear)")
+            setattr(owner, attr, shared)
 
 
 def _get(model: nn.Module | Module, name: str) -> object:
     obj = model
-    for part in name.split("."):
+    for part in name.split(".") if name else ():
         obj = obj[int(part)] if part.isdigit() and not hasattr(obj, part) else getattr(obj, part)
     return obj
 
@@ -302,16 +305,24 @@ class TorchModule(nn.Module):
         """The torch parameters, in the handgrad module's `parameters()` order."""
         return [tp for _, tp in self._param_pairs]
 
-    def forward(self, *inputs: Tensor) -> Tensor:
-        m = self.handgrad_module
-        m.train(self.training)
-        for hp, tp in self._param_pairs:  # follow .to(), .double() and in-place updates on the torch side
-            if hp.data is not tp.data:
-                hp.data = tp.data
+    def _sync(self) -> None:
+        """The handgrad module follows the torch side: .to(), .double(), a loaded state dict."""
+        for hp, tp in self._param_pairs:
+            hp.data = tp.data
         for hmod, bname, shell in self._buffer_pairs:
             b = shell._buffers[bname]
             if getattr(hmod, bname) is not b:
                 setattr(hmod, bname, b)
+
+    def _apply(self, fn, *args, **kwargs):  # type: ignore[no-untyped-def]
+        result = super()._apply(fn, *args, **kwargs)
+        self._sync()
+        return result
+
+    def forward(self, *inputs: Tensor) -> Tensor:
+        m = self.handgrad_module
+        m.train(self.training)
+        self._sync()
         return _HandgradFunction.apply(m, len(inputs), *inputs, *self.params)
 
     def _get_name(self) -> str:

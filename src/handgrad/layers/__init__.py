@@ -4,7 +4,7 @@ from .activation import GELU, GeneralRelu, LeakyReLU, LogSoftmax, ReLU, Sigmoid,
 from .conv import Conv2d
 from .dropout import Dropout
 from .embedding import Embedding
-from .linear import Linear
+from .linear import Linear, TiedLinear
 from .normalization import BatchNorm1d, BatchNorm2d, LayerNorm
 from .pooling import AdaptiveAvgPool2d, AvgPool2d, MaxPool2d
 from .residual import Residual, conv_bn, res_block
@@ -13,5 +13,5 @@ from .shape import Flatten, Unflatten
 __all__ = [
     "AdaptiveAvgPool2d", "AvgPool2d", "BatchNorm1d", "BatchNorm2d", "Conv2d", "Dropout", "Embedding", "Flatten",
     "GELU", "GeneralRelu", "LayerNorm", "LeakyReLU", "Linear", "LogSoftmax", "MaxPool2d", "ReLU", "Residual",
-    "SiLU", "Sigmoid", "Softmax", "Tanh", "Unflatten", "conv_bn", "res_block",
+    "SiLU", "Sigmoid", "Softmax", "Tanh", "TiedLinear", "Unflatten", "conv_bn", "res_block",
 ]

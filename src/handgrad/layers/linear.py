@@ -68,3 +68,43 @@ class Linear(Module):
 
     def extra_repr(self) -> str:
         return f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}"
+
+
+class TiedLinear(Module):
+    """Y = X @ E.T + b, E an (out_features, in_features) weight shared with another layer.
+
+    The output projection of a language model tied to its token embedding: `TiedLinear(emb.weight)`
+    reads the Embedding's (vocab, d) table as torch.nn.Linear(d, vocab) reads its weight, so the same
+    Parameter sits in both layers, `parameters()` lists it once, and its `.g` is the sum of both uses.
+    """
+
+    def __init__(self, weight: Parameter, bias: bool = False) -> None:
+        super().__init__()
+        if not isinstance(weight, Parameter) or weight.dim() != 2:
+            raise ValueError(f"TiedLinear expects another layer's 2-d Parameter (out_features, in_features), got "
+                             f"{type(weight).__name__} of shape {list(getattr(weight, 'shape', []))}")
+        self.out_features, self.in_features = weight.shape
+        self.weight = weight
+        self.bias = Parameter(torch.zeros(self.out_features, dtype=weight.dtype, device=weight.device)) \
+            if bias else None
+
+    def backward_reads_output(self) -> bool:
+        return False
+
+    def forward(self, x: Tensor) -> Tensor:
+        if x.shape[-1:] != (self.in_features,):
+            raise ValueError(f"TiedLinear({self.in_features} -> {self.out_features}) expects input "
+                             f"[..., {self.in_features}], got {list(x.shape)}")
+        return lin(x, self.weight.t(), self.bias)  # (N, out_features)
+
+    def bwd(self, dy: Tensor, x: Tensor) -> Tensor | None:
+        """dX = dY @ E,  dE = dY.T @ X,  db = dY.sum(0)   (leading dims of X folded into N)."""
+        x2 = x.reshape(-1, x.shape[-1])  # (N, in_features)
+        dy2 = dy.reshape(-1, dy.shape[-1])  # (N, out_features)
+        accumulate_mm(self.weight, dy2.t(), x2)  # (out_features, in_features)
+        if self.bias is not None:
+            accumulate_sum(self.bias, dy2, 0)
+        return dy @ self.weight if self.needs_input_grad else None  # (..., in_features)
+
+    def extra_repr(self) -> str:
+        return f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}"

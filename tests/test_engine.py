@@ -1,0 +1,298 @@
+"""The engine: modules called many times, models without bwd, tied weights, lean() and wrap(), each against
+plain torch autograd on the same computation."""
+
+import copy
+
+import pytest
+import torch
+from torch import nn
+
+import handgrad as hg
+from handgrad.interop import to_torch, wrap
+
+D = torch.float64
+
+
+def autograd_reference(model, *xs, dy=None, loss_fn=None, target=None):
+    """(output, input gradients, parameter gradients by name) from torch autograd through model.forward."""
+    model = copy.deepcopy(model)
+    params = dict(model.named_parameters())
+    xs = [x.detach().clone().requires_grad_(x.is_floating_point()) for x in xs]
+    for p in params.values():
+        p.requires_grad_(True)
+    with torch.enable_grad():
+        out = model.forward(*xs)
+        if loss_fn is not None:
+            loss = loss_fn.forward(out, target)
+            grads = torch.autograd.grad(loss, [x for x in xs if x.requires_grad] + list(params.values()),
+                                        allow_unused=True)
+        else:
+            grads = torch.autograd.grad(out, [x for x in xs if x.requires_grad] + list(params.values()), dy,
+                                        allow_unused=True)
+    n = sum(x.requires_grad for x in xs)
+    return out.detach(), grads[:n], dict(zip(params, grads[n:]))
+
+
+def assert_grads(model, ref_params, tol=1e-10):
+    for name, p in model.named_parameters():
+        ref = ref_params[name]
+        ref = torch.zeros_like(p) if ref is None else ref
+        assert p.g is not None, f"{name}: no gradient"
+        torch.testing.assert_close(p.g, ref, rtol=tol, atol=tol, msg=lambda m, name=name: f"{name}: {m}")
+
+
+def reused_model():
+    torch.manual_seed(0)
+    lin = hg.Linear(4, 4, dtype=D)
+    return hg.Sequential(lin, hg.Tanh(), lin)
+
+
+class LoopModel(hg.Module):
+    """A user's model: one cell called 12 times in a loop over time, no backward written."""
+
+    def __init__(self, n_in=3, hidden=5, n_out=4):
+        super().__init__()
+        self.inp = hg.Linear(n_in, hidden, dtype=D)
+        self.cell = hg.Sequential(hg.Linear(hidden, hidden, dtype=D), hg.Tanh())
+        self.head = hg.Linear(hidden, n_out, dtype=D)
+
+    def forward(self, x):  # x: (B, T, n_in)
+        h = self.inp(x[:, 0])  # (B, hidden)
+        for t in range(12):
+            h = self.cell(h)
+        return self.head(h)  # (B, n_out)
+
+
+@pytest.mark.parametrize("make, shape", [(reused_model, (6, 4)), (lambda: (torch.manual_seed(1), LoopModel())[1],
+                                                                   (6, 12, 3))])
+def test_reused_modules_match_autograd_on_every_path(make, shape):
+    gen = torch.Generator().manual_seed(2)
+    x = torch.randn(*shape, generator=gen, dtype=D)
+    model = make()
+    out = model(x)
+    dy = torch.randn(out.shape, generator=gen, dtype=D)
+    ref_out, (ref_dx,), ref_params = autograd_reference(model, x, dy=dy)
+    torch.testing.assert_close(out, ref_out, rtol=1e-12, atol=1e-12)
+    # the module path
+    model.zero_grad()
+    model.backward(dy)
+    torch.testing.assert_close(x.g, ref_dx, rtol=1e-10, atol=1e-10)
+    assert_grads(model, ref_params)
+    # inside lean()
+    lean_model, xl = copy.deepcopy(model), x.clone()
+    lean_model.zero_grad()
+    with hg.lean():
+        lean_model(xl)
+        lean_model.backward(dy)
+    torch.testing.assert_close(xl.g, ref_dx, rtol=1e-10, atol=1e-10)
+    assert_grads(lean_model, ref_params)
+    # training_step: one SGD step equals torch's on the same loss
+    y = torch.randn(out.shape, generator=gen, dtype=D)
+    stepped = copy.deepcopy(model)
+    _, _, loss_grads = autograd_reference(model, x, loss_fn=hg.MSELoss(), target=y)
+    step = hg.training_step(stepped, hg.MSELoss(), hg.SGD(stepped.parameters(), lr=0.1))
+    step(x, y)
+    for (name, p), (_, p0) in zip(stepped.named_parameters(), model.named_parameters()):
+        torch.testing.assert_close(p, p0 - 0.1 * loss_grads[name], rtol=1e-10, atol=1e-12)
+
+
+def test_a_reused_layer_is_listed_once_and_stepped_once():
+    model = reused_model()
+    assert [n for n, _ in model.named_parameters()] == ["0.weight", "0.bias"]
+    assert list(model.state_dict()) == ["0.weight", "0.bias", "2.weight", "2.bias"]  # as torch's
+    assert list(to_torch(model).state_dict()) == list(model.state_dict())
+
+
+def test_the_fused_path_refuses_a_reused_layer_and_the_step_is_right():
+    torch.manual_seed(3)
+    lin = hg.Linear(5, 5)
+    model = hg.Sequential(lin, hg.ReLU(), lin)
+    assert "more than once" in hg.fused.unsupported(model, hg.CrossEntropyLoss())
+    x, y = torch.randn(8, 5), torch.randint(0, 5, (8,))
+    _, _, grads = autograd_reference(model, x, loss_fn=hg.CrossEntropyLoss(), target=y)
+    before = copy.deepcopy(model)
+    loss = hg.training_step(model, hg.CrossEntropyLoss(), hg.SGD(model.parameters(), lr=0.5))(x, y)
+    ref_loss = nn.functional.cross_entropy(to_torch(before)(x), y)
+    torch.testing.assert_close(loss, ref_loss)
+    for (name, p), (_, p0) in zip(model.named_parameters(), before.named_parameters()):
+        torch.testing.assert_close(p, p0 - 0.5 * grads[name], rtol=1e-5, atol=1e-6)
+
+
+def test_tied_linear_weights_share_one_parameter_and_sum_both_gradients():
+    torch.manual_seed(4)
+    model = hg.Sequential(hg.Linear(4, 4, dtype=D), hg.Tanh(), hg.Linear(4, 4, dtype=D))
+    model[2].weight = model[0].weight
+    assert len(model.parameters()) == 3
+    x = torch.randn(5, 4, dtype=D)
+    dy = torch.randn(5, 4, dtype=D)
+    _, _, ref = autograd_reference(model, x, dy=dy)
+    model(x)
+    model.backward(dy)
+    assert_grads(model, ref)
+    twin = to_torch(model)
+    assert twin[2].weight is twin[0].weight
+
+
+def tied_language_model():
+    torch.manual_seed(5)
+    emb = hg.Embedding(11, 6, dtype=D)
+    return hg.Sequential(emb, hg.Tanh(), hg.Linear(6, 6, dtype=D), hg.TiedLinear(emb.weight))
+
+
+def test_embedding_tied_to_its_output_projection_trains_like_the_torch_twin():
+    model = tied_language_model()
+    twin = to_torch(model)
+    assert twin[3].weight is twin[0].weight
+    assert [n for n, _ in model.named_parameters()] == [n for n, _ in twin.named_parameters()]
+    opt = hg.SGD(model.parameters(), lr=0.2, momentum=0.9)
+    topt = torch.optim.SGD(twin.parameters(), lr=0.2, momentum=0.9)
+    step = hg.training_step(model, hg.CrossEntropyLoss(), opt)
+    gen = torch.Generator().manual_seed(6)
+    for _ in range(20):
+        idx, target = torch.randint(0, 11, (16,), generator=gen), torch.randint(0, 11, (16,), generator=gen)
+        loss = step(idx, target)
+        topt.zero_grad()
+        tloss = nn.functional.cross_entropy(twin(idx), target)
+        tloss.backward()
+        topt.step()
+        torch.testing.assert_close(loss, tloss.detach(), rtol=1e-10, atol=1e-12)
+    for name, t in twin.state_dict().items():
+        torch.testing.assert_close(model.state_dict()[name], t, rtol=1e-10, atol=1e-10)
+
+
+@pytest.mark.parametrize("make", [
+    lambda: hg.Sequential(hg.Linear(8, 16), hg.Dropout(0.0), hg.ReLU(), hg.Linear(16, 3)),
+    lambda: hg.Sequential(hg.Linear(8, 16), hg.Sequential(), hg.Tanh(), hg.Linear(16, 3)),
+    lambda: hg.Sequential(hg.Linear(8, 16), hg.Dropout(0.5).eval(), hg.ReLU(), hg.Linear(16, 3)),
+    lambda: hg.Sequential(hg.Linear(8, 16), hg.BatchNorm1d(16), hg.Flatten(), hg.ReLU(), hg.Linear(16, 3)),
+])
+def test_lean_gives_the_plain_paths_output_and_gradients_with_layers_returning_views(make):
+    torch.manual_seed(7)
+    model = make().double()
+    x, y = torch.randn(6, 8, dtype=D), torch.randint(0, 3, (6,))
+    plain = hg.WithLoss(copy.deepcopy(model), hg.CrossEntropyLoss())
+    ref_loss = plain(x, y)
+    plain.backward(needs_input_grad=False)
+    lean = hg.WithLoss(model, hg.CrossEntropyLoss())
+    with hg.lean():
+        out = model(x)
+        torch.testing.assert_close(out, plain.model.out)
+        loss = lean(x, y)
+        lean.backward(needs_input_grad=False)
+    torch.testing.assert_close(loss, ref_loss)
+    for (name, p), q in zip(model.named_parameters(), plain.model.parameters()):
+        torch.testing.assert_close(p.g, q.g, rtol=1e-10, atol=1e-12, msg=lambda m, name=name: f"{name}: {m}")
+    # and the training step (module path inside lean) takes the same step as the plain one
+    stepped = copy.deepcopy(plain.model)
+    hg.training_step(stepped, hg.CrossEntropyLoss(), hg.SGD(stepped.parameters(), lr=0.1))(x, y)
+    for p, q in zip(stepped.parameters(), plain.model.parameters()):
+        assert torch.isfinite(p).all()
+        torch.testing.assert_close(p, q - 0.1 * q.g, rtol=1e-10, atol=1e-12)
+
+
+def test_a_view_returning_user_layer_under_lean_keeps_what_later_layers_read():
+    class View(hg.Module):
+        def forward(self, x):
+            return x.view(x.shape[0], -1)
+
+        def bwd(self, dy, x):
+            return dy.reshape(x.shape)
+
+        def backward_reads_input(self):
+            return False
+
+        def backward_reads_output(self):
+            return False
+
+    torch.manual_seed(8)
+    model = hg.Sequential(hg.Linear(6, 6), View(), hg.Linear(6, 2)).double()
+    x = torch.randn(3, 6, dtype=D)
+    ref = model(x).clone()
+    with hg.lean():
+        torch.testing.assert_close(model(x), ref)
+
+
+def test_a_model_without_bwd_using_a_torch_op_refuses_to_backward_in_one_line():
+    class Doubles(hg.Module):
+        def __init__(self):
+            super().__init__()
+            self.lin = hg.Linear(3, 3)
+
+        def forward(self, x):
+            return self.lin(x * 2)
+
+    m = Doubles()
+    m(torch.randn(2, 3))
+    with pytest.raises(RuntimeError, match=r"^Doubles.forward applies torch's mul .* write Doubles.bwd$"):
+        m.backward(torch.ones(2, 3))
+
+
+def test_each_call_keeps_its_own_dropout_mask_and_batch_norm_state():
+    torch.manual_seed(9)
+    drop = hg.Dropout(0.5)
+    model = hg.Sequential(hg.Linear(5, 5, dtype=D), drop, hg.Linear(5, 5, dtype=D), drop, hg.BatchNorm1d(5, dtype=D))
+    x, dy = torch.randn(7, 5, dtype=D), torch.randn(7, 5, dtype=D)
+    torch.manual_seed(10)
+    _, (dx,), ref = autograd_reference(model, x, dy=dy)
+    torch.manual_seed(10)
+    model(x)
+    model.backward(dy)
+    torch.testing.assert_close(x.g, dx, rtol=1e-10, atol=1e-12)
+    assert_grads(model, ref)
+
+
+def test_backward_twice_for_one_call_still_raises():
+    model = reused_model()
+    model(torch.randn(2, 4, dtype=D))
+    model.backward(torch.ones(2, 4, dtype=D))
+    with pytest.raises(RuntimeError, match="backward called twice for one forward"):
+        model.backward(torch.ones(2, 4, dtype=D))
+
+
+# ----------------------------------------------------------------------------------------------- wrap
+
+
+def test_a_wrapped_module_used_twice_in_one_graph_gets_both_uses_gradients():
+    torch.manual_seed(11)
+    block = hg.Sequential(hg.Linear(4, 4, dtype=D), hg.Tanh())
+    twin = to_torch(block)
+    w = wrap(block)
+    x = torch.randn(3, 4, dtype=D, requires_grad=True)
+    xt = x.detach().clone().requires_grad_()
+    (w(w(x)) ** 2).sum().backward()
+    (twin(twin(xt)) ** 2).sum().backward()
+    torch.testing.assert_close(x.grad, xt.grad)
+    torch.testing.assert_close(w.get_parameter("0.weight").grad, twin[0].weight.grad.t())
+    torch.testing.assert_close(w.get_parameter("0.bias").grad, twin[0].bias.grad)
+
+
+def test_wrapped_batch_norm_updates_running_statistics_once_per_forward_and_moves_with_to():
+    bn = hg.BatchNorm1d(3)
+    w = wrap(bn)
+    x = torch.randn(8, 3, requires_grad=True)
+    w(x).sum().backward()
+    assert int(bn.num_batches_tracked) == 1
+    ref = nn.BatchNorm1d(3)
+    ref(x.detach())
+    torch.testing.assert_close(bn.running_mean, ref.running_mean)
+    assert set(w.state_dict()) == {"weight", "bias", "running_mean", "running_var", "num_batches_tracked"}
+    w.to(torch.float64)
+    assert bn.running_mean.dtype == torch.float64 and bn.weight.dtype == torch.float64
+    w(torch.randn(8, 3, dtype=torch.float64, requires_grad=True)).sum().backward()
+    assert int(bn.num_batches_tracked) == 2
+
+
+def test_wrapped_parameters_keep_their_handgrad_names():
+    torch.manual_seed(12)
+    model = hg.Sequential(hg.Linear(3, 4), hg.BatchNorm1d(4))
+    names = [n for n, _ in wrap(model).named_parameters()]
+    assert names == ["0.weight", "0.bias", "1.weight", "1.bias"]
+    assert "1.running_var" in wrap(model).state_dict()
+
+
+def test_double_backward_through_wrap_is_refused_in_one_line():
+    w = wrap(hg.Tanh())
+    x = torch.randn(3, dtype=D, requires_grad=True)
+    with pytest.raises(RuntimeError, match="double backward .* is not supported"):
+        torch.autograd.grad(w(x).sum(), x, create_graph=True)
+    assert torch.autograd.gradcheck(w, (x,))
