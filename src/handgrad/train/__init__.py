@@ -3,7 +3,8 @@
 from ..models import cnn, mlp
 from .config import TrainConfig
 from .learner import Callback, CancelBatch, CancelEpoch, CancelFit, Learner
-from .loop import EpochStats, evaluate, fit, make_loss
+from .fit import fit
+from .loop import EpochStats, evaluate, make_loss
 from .run import RunResult, run
 
 __all__ = ["Callback", "CancelBatch", "CancelEpoch", "CancelFit", "EpochStats", "Learner", "RunResult",

@@ -1,4 +1,4 @@
-"""Training pieces: per-epoch statistics, evaluation, and fit (a Learner with the usual callbacks).
+"""Training pieces: per-epoch statistics, evaluation, the loss by name (`fit` is in fit.py).
 
 No autograd anywhere: forward, loss, hand-written backward, in-place optimizer step."""
 
@@ -10,11 +10,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from ..data import DataLoader
 from ..losses import CrossEntropyLoss, MSELoss
 from ..module import Module
-from ..optim import Optimizer
-from ..schedules import Schedule
 
 
 @dataclass
@@ -59,19 +56,3 @@ def evaluate(forward: Callable[[Tensor], Tensor], loss: Callable[[Tensor, Tensor
             correct += (predict_classes(out, n_classes) == yb).sum()
     n = max(x.shape[0], 1)
     return float(total_loss) / n, int(correct) / n
-
-
-def fit(model: Module, loss_fn: Module, opt: Optimizer, train_dl: DataLoader, x_valid: Tensor, y_valid: Tensor,
-        epochs: int, n_classes: int, progress: bool = True, log: Callable[[str], None] = print,
-        schedule: Schedule | None = None) -> list[EpochStats]:
-    """Train for `epochs` with a Learner (metrics, progress, the non-finite guard, an optional schedule);
-    logs one line per epoch and returns the per-epoch statistics."""
-    from .callbacks import MetricsCB, NonFiniteGuardCB, ProgressCB, ScheduleCB
-    from .learner import Learner
-
-    metrics = MetricsCB(log)
-    callbacks = [metrics, NonFiniteGuardCB()] + ([ProgressCB()] if progress else [])
-    if schedule is not None:
-        callbacks.append(ScheduleCB(schedule))
-    Learner(model, loss_fn, opt, train_dl, x_valid, y_valid, n_classes, callbacks).fit(epochs)
-    return metrics.history
