@@ -1,3 +1,4 @@
+import pytest
 import torch
 
 import handgrad as hg
@@ -82,3 +83,172 @@ def test_cli_check_fails_when_a_layer_is_wrong(monkeypatch, capsys):
                                                                            (torch.randn(3, 4),)))
     assert main(["check", "--repeats", "1"]) == 1
     assert "FAILED" in capsys.readouterr().out
+
+
+# ------------------------------------------------------------- handgrad check path/to/file.py:Class
+USER_LAYERS = '''
+import torch
+import handgrad as hg
+
+
+class SquareLinear(hg.Module):
+    def __init__(self, n=4):
+        super().__init__()
+        self.w = hg.Parameter(torch.randn(n, n))
+
+    def forward(self, x):
+        return x @ self.w
+
+    def bwd(self, dy, x):
+        hg.add_grad(self.w, x.t() @ dy)
+        return dy @ self.w.t()
+
+
+class SquareLinearTransposed(SquareLinear):
+    def bwd(self, dy, x):
+        hg.add_grad(self.w, dy.t() @ x)  # right shape, wrong layout
+        return dy @ self.w.t()
+
+
+class Square(hg.Module):
+    def forward(self, x):
+        return x ** 2
+
+    def bwd(self, dy, x):
+        return 2 * dy * dy  # dy where x belongs
+
+
+class Product(hg.Module):
+    def forward(self, a, b):
+        return a * b
+
+    def bwd(self, dy, a, b):
+        return dy * b, dy * a
+
+
+class ProductWrongSecond(Product):
+    def bwd(self, dy, a, b):
+        return dy * b, dy * b
+
+
+class Embedding(hg.Module):
+    def __init__(self, n=10, d=3):
+        super().__init__()
+        self.w = hg.Parameter(torch.randn(n, d))
+
+    def forward(self, idx):
+        return self.w[idx]
+
+    def bwd(self, dy, idx):
+        g = torch.zeros_like(self.w)
+        g.index_add_(0, idx.reshape(-1), dy.reshape(-1, dy.shape[-1]))
+        hg.add_grad(self.w, g)
+
+
+class NLL(hg.Module):
+    def forward(self, logits, labels):
+        return -torch.log_softmax(logits, 1).gather(1, labels[:, None]).mean()
+
+    def bwd(self, dy, logits, labels):
+        p = torch.softmax(logits, 1)
+        p[torch.arange(len(labels)), labels] -= 1
+        return dy * p / len(labels)
+
+
+class NLLNoMean(NLL):
+    def bwd(self, dy, logits, labels):
+        return super().bwd(dy, logits, labels) * len(labels)
+
+
+class Indices(hg.Module):
+    def forward(self, idx):
+        return idx + 1
+'''
+
+
+def check_cli(tmp_path, cls: str, *args: str) -> int:
+    path = tmp_path / "user_layers.py"
+    path.write_text(USER_LAYERS)
+    return main(["check", f"{path}:{cls}", *args])
+
+
+def test_cli_check_square_layer_with_transposed_weight_gradient_exits_1(tmp_path, capsys):
+    assert check_cli(tmp_path, "SquareLinearTransposed", "--input-shape", "8,4") == 1
+    out = capsys.readouterr().out
+    assert "diagnosis: w: transposed" in out and "FAILED: 1 of 2 gradients" in out
+
+
+def test_cli_check_elementwise_backward_using_dy_for_x_exits_1(tmp_path, capsys):
+    assert check_cli(tmp_path, "Square", "--input-shape", "8,4") == 1
+    assert "diagnosis: input: " in capsys.readouterr().out
+
+
+def test_cli_check_correct_square_layer_exits_0(tmp_path, capsys):
+    for dtype in ("float64", "float32"):
+        assert check_cli(tmp_path, "SquareLinear", "--input-shape", "8,4", "--dtype", dtype) == 0
+        assert "SquareLinear: all 2 gradients match autograd" in capsys.readouterr().out
+
+
+def test_cli_check_several_inputs_checks_each_gradient(tmp_path, capsys):
+    assert check_cli(tmp_path, "Product", "--input-shape", "8,5", "--input-shape", "8,5") == 0
+    out = capsys.readouterr().out
+    assert "input[0]" in out and "input[1]" in out and "Product: all 2 gradients match" in out
+    assert check_cli(tmp_path, "ProductWrongSecond", "--input-shape", "8,5", "--input-shape", "8,5") == 1
+    out = capsys.readouterr().out
+    assert "diagnosis: input[1]: " in out and "diagnosis: input[0]" not in out
+
+
+def test_cli_check_embedding_with_int_indices(tmp_path, capsys):
+    assert check_cli(tmp_path, "Embedding", "--input-shape", "4,7:int:10") == 0
+    assert "Embedding: all 1 gradients match autograd and finite differences" in capsys.readouterr().out
+
+
+def test_cli_check_loss_with_logits_and_int_labels(tmp_path, capsys):
+    assert check_cli(tmp_path, "NLL", "--input-shape", "8,5", "--input-shape", "8:int:5") == 0
+    assert "NLL: all 1 gradients match" in capsys.readouterr().out
+    assert check_cli(tmp_path, "NLLNoMean", "--input-shape", "8,5", "--input-shape", "8:int:5") == 1
+    assert "diagnosis: input: off by a constant factor 8 = N (batch size 8)" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("cls, specs, message", [
+    ("Square", ["8,a"], "--input-shape '8,a': SHAPE must be positive sizes like 8,16"),
+    ("Square", ["8,0"], "--input-shape '8,0': SHAPE must be positive sizes"),
+    ("Square", [":int:3"], "--input-shape ':int:3': SHAPE must be positive sizes"),
+    ("Embedding", ["4,7:int"], "an int input needs its value range as SHAPE:int:HIGH, e.g. 4,7:int:10"),
+    ("Embedding", ["4,7:int:0"], "HIGH in SHAPE:int:HIGH must be positive (values are drawn from [0, HIGH)), got 0"),
+    ("Embedding", ["4,7:int:-2"], "must be positive (values are drawn from [0, HIGH)), got -2"),
+    ("Embedding", ["4,7:int:ten"], "HIGH in SHAPE:int:HIGH must be an integer, got 'ten'"),
+    ("Embedding", ["4,7:int:3:4"], "expected SHAPE:int:HIGH with one HIGH"),
+    ("Square", ["8,4:bogus"], "expected SHAPE, SHAPE:float or SHAPE:int:HIGH, got kind 'bogus'"),
+    ("Square", ["8,4:float:3"], "a float input takes no value range"),
+    ("Product", ["8,5"], "Product.forward(a, b) takes 2 inputs, got 1 (one per --input-shape)"),
+    ("Square", ["8,5", "8,5"], "Square.forward(x) takes 1 input, got 2 (one per --input-shape)"),
+    ("NLL", ["8,5", "8:int:9"], "NLL.forward rejected inputs of shapes [8, 5], [8] int64 in [0, 9): RuntimeError"),
+    ("Indices", ["4:int:3"], "nothing to check: Indices has no parameters and every input is int"),
+    ("Embedding", ["4,7"], "Embedding.forward rejected an input of shape [4, 7]: IndexError"),
+])
+def test_cli_check_bad_input_specs_are_one_line_and_exit_2(tmp_path, capsys, cls, specs, message):
+    args = [a for spec in specs for a in ("--input-shape", spec)]
+    assert check_cli(tmp_path, cls, *args) == 2
+    captured = capsys.readouterr()
+    lines = captured.err.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in captured.err, captured.err
+    assert lines[0].startswith("handgrad: error: ") and message in lines[0], lines[0]
+    assert captured.out == ""
+
+
+def test_cli_check_non_float_output_is_a_usage_error(tmp_path, capsys):
+    source = USER_LAYERS + '''
+
+class IntOut(hg.Module):
+    def __init__(self):
+        super().__init__()
+        self.w = hg.Parameter(torch.randn(3))
+
+    def forward(self, idx):
+        return idx * 2
+'''
+    (tmp_path / "int_out.py").write_text(source)
+    assert main(["check", f"{tmp_path / 'int_out.py'}:IntOut", "--input-shape", "4:int:3"]) == 2
+    assert "IntOut.forward returned a torch.int64 tensor on an input of shape [4] int64 in [0, 3), expected a " \
+           "floating-point tensor" in capsys.readouterr().err

@@ -6,7 +6,8 @@ import pytest
 import torch
 import wrong_layers as W
 
-from handgrad.check import assert_gradients_correct, check_module, diagnose_report
+from handgrad.check import assert_gradients_correct, check_module, diagnose, diagnose_report
+from handgrad.check.core import draw_dy, stream
 
 HERE = Path(__file__).parent
 WRONG = [
@@ -33,6 +34,43 @@ def test_correct_layers_pass(cls):
     torch.manual_seed(0)
     assert_gradients_correct(cls(), torch.randn(8, 4))
     assert_gradients_correct(cls(), torch.randn(8, 4), dtype=torch.float32)
+
+
+def test_square_transposed_gradient_is_named_by_its_values():
+    ref = torch.randn(5, 5, dtype=torch.float64)
+    assert diagnose(ref.t(), ref).startswith("transposed")
+    assert diagnose(ref.t() * 1.0000001, ref).startswith("transposed")
+
+
+# The inputs a caller may draw with the checker's own seed: torch's global RNG, a generator seeded alike,
+# and the very stream check_module draws dY from (which must then re-draw it).
+SAME_SEED_INPUTS = {
+    "global": lambda: (torch.manual_seed(0), torch.randn(8, 4, dtype=torch.float64))[1],
+    "generator": lambda: torch.randn(8, 4, generator=torch.Generator().manual_seed(0), dtype=torch.float64),
+    "dy-stream": lambda: torch.randn(8, 4, generator=stream(0, "dy"), dtype=torch.float64),
+}
+
+
+@pytest.mark.parametrize("draw", SAME_SEED_INPUTS.values(), ids=SAME_SEED_INPUTS)
+@pytest.mark.parametrize("cls, args, tensor, diagnosis", [
+    (W.TransposedWeightGrad, (4, 4), "w", "transposed"),
+    (W.SquareUsesDyForX, (), "input", "values differ"),
+])
+def test_square_layers_are_checked_with_dy_unlike_the_input(draw, cls, args, tensor, diagnosis):
+    x = draw()
+    report = check_module(cls(*args), x, seed=0)
+    found = {t.name: why for t, why in diagnose_report(report)}
+    assert list(found) == [tensor], found
+    assert diagnosis in found[tensor]
+    assert_gradients_correct(W.GoodLinear(4, 4), x, seed=0)
+    assert_gradients_correct(W.Square(), x, seed=0)
+
+
+def test_dy_is_redrawn_when_it_equals_an_input():
+    x = torch.randn(8, 4, generator=stream(3, "dy"), dtype=torch.float64)
+    dy = draw_dy((8, 4), torch.float64, None, [x], stream(3, "dy"))
+    assert dy.shape == x.shape and not torch.equal(dy, x)
+    assert torch.equal(draw_dy((8, 4), torch.float64, None, [x.t()], stream(3, "dy")), x)  # other shapes: kept
 
 
 def test_assert_helper_fails_with_table_and_diagnosis():

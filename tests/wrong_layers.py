@@ -77,6 +77,21 @@ class ShiftedReLUMaskOnOutput(ShiftedReLU):
         return dy * (self.out > 0)  # wrong where 0 < X < 0.5
 
 
+class Square(hg.Module):
+    """Y = X^2 element-wise: shape in == shape out, where dY drawn like X would hide a mix-up."""
+
+    def forward(self, x):
+        return x * x
+
+    def bwd(self, dy, x):
+        return 2 * x * dy
+
+
+class SquareUsesDyForX(Square):
+    def bwd(self, dy, x):
+        return 2 * dy * dy  # dy where x belongs: right only when dY == X
+
+
 class NotAModule:
     pass
 

@@ -106,7 +106,11 @@ def _parser() -> argparse.ArgumentParser:
                                      "differences (default: every built-in layer)")
     c.add_argument("target", nargs="?", default=None,
                    help="your layer: path/to/file.py:ClassName or package.module:ClassName")
-    c.add_argument("--input-shape", default=None, help="shape of the random input for TARGET, e.g. 8,16")
+    c.add_argument("--input-shape", action="append", default=None, metavar="SPEC",
+                   help="TARGET's input, once per argument of its forward, in order: SHAPE for random floats "
+                        "(e.g. 8,16), SHAPE:int:HIGH for int64 values in [0, HIGH) such as indices or class "
+                        "labels, passed through undifferentiated (e.g. --input-shape 8,10 --input-shape 8:int:10 "
+                        "for forward(logits, labels))")
     c.add_argument("--dtype", default=None, choices=["float64", "float32"],
                    help="TARGET: float64 (default; adds finite differences) or float32")
     c.add_argument("--args", default=None, help="TARGET's constructor arguments as JSON, e.g. '{\"n_in\": 16}'")
@@ -220,27 +224,37 @@ def _check(args: argparse.Namespace) -> int:
 
 
 def _check_target(args: argparse.Namespace) -> int:
-    """handgrad check file.py:Class --input-shape 8,16: table, a diagnosis per failing tensor, exit 0/1/2."""
+    """handgrad check file.py:Class --input-shape 8,16 [--input-shape ...]: table, diagnoses, exit 0/1/2."""
     import copy
 
     from .check import check_module, format_table
     from .check.assertions import explain
-    from .check.target import instantiate, load_class, parse_args, parse_shape
+    from .check.core import stream
+    from .check.target import check_arity, instantiate, load_class, parse_args, parse_input_spec
 
     cls = load_class(args.target)
     module = instantiate(cls, parse_args(args.args))
-    if args.input_shape is None:
-        raise UsageError("--input-shape is needed with a TARGET, e.g. --input-shape 8,16")
-    shape = parse_shape(args.input_shape)
+    if not args.input_shape:
+        raise UsageError("--input-shape is needed with a TARGET, e.g. --input-shape 8,16 (once per input of forward)")
+    specs = [parse_input_spec(text) for text in args.input_shape]
+    check_arity(module, len(specs))
+    if all(s.high is not None for s in specs) and not module.parameters():
+        raise UsageError(f"nothing to check: {cls.__name__} has no parameters and every input is int "
+                         f"(give float inputs as SHAPE, without :int:HIGH)")
     dtype = torch.float32 if args.dtype == "float32" else torch.float64
-    x = torch.randn(shape, generator=torch.Generator().manual_seed(args.seed), dtype=dtype)
+    gen = stream(args.seed, "inputs")  # a stream of its own: check_module's dY comes from another
+    inputs = [s.draw(gen, dtype) for s in specs]
+    given = (f"an input of shape {specs[0]}" if len(specs) == 1
+             else "inputs of shapes " + ", ".join(str(s) for s in specs))
     try:
-        copy.deepcopy(module).to(dtype=dtype)(x)
+        out = copy.deepcopy(module).to(dtype=dtype)(*inputs)
     except Exception as e:
-        raise UsageError(f"{cls.__name__}.forward rejected an input of shape {list(shape)}: "
-                         f"{type(e).__name__}: {e}") from None
+        raise UsageError(f"{cls.__name__}.forward rejected {given}: {type(e).__name__}: {e}") from None
+    if not (isinstance(out, torch.Tensor) and out.is_floating_point()):
+        what = f"a {out.dtype} tensor" if isinstance(out, torch.Tensor) else f"a {type(out).__name__}"
+        raise UsageError(f"{cls.__name__}.forward returned {what} on {given}, expected a floating-point tensor")
     try:
-        report = check_module(module, x, dtype=dtype, name=cls.__name__, seed=args.seed)
+        report = check_module(module, *inputs, dtype=dtype, name=cls.__name__, seed=args.seed)
     except Exception as e:  # the user's backward itself broke: a failed check, said in one line
         print(f"FAILED: {cls.__name__}.backward raised {type(e).__name__}: {e}")
         return 1

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import zlib
 from dataclasses import dataclass, field
 
 import torch
@@ -111,6 +112,25 @@ def compare(hand: Tensor, ref: Tensor, tol: tuple[float, float], mask: Tensor | 
     return Comparison(max_abs, max_rel, worst, checked, *tol, scale=scale)
 
 
+def stream(seed: int, purpose: str) -> torch.Generator:
+    """A CPU generator for one purpose ("inputs", "dy", "fd"): one seed gives independent streams.
+
+    The inputs and dY must never come out alike: with dY == X a transposed square weight gradient
+    (X^T dY is then symmetric) or a backward using dY where X belongs would pass.
+    """
+    mixed = (seed * 0x9E3779B97F4A7C15 + zlib.crc32(purpose.encode())) % (1 << 63)
+    return torch.Generator().manual_seed(mixed)
+
+
+def draw_dy(shape: torch.Size | tuple[int, ...], dtype: torch.dtype, device: torch.device | None,
+            inputs: list[Tensor], gen: torch.Generator) -> Tensor:
+    """A random upstream gradient, re-drawn while it equals any input of its shape."""
+    while True:
+        dy = torch.randn(tuple(shape), generator=gen, dtype=dtype).to(device)
+        if not any(x.is_floating_point() and x.shape == dy.shape and torch.equal(x.to(dy), dy) for x in inputs):
+            return dy
+
+
 def _fd_indices(t: Tensor, max_elements: int, gen: torch.Generator) -> Tensor:
     n = t.numel()
     if n <= max_elements:
@@ -130,14 +150,15 @@ def check_module(module: Module, *inputs: Tensor, dtype: torch.dtype = torch.flo
     randomly chosen elements of each tensor. `rtol` overrides the relative
     tolerance against autograd (see TOLERANCES). Every forward runs with torch's RNG
     seeded alike, so layers that draw random numbers (Dropout) are checked with
-    one fixed mask.
+    one fixed mask. dY comes from its own stream of `seed` (see `stream`) and never
+    equals an input.
     """
     if finite_differences is None:
         finite_differences = dtype == torch.float64
     tol = dict(TOLERANCES.get(dtype, TOLERANCES[torch.float32]))
     if rtol is not None:  # a looser rtol vs autograd, stated by the caller (deep float32 composites)
         tol["autograd"] = (rtol, tol["autograd"][1])
-    gen = torch.Generator().manual_seed(seed)
+    dy_gen, fd_gen = stream(seed, "dy"), stream(seed, "fd")  # independent of the inputs (see `stream`)
     device = inputs[0].device if inputs else None
     m = copy.deepcopy(module).to(device=device, dtype=dtype)
     xs = [x.detach().to(dtype).clone() if x.is_floating_point() else x.clone() for x in inputs]
@@ -156,7 +177,7 @@ def check_module(module: Module, *inputs: Tensor, dtype: torch.dtype = torch.flo
 
     # (1) hand-written
     out = seeded(lambda: m(*xs))
-    dy = torch.randn(out.shape, generator=gen, dtype=out.dtype).to(out.device)
+    dy = draw_dy(out.shape, out.dtype, out.device, xs, dy_gen)
     m.zero_grad()
     m.backward(dy)
     hand = [getattr(xs[i], "g", None) for i in diff_inputs] + [p.g for _, p in params]
@@ -205,7 +226,7 @@ def check_module(module: Module, *inputs: Tensor, dtype: torch.dtype = torch.flo
         ad = compare(h, ref[k], tol["autograd"])
         fd = None
         if finite_differences and t.numel():
-            idx = _fd_indices(t, fd_max_elements, gen)
+            idx = _fd_indices(t, fd_max_elements, fd_gen)
             numeric = torch.zeros(t.numel(), dtype=torch.float64)
             flat = t.data.view(-1)
             for i in idx.tolist():

@@ -4,9 +4,14 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
+import inspect
 import json
 import sys
+from dataclasses import dataclass
 from pathlib import Path
+
+import torch
+from torch import Tensor
 
 from ..errors import UsageError
 from ..module import Module
@@ -68,6 +73,81 @@ def parse_shape(text: str) -> tuple[int, ...]:
     if not shape or any(s < 1 for s in shape):
         raise UsageError(f"--input-shape must be positive sizes like 8,16, got {text!r}")
     return shape
+
+
+INPUT_SPEC_HELP = ("SHAPE for a random float input (e.g. 8,16), SHAPE:int:HIGH for int64 values in [0, HIGH) "
+                   "such as indices or class labels (e.g. 8:int:10)")
+
+
+@dataclass(frozen=True)
+class InputSpec:
+    """One `--input-shape`: a float input (high None) or an int64 one with values in [0, high)."""
+
+    shape: tuple[int, ...]
+    high: int | None = None
+
+    def __str__(self) -> str:
+        return str(list(self.shape)) + ("" if self.high is None else f" int64 in [0, {self.high})")
+
+    def draw(self, gen: torch.Generator, dtype: torch.dtype) -> Tensor:
+        if self.high is None:
+            return torch.randn(self.shape, generator=gen, dtype=dtype)
+        return torch.randint(0, self.high, self.shape, generator=gen, dtype=torch.int64)
+
+
+def parse_input_spec(text: str) -> InputSpec:
+    """`8,16` (float) or `8:int:10` (int64 in [0, 10)); UsageError (one line) otherwise."""
+    shape_text, *kind = text.split(":")
+    try:
+        shape = parse_shape(shape_text)
+    except UsageError:
+        raise UsageError(f"--input-shape {text!r}: SHAPE must be positive sizes like 8,16 "
+                         f"(then optionally :int:HIGH), got {shape_text!r}") from None
+    if not kind or kind == ["float"]:
+        return InputSpec(shape)
+    if kind[0] == "float":
+        raise UsageError(f"--input-shape {text!r}: a float input takes no value range, expected SHAPE or "
+                         f"SHAPE:float")
+    if kind[0] != "int":
+        raise UsageError(f"--input-shape {text!r}: expected SHAPE, SHAPE:float or SHAPE:int:HIGH, got kind "
+                         f"{kind[0]!r}")
+    if len(kind) == 1:
+        raise UsageError(f"--input-shape {text!r}: an int input needs its value range as SHAPE:int:HIGH, "
+                         f"e.g. {shape_text}:int:10")
+    if len(kind) > 2:
+        raise UsageError(f"--input-shape {text!r}: expected SHAPE:int:HIGH with one HIGH, e.g. {shape_text}:int:10")
+    try:
+        high = int(kind[1])
+    except ValueError:
+        raise UsageError(f"--input-shape {text!r}: HIGH in SHAPE:int:HIGH must be an integer, got "
+                         f"{kind[1]!r}") from None
+    if high <= 0:
+        raise UsageError(f"--input-shape {text!r}: HIGH in SHAPE:int:HIGH must be positive (values are drawn "
+                         f"from [0, HIGH)), got {high}")
+    return InputSpec(shape, high)
+
+
+def check_arity(module: Module, given: int) -> None:
+    """UsageError when `module.forward` cannot take `given` positional inputs."""
+    try:
+        params = list(inspect.signature(module.forward).parameters.values())
+    except (TypeError, ValueError):  # no signature to read (a C function): let the call itself say
+        return
+    positional = [p for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+    fewest = sum(p.default is p.empty for p in positional)
+    most = None if any(p.kind == p.VAR_POSITIONAL for p in params) else len(positional)
+    if given >= fewest and (most is None or given <= most):
+        return
+    if most is None:
+        takes = f"at least {fewest}"
+    elif most == fewest:
+        takes = str(fewest)
+    else:
+        takes = f"{fewest} to {most}"
+    names = ", ".join(p.name for p in positional)
+    plural = "" if takes == "1" else "s"
+    raise UsageError(f"{type(module).__name__}.forward({names}) takes {takes} input{plural}, got {given} "
+                     f"(one per --input-shape)")
 
 
 def instantiate(cls: type[Module], args: dict) -> Module:
