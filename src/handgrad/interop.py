@@ -166,7 +166,9 @@ def _shared_names(named: list[tuple[str, Tensor]]) -> list[list[str]]:
     return [g for g in groups.values() if len(g) > 1]
 
 
-def _first_tensor(tensors: list[Tensor]) -> tuple[torch.dtype | None, torch.device | None]:
+def _first_tensor(params: list[Tensor], buffers: list[Tensor]) -> tuple[torch.dtype | None, torch.device | None]:
+    """The dtype and device of the first parameter, else of the first floating buffer (BatchNorm without affine)."""
+    tensors = list(params) + [b for b in buffers if b.is_floating_point()]
     return (tensors[0].dtype, tensors[0].device) if tensors else (None, None)
 
 
@@ -175,7 +177,7 @@ def to_torch(module: Module) -> nn.Module:
     A module placed twice is one torch module placed twice, and tied parameters are tied in the twin."""
     twin = _convert(_structure_to_torch, module)
     _tie(twin, _shared_names(list(module.named_parameters(remove_duplicate=False))))
-    dtype, device = _first_tensor(module.parameters())
+    dtype, device = _first_tensor(module.parameters(), [b for _, b in module.named_buffers()])
     twin.to(device=device, dtype=dtype)
     twin.load_state_dict(module.state_dict())
     twin.train(module.training)
@@ -187,7 +189,7 @@ def from_torch(module: nn.Module) -> Module:
     (reused modules and tied parameters stay so)."""
     model = _convert(_structure_from_torch, module)
     _tie(model, _shared_names(list(module.named_parameters(remove_duplicate=False))))
-    dtype, device = _first_tensor(list(module.parameters()))
+    dtype, device = _first_tensor(list(module.parameters()), list(module.buffers()))
     model.to(device=device, dtype=dtype)
     model.load_state_dict(module.state_dict())
     model.train(module.training)

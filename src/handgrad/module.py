@@ -163,16 +163,18 @@ class Module:
                     out = self.forward(*args)
             else:
                 out = self.forward(*args)
+            call.watched = None
+            if any(out is a for a in args):
+                # A distinct tensor object, so that out.g and the input's .g never mix (made while this call is
+                # still the innermost one, so that no enclosing composite's watch records it as a view).
+                out = out.view_as(out)
+                if composite:
+                    call.events.append(calls.View(next(a for a in args if out._base is a or _shares_memory(a, out)),
+                                                  out))
         finally:
             calls.STACK.pop()
             d["_saving"] = outer_saving
             call.watched = None
-        if any(out is a for a in args):
-            # A distinct tensor object, so that out.g and the input's .g never mix.
-            out = out.view_as(out)
-            if composite:
-                call.events.append(calls.View(next(a for a in args if out._base is a or _shares_memory(a, out)),
-                                              out))
         call.out = out
         d["args"], d["out"], d["_last"] = args, out, call
         calls.remember(self, call)

@@ -18,6 +18,15 @@ def _check_4d(name: str, x: Tensor, kernel: tuple[int, int], padding: tuple[int,
         raise ValueError(f"{name}: input spatial size {x.shape[2]}x{x.shape[3]} is smaller than the window {eh}x{ew}")
 
 
+def _padding_only_window(size: int, k: int, s: int, p: int, d: int) -> int | None:
+    """The first output position (along one dim) whose window reads padding only, or None."""
+    n_out = (size + 2 * p - d * (k - 1) - 1) // s + 1
+    for i in range(n_out):
+        if all(not 0 <= i * s - p + d * j < size for j in range(k)):
+            return i
+    return None
+
+
 def avg_pool_grad(dy: Tensor, input_shape: tuple[int, ...], kernel: tuple[int, int], stride: tuple[int, int],
                   padding: tuple[int, int]) -> Tensor:
     """dX[p] = sum over the windows w containing p of dY[w] / (kh kw)  (a fold of dY spread over each window)."""
@@ -49,6 +58,15 @@ class MaxPool2d(_Pool):
 
     def forward(self, x: Tensor) -> Tensor:
         _check_4d("MaxPool2d", x, self.kernel_size, self.padding, self.dilation)
+        for dim, size, k, st, p, d in zip(("height", "width"), x.shape[2:], self.kernel_size, self.stride,
+                                          self.padding, self.dilation):
+            if p > k // 2:
+                raise ValueError(f"MaxPool2d: padding {p} is more than half the kernel size {k}")
+            i = _padding_only_window(size, k, st, p, d)
+            if i is not None:
+                raise ValueError(f"MaxPool2d: window {i} along the {dim} ({size} wide input, kernel {k}, stride "
+                                 f"{st}, padding {p}, dilation {d}) covers padding only; lower the padding or "
+                                 "the dilation")
         y, self.indices = F.max_pool2d(x, self.kernel_size, self.stride, self.padding, self.dilation,
                                        return_indices=True)
         return y
