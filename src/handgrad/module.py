@@ -210,7 +210,8 @@ class Module:
                 raise RuntimeError(f"{type(self).__name__}.backward called before any forward")
             raise RuntimeError(
                 f"{type(self).__name__}.backward called twice for one forward; run the forward again first (a "
-                "second backward would count every gradient twice)")
+                "second backward would count every gradient twice; outside a Module's forward only the latest "
+                "call is kept: to differentiate several calls, make them in one Module's forward)")
         return run_backward(call, grad, needs_input_grad)
 
     # What the hand-written backward reads besides dY (shapes aside). Inside lean(), Sequential frees the

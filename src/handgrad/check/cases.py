@@ -155,6 +155,21 @@ def _mlp(gen: torch.Generator) -> Case:
     return Case(f"Sequential(Linear({i}->{h}), ReLU, Linear({h}->{o}))", model, (_randn(gen, n, i),))
 
 
+def _reused(gen: torch.Generator) -> Case:
+    n, c = _dim(gen, 1, 6), _dim(gen, 2, 8)
+    lin = L.Linear(c, c)
+    return Case(f"Sequential(l, Tanh, l), l = Linear({c}->{c}) called twice", Sequential(lin, L.Tanh(), lin),
+                (_randn(gen, n, c),))
+
+
+def _tied(gen: torch.Generator) -> Case:
+    num, dim = _dim(gen, 2, 10), _dim(gen, 1, 5)
+    emb = L.Embedding(num, dim)
+    model = Sequential(emb, L.Tanh(), L.TiedLinear(emb.weight, bias=True))
+    idx = torch.randint(0, num, (_dim(gen, 1, 6),), generator=gen)
+    return Case(f"Embedding({num}, {dim}) tied to TiedLinear", model, (idx,))
+
+
 def _mse(gen: torch.Generator) -> Case:
     n = _dim(gen, 1, 8)
     return Case("MSELoss", MSELoss(), (_randn(gen, n, 3), _randn(gen, n, 3)))
@@ -214,6 +229,8 @@ BUILTIN_CASES: dict[str, Callable[[torch.Generator], Case]] = {
     "res_block": _res_block,
     "res_block-eval": _in_eval(_res_block),
     "Sequential": _mlp,
+    "Sequential-reused": _reused,
+    "TiedLinear": _tied,
     "MSELoss": _mse,
     "MSELoss-seeds": _mse_seeds,
     "CrossEntropyLoss": _cross_entropy,
