@@ -296,3 +296,37 @@ def test_double_backward_through_wrap_is_refused_in_one_line():
     with pytest.raises(RuntimeError, match="double backward .* is not supported"):
         torch.autograd.grad(w(x).sum(), x, create_graph=True)
     assert torch.autograd.gradcheck(w, (x,))
+
+
+@pytest.mark.parametrize("tie", [False, True])
+def test_gradient_all_reduce_starts_only_when_every_call_of_a_reused_or_tied_layer_is_done(tie):
+    """Data-parallel training packs a parameter's gradient for the all-reduce when backward has finished with
+    it: for a layer called twice, or a weight shared by two layers, that is after the last call's backward,
+    never after the first (the all-reduce would sum half a gradient)."""
+    from handgrad.distributed import GradSync
+
+    torch.manual_seed(0)
+    lin, other = hg.Linear(4, 4).double(), hg.Linear(4, 4).double()
+    if tie:
+        other.weight = lin.weight
+        model = hg.Sequential(lin, hg.Tanh(), other, hg.Tanh(), hg.Linear(4, 2).double())
+    else:
+        model = hg.Sequential(lin, hg.Tanh(), lin, hg.Tanh(), hg.Linear(4, 2).double())
+    sync = GradSync(None, model.parameters(), bucket_mb=1e-9, model=model)  # one bucket per parameter
+    packed = {}
+
+    def launch(b):  # what the all-reduce would send: each parameter's gradient at that moment
+        for p in sync.buckets[b]:
+            packed[id(p)] = p.g.clone()
+        sync.works[b] = "launched"
+
+    sync._launch = launch
+    x = torch.randn(3, 4, dtype=D)
+    sync.begin(1.0)
+    with sync.overlapping():
+        out = model(x)
+        model.backward(torch.randn(3, 2, dtype=D), needs_input_grad=False)
+    assert len(packed) == len(model.parameters())  # every bucket was launched during backward
+    for name, p in model.named_parameters():
+        torch.testing.assert_close(packed[id(p)], p.g, rtol=0, atol=0, msg=f"{name} sent before it was final")
+    assert out.shape == (3, 2)

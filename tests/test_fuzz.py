@@ -222,6 +222,14 @@ def has_twin(case: Case) -> bool:
     return case.has_twin()
 
 
+def compare_twin(case: Case) -> bool:
+    """The module paths are also compared with the to_torch twin (torch's own layers: a check of handgrad's
+    forward, which the autograd reference shares) in float64. In float32 the twin's fused kernels round
+    otherwise, and where a normalisation divides by ~sqrt(eps) (a LayerNorm over one element) torch's rounding
+    alone exceeds float32's tolerance; a wrong forward shows in float64 as well."""
+    return has_twin(case) and case.dtype == torch.float64
+
+
 def autograd_reference(case: Case, xs: list[Tensor], dys: list[Tensor], nested: bool = False) -> Run:
     """The same handgrad model's forward under torch autograd (parameters requiring grad, outside lean), called
     once per input (or nested: f(f(x))), and the vector-Jacobian products with dys."""
@@ -347,7 +355,7 @@ def check_module_paths(case: Case, paths=("plain", "lean", "twin", "wrap")) -> s
         for lean in (False, True):
             if "plain" in paths:
                 expect_refusal(lambda: module_path(case, x, dy, lean), ValueError, BN_REFUSAL)
-        if "twin" in paths and has_twin(case):
+        if "twin" in paths and compare_twin(case):
             expect_refusal(lambda: twin_path(case, [x], [dy]), ValueError, "")
         if "wrap" in paths:
             expect_refusal(lambda: wrap_path(case, [x], [dy]), ValueError, BN_REFUSAL)
@@ -357,7 +365,7 @@ def check_module_paths(case: Case, paths=("plain", "lean", "twin", "wrap")) -> s
         compare("plain", module_path(case, x, dy, lean=False), ref, case.dtype, ref64)
     if "lean" in paths:
         compare("lean", module_path(case, x, dy, lean=True), ref, case.dtype, ref64)
-    if "twin" in paths and has_twin(case):
+    if "twin" in paths and compare_twin(case):
         compare("to_torch twin", twin_path(case, [x], [dy]), ref, case.dtype, ref64)
     if "wrap" in paths:
         # used twice in one torch graph: w(w(x)) where shapes allow, else w(x1) and w(x2)
@@ -366,7 +374,7 @@ def check_module_paths(case: Case, paths=("plain", "lean", "twin", "wrap")) -> s
         dys = [torch.randn(case.out_shape(), generator=gen, dtype=case.dtype) for _ in xs]
         ref2, ref2_64 = autograd_reference(case, xs, dys, nested), float64_reference(case, xs, dys, nested)
         compare("wrap (twice in one graph)", wrap_path(case, xs, dys, nested), ref2, case.dtype, ref2_64)
-        if "twin" in paths and has_twin(case):
+        if "twin" in paths and compare_twin(case):
             compare("to_torch twin (twice in one graph)", twin_path(case, xs, dys, nested), ref2, case.dtype,
                     ref2_64)
     return "compared"
@@ -608,7 +616,7 @@ def test_fuzz_module_paths_match_autograd(case):
 @fuzz(0.08)
 @given(case=cases(containers=("seq",), inputs=("img",), user=False))
 def test_fuzz_image_models_match_the_torch_twin(case):
-    """More convolution, pooling and BatchNorm2d models (built-in layers only, so the twin always runs)."""
+    """More convolution, pooling and BatchNorm2d models (built-in layers only, so the twin runs in float64)."""
     describe(case)
     event(check_module_paths(case))
 
