@@ -133,14 +133,17 @@ def test_tied_linear_weights_share_one_parameter_and_sum_both_gradients():
     assert twin[2].weight is twin[0].weight
 
 
-def tied_language_model():
+def tied_language_model(padding_idx=None):
     torch.manual_seed(5)
-    emb = hg.Embedding(11, 6, dtype=D)
+    emb = hg.Embedding(11, 6, padding_idx=padding_idx, dtype=D)
     return hg.Sequential(emb, hg.Tanh(), hg.Linear(6, 6, dtype=D), hg.TiedLinear(emb.weight))
 
 
-def test_embedding_tied_to_its_output_projection_trains_like_the_torch_twin():
-    model = tied_language_model()
+@pytest.mark.parametrize("padding_idx", [None, 0])
+def test_embedding_tied_to_its_output_projection_trains_like_the_torch_twin(padding_idx):
+    """With a padding row too: the output layer's gradient moves it, and the embedding then reads it (as torch's;
+    handgrad's Embedding used to output zeros there)."""
+    model = tied_language_model(padding_idx)
     twin = to_torch(model)
     assert twin[3].weight is twin[0].weight
     assert [n for n, _ in model.named_parameters()] == [n for n, _ in twin.named_parameters()]

@@ -38,10 +38,32 @@ def test_dropout_bad_p():
 
 def test_embedding_matches_torch():
     torch.manual_seed(0)
-    emb = hg.Embedding(7, 3, padding_idx=2)
+    emb = hg.Embedding(7, 3)
     idx = torch.tensor([[0, 2, 6, 6], [1, 2, 3, 0]])
-    check_against_torch(emb, lambda i, weight: F.embedding(i, weight, padding_idx=2), idx)
+    check_against_torch(emb, lambda i, weight: F.embedding(i, weight), idx)
+
+
+@pytest.mark.parametrize("padding_idx", [2, -5])
+def test_embedding_padding_row_reads_the_table_and_gets_no_gradient_as_torchs(padding_idx):
+    """The padding row gets no gradient (by definition, not the derivative: finite differences would see it),
+    and positions holding it read the row, as torch.nn.Embedding's do, also once something else moved it."""
+    torch.manual_seed(0)
+    emb = hg.Embedding(7, 3, padding_idx=padding_idx, dtype=torch.float64)
+    assert emb.padding_idx == 2 and float(emb.weight[2].abs().sum()) == 0.0
+    with torch.no_grad():
+        emb.weight[2] = torch.tensor([1.0, -2.0, 3.0])  # e.g. an output layer tied to the table moved it
+    twin = torch.nn.Embedding(7, 3, padding_idx=padding_idx, dtype=torch.float64)
+    twin.load_state_dict(emb.state_dict())
+    idx = torch.tensor([[0, 2, 6, 6], [1, 2, 3, 0]])
+    dy = torch.randn(2, 4, 3, dtype=torch.float64)
+    out, tout = emb(idx), twin(idx)
+    torch.testing.assert_close(out, tout.detach(), rtol=0, atol=0)
+    emb.backward(dy)
+    tout.backward(dy)
+    torch.testing.assert_close(emb.weight.g, twin.weight.grad, rtol=1e-12, atol=1e-12)
     assert float(emb.weight.g[2].abs().sum()) == 0.0
+    with pytest.raises(ValueError, match=r"padding_idx must be in \[-7, 6\], got 7"):
+        hg.Embedding(7, 3, padding_idx=7)
 
 
 @pytest.mark.parametrize("idx, match", [
