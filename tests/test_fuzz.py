@@ -437,7 +437,11 @@ def torch_loss(loss: tuple, out: Tensor, y: Tensor) -> Tensor:
 
 
 class Diverged(Exception):
-    """The reference's training went to inf or NaN: the example says nothing (the fuzz tests reject it)."""
+    """The reference's training went to inf or NaN, or its loss grew DIVERGING-fold: the example says nothing
+    (the fuzz tests reject it)."""
+
+
+DIVERGING = 1e4
 
 
 @dataclass
@@ -484,6 +488,9 @@ def train_reference(case: Case, loss: tuple, opt: tuple, batches) -> TrainRun:
     state = net.state_dict()
     if not all(bool(torch.isfinite(t).all()) for t in [*losses, *state.values()] if t.is_floating_point()):
         raise Diverged(f"the reference training diverged: losses {[float(v) for v in losses]}")
+    if losses and max(float(v) for v in losses) > DIVERGING * max(1.0, float(losses[0])):
+        # on its way to inf: one more step overflows in one order of operations and not in another
+        raise Diverged(f"the reference training is diverging: losses {[float(v) for v in losses]}")
     return TrainRun(losses, state, error)
 
 
