@@ -10,6 +10,7 @@ import torch
 import handgrad as hg
 from handgrad.allocator import keep_freed_memory
 from handgrad.fused import FusedStep, training_step, unsupported
+from handgrad.interop import to_torch
 from handgrad.models import mlp
 from handgrad.optim import AdamW
 from handgrad.calls import Freed
@@ -268,3 +269,27 @@ def test_lean_keeps_what_activation_statistics_read():
         unwatched(torch.randn(5, 4))
     assert isinstance(unwatched[0][0].out, Freed)  # dropped where nobody reads it
     assert isinstance(unwatched[0][1].out, Freed)
+
+
+@pytest.mark.parametrize("momentum", [0.0, 0.9])
+def test_inputs_other_than_n_by_f_take_the_module_path_and_train_like_torch(momentum):
+    """A Linear takes [..., F]; the fused step is written for [N, F]: a sequence batch [N, L, F] (or one sample
+    [F]) goes through the module path and trains like torch (it used to raise 'expects input [N, F]')."""
+    torch.manual_seed(0)
+    model = hg.Sequential(hg.Linear(3, 4), hg.ReLU(), hg.Linear(4, 2)).double()
+    twin = to_torch(model)
+    step = training_step(model, hg.MSELoss(), hg.SGD(model.parameters(), lr=0.1, momentum=momentum))
+    topt = torch.optim.SGD(twin.parameters(), lr=0.1, momentum=momentum)
+    assert isinstance(step, FusedStep)
+    gen = torch.Generator().manual_seed(1)
+    for shape in [(5, 7, 3), (6, 3), (3,), (2, 1, 1, 3)]:
+        x = torch.randn(shape, generator=gen, dtype=torch.float64)
+        y = torch.randn(*shape[:-1], 2, generator=gen, dtype=torch.float64)
+        loss = step(x, y)
+        topt.zero_grad()
+        tloss = torch.nn.functional.mse_loss(twin(x), y)
+        tloss.backward()
+        topt.step()
+        torch.testing.assert_close(loss, tloss.detach(), rtol=1e-12, atol=1e-12)
+    for name, t in twin.state_dict().items():
+        torch.testing.assert_close(model.state_dict()[name], t, rtol=1e-12, atol=1e-12)

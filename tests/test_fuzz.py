@@ -19,7 +19,8 @@ AdamW) compared weight by weight with torch.optim on the reference.
 
 Tolerances: a tensor matches when max |got - ref| <= atol + rtol * max |ref| (relative to the tensor's
 scale, so that elements that are ~0 by cancellation do not count as large relative errors):
-float64 rtol 1e-9, atol 1e-12; float32 rtol 1e-4, atol 1e-6 (the rounding of a few hundred float32 terms in
+float64 rtol 1e-8, atol 1e-12 (a BatchNorm over two values, reused, loses a few digits to rounding in float64
+too); float32 rtol 1e-4, atol 1e-6 (the rounding of a few hundred float32 terms in
 a different order, amplified by a normalisation of a tiny batch).
 
 Refusals are checked too: BatchNorm in training on one value per channel raises a one-line ValueError on
@@ -62,9 +63,9 @@ from handgrad.train import Learner
 
 TOTAL = int(os.environ.get("HANDGRAD_FUZZ_EXAMPLES", "1200"))
 SEED = int(os.environ["HANDGRAD_FUZZ_SEED"]) if os.environ.get("HANDGRAD_FUZZ_SEED") else None
-RTOL = {torch.float64: 1e-9, torch.float32: 1e-4}
+RTOL = {torch.float64: 1e-8, torch.float32: 1e-4}
 ATOL = {torch.float64: 1e-12, torch.float32: 1e-6}
-GRAD_RTOL = {torch.float64: 1e-9, torch.float32: 1e-4}  # of the run's largest gradient (see compare)
+GRAD_RTOL = {torch.float64: 1e-8, torch.float32: 1e-4}  # of the run's largest gradient (see compare)
 FLOAT32_DY_ATOL = 1e-5  # float32 gradients: of max |dY| (see compare)
 NOISE_FACTOR = 10  # float32: times torch's own float32 error on the tensor (see compare)
 RNG_SEED = 20240601  # torch's global RNG for every forward (dropout masks), the same on every path

@@ -16,7 +16,8 @@ sequence of torch calls on buffers kept from step to step, with none of the per-
   optimizer (or momentum) the gradients go into `.g` as usual and `opt.step()` runs.
 
 What it gives up: the layers' `.args`, `.out` and intermediate `.g` are not set (use the module path to
-look at them), and a step whose loss is not finite is not applied. tests/test_fused.py checks it against
+look at them), and a step whose loss is not finite is not applied. Inputs other than [N, F] (a Linear
+also takes [..., F]) go through the module path, inside lean(). tests/test_fused.py checks it against
 the module path.
 """
 
@@ -73,6 +74,7 @@ class FusedStep:
         self.relu_after = [layers.index(lin) + 1 < len(layers) and isinstance(layers[layers.index(lin) + 1], ReLU)
                            for lin in self.linears]
         self.plans: dict[tuple, tuple[list[tuple[Tensor, Tensor | None]], Tensor]] = {}
+        self._with_loss: WithLoss | None = None  # the module path, for inputs that are not [N, F]
 
     def _plan(self, x: Tensor) -> tuple[list[tuple[Tensor, Tensor | None]], Tensor]:
         """Per linear: its output buffer (N, out) and the buffer for the gradient of its input (N, in);
@@ -100,7 +102,11 @@ class FusedStep:
         """One training step; with step=False only forward, loss and the gradients into `.g` (the caller
         runs the optimizer, e.g. after averaging the gradients over ranks)."""
         linears, relu_after = self.linears, self.relu_after
-        if x.dim() != 2 or x.shape[1] != linears[0].in_features:
+        if x.dim() != 2:  # Linear on [..., F] (a sequence, an unbatched input): the module path
+            if self._with_loss is None:
+                self._with_loss = WithLoss(self.model, self.loss_fn)
+            return module_step(self._with_loss, self.opt, x, y, step)
+        if x.shape[1] != linears[0].in_features:
             raise ValueError(f"Linear({linears[0].in_features} -> {linears[0].out_features}) expects input "
                              f"[N, {linears[0].in_features}], got {list(x.shape)}")
         plan, ones = self._plan(x)
@@ -170,6 +176,18 @@ class FusedStep:
         return cached
 
 
+def module_step(with_loss: WithLoss, opt: Optimizer, x: Tensor, y: Tensor, step: bool = True) -> Tensor:
+    """The module path's training step inside `lean()`: forward, loss, hand-written backward into `.g`, and the
+    optimizer's step (unless step=False); returns the loss."""
+    with lean():
+        loss = with_loss(x, y)
+        opt.zero_grad()
+        with_loss.backward(needs_input_grad=False)
+    if step:
+        opt.step()
+    return loss
+
+
 def training_step(model: Module, loss_fn: Module, opt: Optimizer) -> Callable[[Tensor, Tensor], Tensor]:
     """The fastest hand-written training step for (model, loss_fn, opt): `step(x, y)` runs forward, loss,
     backward and the optimizer step, and returns the loss. The fused step where the model is an MLP,
@@ -177,13 +195,4 @@ def training_step(model: Module, loss_fn: Module, opt: Optimizer) -> Callable[[T
     if unsupported(model, loss_fn) is None:
         return FusedStep(model, loss_fn, opt)
     with_loss = WithLoss(model, loss_fn)
-
-    def module_step(x: Tensor, y: Tensor) -> Tensor:
-        with lean():
-            loss = with_loss(x, y)
-            opt.zero_grad()
-            with_loss.backward(needs_input_grad=False)
-        opt.step()
-        return loss
-
-    return module_step
+    return lambda x, y: module_step(with_loss, opt, x, y)
