@@ -17,7 +17,16 @@ class HalfLinear(hg.Linear):
 
 class NoBiasGrad(hg.Linear):
     def bwd(self, dy, x):
+        hg.add_grad(self.weight, x.t() @ dy)
+        return dy @ self.weight.t()
+
+
+class OverwritesWeightGrad(hg.Linear):
+    """Right for one call, but `.g =` drops what an earlier call (or a tied layer) added."""
+
+    def bwd(self, dy, x):
         self.weight.g = x.t() @ dy
+        hg.add_grad(self.bias, dy.sum(0))
         return dy @ self.weight.t()
 
 
@@ -47,6 +56,16 @@ def test_wrong_weight_gradient_is_caught_with_its_index():
     assert set(bad) == {"weight"}
     assert bad["weight"].autograd.max_rel > 0.1 and bad["weight"].fd.max_rel > 0.1
     assert len(bad["weight"].autograd.worst_index) == 2
+
+
+def test_a_layer_overwriting_its_weight_gradient_fails_with_that_diagnosis():
+    from handgrad.check.diagnose import diagnose_report
+
+    report = check_module(OverwritesWeightGrad(4, 3), torch.randn(5, 4))
+    assert [t.name for t in report.failures()] == ["weight"]
+    (_, says), = diagnose_report(report)
+    assert "overwrites .g instead of adding to it" in says and "add_grad" in says
+    assert check_module(hg.Linear(4, 3), torch.randn(5, 4)).passed
 
 
 def test_missing_parameter_gradient_is_named():
@@ -214,6 +233,9 @@ def test_cli_check_loss_with_logits_and_int_labels(tmp_path, capsys):
     ("Square", ["8,a"], "--input-shape '8,a': SHAPE must be positive sizes like 8,16"),
     ("Square", ["8,0"], "--input-shape '8,0': SHAPE must be positive sizes"),
     ("Square", [":int:3"], "--input-shape ':int:3': SHAPE must be positive sizes"),
+    ("Square", ["8,x"], "--input-shape '8,x': SHAPE must be positive sizes"),  # 'x' separates, it used to vanish
+    ("Square", ["4x"], "--input-shape '4x': SHAPE must be positive sizes"),
+    ("Square", ["100000,100000"], "has 10,000,000,000 elements; a gradient check takes at most"),
     ("Embedding", ["4,7:int"], "an int input needs its value range as SHAPE:int:HIGH, e.g. 4,7:int:10"),
     ("Embedding", ["4,7:int:0"], "HIGH in SHAPE:int:HIGH must be positive (values are drawn from [0, HIGH)), got 0"),
     ("Embedding", ["4,7:int:-2"], "must be positive (values are drawn from [0, HIGH)), got -2"),

@@ -333,3 +333,129 @@ def test_gradient_all_reduce_starts_only_when_every_call_of_a_reused_or_tied_lay
     for name, p in model.named_parameters():
         torch.testing.assert_close(packed[id(p)], p.g, rtol=0, atol=0, msg=f"{name} sent before it was final")
     assert out.shape == (3, 2)
+
+
+# ------------------------------------------------- found by an adversarial review (each failed before its fix)
+
+
+class _Two(hg.Module):
+    def __init__(self, forward):
+        super().__init__()
+        self.a, self.b = hg.Linear(4, 4, dtype=D), hg.Linear(4, 3, dtype=D)
+        self._fwd = forward
+
+    def forward(self, x):
+        return self._fwd(self, x)
+
+
+def _assign_into_slice(s, x):
+    h = s.a(x)
+    h[:, 0] = 0.0
+    return s.b(h)
+
+
+def _op_on_a_nested_output(s, x):
+    body = s.__dict__.setdefault("_body", hg.Sequential(s.a, hg.Tanh(), s.b))
+    body(x)
+    return body[1].out[:, :3] * 2.0  # a torch op on a tensor made inside a sub-module (a feature tap)
+
+
+@pytest.mark.parametrize("forward, says", [(_assign_into_slice, "an assignment into a slice"),
+                                           (_op_on_a_nested_output, "torch's mul")])
+def test_ops_a_composite_applies_that_replay_cannot_follow_refuse_backward_in_one_line(forward, says):
+    """They used to pass silently with wrong gradients."""
+    m = _Two(forward)
+    out = m(torch.randn(5, 4, dtype=D))
+    with pytest.raises(RuntimeError, match=says) as caught:
+        m.backward(torch.ones_like(out))
+    assert "\n" not in str(caught.value)
+
+
+def test_a_sequential_subclass_with_its_own_forward_is_watched():
+    class Scaled(hg.Sequential):
+        def forward(self, x):
+            return super().forward(x) * 2.0
+
+    m = Scaled(hg.Linear(4, 3, dtype=D))
+    out = m(torch.randn(5, 4, dtype=D))
+    with pytest.raises(RuntimeError, match=r"Scaled.forward applies torch's mul"):
+        m.backward(torch.ones_like(out))
+    plain = hg.Sequential(hg.Linear(4, 3, dtype=D))  # not watched: its forward only calls modules
+    plain(torch.randn(5, 4, dtype=D))
+    plain.backward(torch.ones(5, 3, dtype=D))
+    assert plain[0].weight.g is not None
+
+
+def test_a_sub_module_returning_a_tuple_inside_a_composite_refuses_backward_in_one_line():
+    class Split(hg.Module):
+        def forward(self, x):
+            return x * 2, x * 3
+
+        def bwd(self, dys, x):
+            return 2 * dys[0] + 3 * dys[1]
+
+    class Join(hg.Module):
+        def forward(self, a, b):
+            return a + b
+
+        def bwd(self, dy, a, b):
+            return dy, dy
+
+    class M(hg.Module):
+        def __init__(self):
+            super().__init__()
+            self.lin, self.split, self.join = hg.Linear(4, 3, dtype=D), Split(), Join()
+
+        def forward(self, x):
+            return self.join(*self.split(self.lin(x)))
+
+    m = M()
+    m(torch.randn(5, 4, dtype=D))
+    with pytest.raises(RuntimeError, match="sub-module Split returns a tuple"):
+        m.backward(torch.ones(5, 3, dtype=D))
+
+
+def test_backward_without_a_gradient_on_a_non_scalar_output_says_what_is_missing():
+    """A later forward (a logging prediction of one sample) took the loss's call's place: a [1, 1] output used to
+    be differentiated from 1, silently."""
+    model = hg.Sequential(hg.Linear(4, 1, dtype=D))
+    lf = hg.MSELoss()
+    lf(model(torch.randn(8, 4, dtype=D)), torch.randn(8, 1, dtype=D))
+    model(torch.randn(1, 4, dtype=D))
+    lf.backward()
+    with pytest.raises(RuntimeError, match=r"needs the gradient of its output \(shape \[1, 1\]\).*latest call"):
+        model.backward()
+
+
+@pytest.mark.parametrize("make, after", [
+    (lambda: hg.Tanh(), lambda x, y: y.mul_(2)),
+    (lambda: hg.Linear(4, 4, dtype=D), lambda x, y: x.mul_(10)),
+])
+def test_wrap_refuses_backward_after_an_in_place_change_to_what_it_reads(make, after):
+    """As torch's own layers do ('modified by an inplace operation'); it used to give wrong gradients."""
+    w = wrap(make())
+    x = torch.randn(3, 4, dtype=D, requires_grad=True)
+    x2 = x * 1.0  # a non-leaf, so that torch allows the in-place change
+    y = w(x2)
+    after(x2, y)
+    with pytest.raises(RuntimeError, match=r"modified by an in-place operation after the forward"):
+        y.sum().backward()
+    w2 = wrap(hg.Linear(4, 4, dtype=D))
+    y2 = w2(x * 1.0)
+    y2.mul_(2)  # Linear's backward does not read its output: fine, as in torch
+    y2.sum().backward()
+
+
+def test_wrap_state_dict_has_handgrads_and_torchs_layout():
+    model = hg.Sequential(hg.Linear(4, 3, dtype=D), hg.ReLU(), hg.Linear(3, 3, dtype=D))
+    w = wrap(model)
+    state = w.state_dict()
+    assert {k: tuple(v.shape) for k, v in state.items()} == {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    for k, v in model.state_dict().items():
+        torch.testing.assert_close(state[k], v, rtol=0, atol=0)
+    other = hg.Sequential(hg.Linear(4, 3, dtype=D), hg.ReLU(), hg.Linear(3, 3, dtype=D))
+    w2 = wrap(other)
+    w2.load_state_dict(state)
+    x = torch.randn(2, 4, dtype=D)
+    torch.testing.assert_close(other(x), model(x), rtol=0, atol=0)
+    to_torch(model).load_state_dict(state)  # torch's own layout

@@ -224,6 +224,9 @@ class Watch(TorchFunctionMode):
         if name in ESCAPES:
             call.opaque = call.opaque or f"x.{name}()"
             return result
+        if name == "__setitem__":  # h[i] = v writes into a tensor of the computation (and returns None)
+            call.opaque = call.opaque or "an assignment into a slice (x[...] = v)"
+            return result
         outputs = _tensors(result)
         in_place = name.endswith("_") and not name.endswith("__") or "out" in kwargs
         for r in outputs:
@@ -273,21 +276,30 @@ class _Enter:
 
 
 def note_output(parent: Call, child: Call) -> None:
-    """A sub-call finished inside `parent`'s forward: its output is part of the parent's computation."""
+    """A sub-call finished inside `parent`'s forward: its output is part of the parent's computation, and of every
+    watched call around it, as is what it saved (a composite may read a nested layer's `.out` and apply an op
+    to it: that must be seen)."""
     parent.events.append(child)
-    if parent.watched is not None:
-        for t in _tensors(child.out):
-            parent.watched[id(t)] = t
+    for call in STACK:
+        if call.watched is not None:
+            for t in _tensors(child.out) + _tensors(list(child.saved.values())):
+                call.watched[id(t)] = t
 
 
-def pending(module: Module) -> Call | None:
+def pending(module: Module, with_grad: bool = False) -> Call | None:
     """The call of `module` that `module.backward()` means: inside a running backward, the latest of its
-    sub-calls not yet done; else the module's latest call still alive and not done."""
+    sub-calls not yet done; else (with_grad: the latest whose output has a `.g`, if any) the module's latest
+    call still alive and not done."""
     if SCOPES:
         for ev in reversed(SCOPES[-1].events):
             if isinstance(ev, Call) and ev.module is module and not ev.done:
                 return ev
     refs = module.__dict__.get("_pending", [])
+    if with_grad:  # backward() without a gradient means the call whose output got one (a later call may be a probe)
+        for ref in reversed(refs):
+            call = ref()
+            if call is not None and not call.done and getattr(call.out, "g", None) is not None:
+                return call
     while refs:
         call = refs[-1]()
         if call is not None and not call.done:

@@ -218,6 +218,11 @@ class _HandgradFunction(torch.autograd.Function):
             raise TypeError(f"wrap({type(module).__name__}): forward returned a {type(out).__name__}; a wrapped "
                             "module must return one tensor")
         ctx.call, ctx.module = module.__dict__["_last"], module
+        # what the hand-written backward reads, and each tensor's version now (as autograd's saved tensors)
+        read = [(f"input {i}", t) for i, t in enumerate(inputs) if module.backward_reads_input()] + \
+            ([("the output", out)] if module.backward_reads_output() else []) + \
+            [(f"parameter {n}", p) for n, p in module.named_parameters()]
+        ctx.versions = [(what, t, t._version) for what, t in read]
         return out.detach()
 
     @staticmethod
@@ -226,6 +231,11 @@ class _HandgradFunction(torch.autograd.Function):
         if torch.is_grad_enabled():
             raise RuntimeError(f"wrap({type(module).__name__}): double backward (create_graph=True, gradgradcheck) "
                                "is not supported: handgrad's hand-written backward is not itself differentiated")
+        for what, t, version in ctx.versions:
+            if t._version != version:
+                raise RuntimeError(f"wrap({type(module).__name__}): {what}, which its backward reads, was modified "
+                                   f"by an in-place operation after the forward (version {version}, now "
+                                   f"{t._version}); use an out-of-place operation (e.g. y = y * 2, y = y + skip)")
         params = module.parameters()
         # this call's gradients only, in fresh tensors: the parameters' own .g and buffers are put aside
         kept = [(p.g, p.__dict__.pop("_gbuf", None)) for p in params]
@@ -261,6 +271,24 @@ class _Shell(nn.Module):
         return self._handgrad.extra_repr()
 
 
+def _layout_hooks(shell: nn.Module, module: Module) -> None:
+    """The shell's state_dict in torch.nn's layouts (as module.state_dict()), and load_state_dict from them."""
+    own = [n for n, _ in module._own_parameters()]
+
+    def export(_shell, state, prefix, _meta):  # type: ignore[no-untyped-def]
+        for name in own:
+            if prefix + name in state:
+                state[prefix + name] = module._export(name, state[prefix + name])
+
+    def load(state, prefix, *_rest):  # type: ignore[no-untyped-def]  (torch passes its own copy of the dict)
+        for name in own:
+            if prefix + name in state:
+                state[prefix + name] = module._import(name, state[prefix + name])
+
+    shell._register_state_dict_hook(export)
+    shell._register_load_state_dict_pre_hook(load)
+
+
 def _mirror(module: Module, shell: nn.Module, params: dict[int, nn.Parameter], shells: dict[int, nn.Module],
             pairs: list[tuple[Module, str, nn.Module]]) -> None:
     """Fill `shell` with `module`'s parameters, buffers and sub-module shells (a tied parameter or a reused
@@ -269,6 +297,8 @@ def _mirror(module: Module, shell: nn.Module, params: dict[int, nn.Parameter], s
         if id(p) not in params:
             params[id(p)] = nn.Parameter(p.data)
         shell.register_parameter(name, params[id(p)])
+    if type(module)._export is not Module._export:  # e.g. Linear's (in, out) weight: torch's layout in state dicts
+        _layout_hooks(shell, module)
     for bname in module.buffer_names():
         shell.register_buffer(bname, getattr(module, bname))
         pairs.append((module, bname, shell))

@@ -158,7 +158,7 @@ class Module:
         composite = self.writes_no_bwd()
         calls.STACK.append(call)
         try:
-            if composite and not self.forward_calls_modules_only:
+            if composite and not _trusted(type(self)):
                 with calls.watching(call):
                     out = self.forward(*args)
             else:
@@ -204,7 +204,7 @@ class Module:
         network does not need the gradient of the data).
         Returns the accumulated gradient of the first input (`args[0].g`).
         """
-        call = calls.pending(self)
+        call = calls.pending(self, with_grad=grad is None)
         if call is None:
             if "_last" not in self.__dict__:
                 raise RuntimeError(f"{type(self).__name__}.backward called before any forward")
@@ -407,9 +407,11 @@ def run_backward(call: Call, grad: Tensor | None = None, needs_input_grad: bool 
     if grad is None:
         grad = getattr(out, "g", None)
         if grad is None:
-            if out.numel() != 1:
+            if out.dim() != 0:
                 raise RuntimeError(f"{name}.backward() needs the gradient of its output (shape {list(out.shape)}): "
-                                   "pass it, or run the next layer's backward first")
+                                   "pass it, or run the next layer's backward first (at the top level, backward runs "
+                                   "the module's latest call: a forward made since the loss's, e.g. for logging, "
+                                   "takes its place)")
             grad = torch.ones(out.shape, dtype=out.dtype, device=out.device)
     elif tuple(grad.shape) != tuple(out.shape):
         raise ValueError(f"{name}.backward: expected a gradient of shape {list(out.shape)} (the output's), got "
@@ -445,6 +447,15 @@ def run_backward(call: Call, grad: Tensor | None = None, needs_input_grad: bool 
     return first_g
 
 
+def _trusted(cls: type) -> bool:
+    """A container whose own forward only calls modules (Sequential, WithLoss): not watched. A subclass that
+    overrides forward is watched like any user composite."""
+    for base in cls.__mro__:
+        if "forward_calls_modules_only" in base.__dict__:
+            return bool(base.__dict__["forward_calls_modules_only"]) and cls.forward is base.forward
+    return False
+
+
 def _replay(call: Call, needs_input_grad: bool) -> None:
     """Backward of a module without `bwd`: its sub-calls' backward in reverse order (each adds into the .g of
     its inputs, which are earlier sub-calls' outputs or this call's inputs), views' gradients sent back
@@ -465,10 +476,18 @@ def _replay(call: Call, needs_input_grad: bool) -> None:
                 learns[id(sub)] = any(True for _ in sub._all_parameters())
             ev_needs = any(isinstance(a, Parameter) or needs.get(id(a), False) for a in ev.args)
             needs[id(ev.out)] = ev_needs or learns[id(sub)]
+            if isinstance(ev.out, (tuple, list)):  # the tensors of a tuple output, as the next calls take them
+                for t in calls._tensors(ev.out):
+                    needs[id(t)] = needs[id(ev.out)]
         else:
             needs[id(ev.out)] = isinstance(ev.src, Parameter) or needs.get(id(ev.src), False)
     for ev in reversed(call.events):
         if isinstance(ev, Call):
+            if isinstance(ev.out, (tuple, list)) and needs[id(ev.out)] and \
+                    any(getattr(t, "g", None) is not None for t in ev.out):
+                raise RuntimeError(f"{type(m).__name__}: its sub-module {type(ev.module).__name__} returns a "
+                                   f"{type(ev.out).__name__}, which a replayed backward cannot send gradients into "
+                                   f"yet; write {type(m).__name__}.bwd")
             if ev.done or not needs[id(ev.out)] or getattr(ev.out, "g", None) is None:
                 continue
             ev_needs = any(isinstance(a, Parameter) or needs.get(id(a), False) for a in ev.args)

@@ -20,6 +20,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import zlib
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
@@ -243,7 +244,42 @@ def check_module(module: Module, *inputs: Tensor, dtype: torch.dtype = torch.flo
             fd = compare(h.reshape(-1), numeric, fd_tol, mask)
             fd = dataclasses.replace(fd, worst_index=_unravel(fd.worst_index, shape))
         report.tensors.append(TensorCheck(tname, shape, ad, fd, "", h, ref[k]))
+    _check_accumulation(m, xs, dy, seeded, report, len(diff_inputs), seed)
     return report
+
+
+OVERWRITES = ("overwrites .g instead of adding to it (use handgrad.add_grad): wrong once the layer is called "
+              "twice or its weight is tied")
+
+
+def _check_accumulation(m: Module, xs: list[Tensor], dy: Tensor, seeded: Callable, report: CheckReport,
+                        n_inputs: int, seed: int) -> None:
+    """(4) Parameter gradients must add into `.g` (a module called twice, or a tied weight, sums its calls'
+    gradients): forward and backward again with the parameters' .g already holding random values, which must
+    then hold those values plus the same gradients. A parameter that fails gets the OVERWRITES problem."""
+    rows = report.tensors[n_inputs:]
+    if not rows or not any(r.passed for r in rows):
+        return
+    hands = [r.hand.clone() if r.hand is not None else None for r in rows]
+    xs = [x.clone() for x in xs]  # fresh inputs: the report's input gradients stay as they are
+    gen = stream(seed, "prefill")
+    seeded(lambda: m(*xs))
+    m.zero_grad()
+    params = [p for _, p in m.named_parameters()]
+    prefill = [torch.randn(p.shape, generator=gen, dtype=torch.float64).to(p) for p in params]
+    for p, f in zip(params, prefill):
+        p.g = f.clone()
+    try:
+        m.backward(dy)
+    except Exception:  # noqa: BLE001 - a gradient of the wrong shape cannot be added: already reported
+        return
+    for k, (row, hand, p, f) in enumerate(zip(rows, hands, params, prefill)):
+        if not row.passed or hand is None or p.g is None or tuple(p.g.shape) != tuple(f.shape):
+            continue
+        added = p.g - f
+        scale = float(f.abs().max()) + float(hand.abs().max()) if f.numel() else 0.0
+        if added.numel() and float((added - hand).abs().max()) > 1e3 * torch.finfo(f.dtype).eps * max(scale, 1.0):
+            report.tensors[n_inputs + k] = dataclasses.replace(row, problem=OVERWRITES)
 
 
 def _unravel(flat_index: tuple[int, ...], shape: tuple[int, ...]) -> tuple[int, ...]:

@@ -65,13 +65,24 @@ def parse_args(text: str | None) -> dict:
     return args
 
 
+MAX_CHECK_ELEMENTS = 2**26  # per input: a gradient check runs many forwards; this is far beyond what it needs
+
+
 def parse_shape(text: str) -> tuple[int, ...]:
+    """`8,16` or `8x16`: every part a positive integer (an empty or stray part is an error, not skipped)."""
+    parts = text.replace("x", ",").split(",")
     try:
-        shape = tuple(int(s) for s in text.replace("x", ",").split(",") if s.strip())
+        shape = tuple(int(s) for s in parts)
     except ValueError:
         raise UsageError(f"--input-shape must be sizes like 8,16, got {text!r}") from None
     if not shape or any(s < 1 for s in shape):
         raise UsageError(f"--input-shape must be positive sizes like 8,16, got {text!r}")
+    numel = 1
+    for size in shape:
+        numel *= size
+    if numel > MAX_CHECK_ELEMENTS:
+        raise UsageError(f"--input-shape {text!r} has {numel:,} elements; a gradient check takes at most "
+                         f"{MAX_CHECK_ELEMENTS:,} per input (use small shapes: the check does not depend on size)")
     return shape
 
 
@@ -100,7 +111,9 @@ def parse_input_spec(text: str) -> InputSpec:
     shape_text, *kind = text.split(":")
     try:
         shape = parse_shape(shape_text)
-    except UsageError:
+    except UsageError as e:
+        if "elements" in str(e):  # too large: that message says it
+            raise
         raise UsageError(f"--input-shape {text!r}: SHAPE must be positive sizes like 8,16 "
                          f"(then optionally :int:HIGH), got {shape_text!r}") from None
     if not kind or kind == ["float"]:
