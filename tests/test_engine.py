@@ -459,3 +459,17 @@ def test_wrap_state_dict_has_handgrads_and_torchs_layout():
     x = torch.randn(2, 4, dtype=D)
     torch.testing.assert_close(other(x), model(x), rtol=0, atol=0)
     to_torch(model).load_state_dict(state)  # torch's own layout
+
+
+@pytest.mark.parametrize("vocab, d", [(7, 3), (4, 4)])
+def test_an_embedding_tied_to_its_output_survives_to_torch_and_back(vocab, d):
+    """from_torch used to refuse torch's Linear(d, vocab) sharing the Embedding's table; it now builds a
+    TiedLinear (and a Linear placed twice stays one module)."""
+    torch.manual_seed(0)
+    emb = hg.Embedding(vocab, d, dtype=D)
+    lin = hg.Linear(d, d, dtype=D)
+    model = hg.Sequential(emb, lin, hg.Tanh(), lin, hg.TiedLinear(emb.weight, bias=True))
+    back = hg.interop.from_torch(to_torch(model))
+    assert isinstance(back[4], hg.TiedLinear) and back[4].weight is back[0].weight and back[1] is back[3]
+    idx = torch.randint(0, vocab, (5,))
+    torch.testing.assert_close(back(idx), model(idx), rtol=0, atol=0)

@@ -8,7 +8,7 @@ import torch
 from torch import Tensor, nn
 
 from . import layers as L
-from .module import Module, Sequential, lean, run_backward
+from .module import Module, Parameter, Sequential, lean, run_backward
 
 
 class TorchResidual(nn.Module):
@@ -145,10 +145,31 @@ def _tie(model: nn.Module | Module, names: list[list[str]]) -> None:
             *path, attr = name.split(".")
             owner = _get(model, ".".join(path)) if path else model
             shared = _get(model, group[0])
+            if getattr(owner, attr) is shared:  # a module placed twice: already one
+                continue
+            head, _, _ = group[0].rpartition(".")
+            if isinstance(owner, L.Linear) and attr == "weight" and isinstance(_get(model, head), L.Embedding) and \
+                    isinstance(shared, Parameter) and tuple(shared.shape) == (owner.out_features, owner.in_features):
+                # torch's Linear(d, vocab) reading an Embedding's (vocab, d) table: handgrad's TiedLinear
+                tied = L.TiedLinear(shared, bias=owner.bias is not None)
+                _replace(model, ".".join(path), tied)
+                continue
             if isinstance(owner, Module) and getattr(owner, attr).shape != shared.shape:  # type: ignore[union-attr]
                 raise TypeError(f"'{name}' is tied to '{group[0]}' in a layout handgrad's {type(owner).__name__} "
                                 "does not share (tie an Embedding to its output projection with TiedLinear)")
             setattr(owner, attr, shared)
+
+
+def _replace(model: Module, name: str, new: Module) -> None:
+    """Put `new` where the sub-module `name` sits (a Sequential's index, a list attribute's item, an attribute)."""
+    *path, last = name.split(".")
+    parent = _get(model, ".".join(path))
+    if isinstance(parent, Sequential):
+        parent.layers[int(last)] = new
+    elif isinstance(parent, list):
+        parent[int(last)] = new
+    else:
+        setattr(parent, last, new)
 
 
 def _get(model: nn.Module | Module, name: str) -> object:
