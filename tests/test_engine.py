@@ -473,3 +473,34 @@ def test_an_embedding_tied_to_its_output_survives_to_torch_and_back(vocab, d):
     assert isinstance(back[4], hg.TiedLinear) and back[4].weight is back[0].weight and back[1] is back[3]
     idx = torch.randint(0, vocab, (5,))
     torch.testing.assert_close(back(idx), model(idx), rtol=0, atol=0)
+
+
+def test_a_composite_may_compute_statistics_for_logging_without_losing_its_backward():
+    """Operations whose results reach no sub-call and not the output (a logged mean, a finiteness assert) are
+    harmless; they used to make backward refuse. The same result passed on to a layer still refuses."""
+    class Logged(hg.Module):
+        def __init__(self, pass_on):
+            super().__init__()
+            self.a, self.b, self.pass_on, self.log = hg.Linear(4, 4, dtype=D), hg.Linear(4, 3, dtype=D), pass_on, []
+
+        def forward(self, x):
+            h = self.a(x)
+            self.log.append(h.mean().item())
+            assert torch.isfinite(h).all()
+            scaled = h * 2.0
+            return self.b(scaled if self.pass_on else h)
+
+    torch.manual_seed(0)
+    m = Logged(pass_on=False)
+    x, dy = torch.randn(5, 4, dtype=D), torch.randn(5, 3, dtype=D)
+    m(x)
+    m.backward(dy)
+    w = [p.detach().clone().requires_grad_() for p in (m.a.weight, m.a.bias, m.b.weight, m.b.bias)]
+    xr = x.clone().requires_grad_()
+    ((xr @ w[0] + w[1]) @ w[2] + w[3]).backward(dy)
+    torch.testing.assert_close(m.a.weight.g, w[0].grad, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(x.g, xr.grad, rtol=1e-12, atol=1e-12)
+    m = Logged(pass_on=True)
+    m(x)
+    with pytest.raises(RuntimeError, match="Logged.forward applies torch's mul"):
+        m.backward(dy)

@@ -114,8 +114,8 @@ def _distinct_elements(t: Tensor) -> bool:
 class Call:
     """One call of `module`: inputs, output, the attributes its forward set, and the calls made inside it."""
 
-    __slots__ = ("module", "args", "out", "saved", "events", "done", "private", "opaque", "watched", "serial",
-                 "__weakref__")
+    __slots__ = ("module", "args", "out", "saved", "events", "done", "private", "opaque", "watched", "tainted",
+                 "serial", "__weakref__")
     count = itertools.count()
 
     def __init__(self, module: Module, args: tuple) -> None:
@@ -127,6 +127,9 @@ class Call:
         self.private = False  # the output is read by one later call only and aliases nothing (lean may reuse it)
         self.opaque = ""  # a composite forward used a torch operation its replay cannot differentiate
         self.watched: dict[int, Tensor] | None = None  # tensors of a composite's computation, while it runs
+        # results of torch operations the replay cannot follow, while it runs: harmless until one reaches a
+        # sub-call or the output (a logged statistic is fine), then the call is opaque
+        self.tainted: dict[int, tuple[Tensor, str]] | None = None
 
     def restore(self) -> None:
         """Put this call's context back on its module (what `bwd` reads as self.out, self.args, self.mask, ...)."""
@@ -183,6 +186,7 @@ def parameter_ids(module: Module) -> set[int]:
 # What a composite's forward may do with a tensor of its computation besides passing it to modules.
 COPIES = {"clone", "contiguous", "reshape", "flatten", "reshape_as", "view_as", "squeeze", "unsqueeze"}
 GRADIENT_STOPS = {"detach", "data"}  # torch's own meaning: no gradient flows back through them
+NOT_DATA = {"requires_grad_", "retain_grad", "share_memory_"}  # in place, but on flags, not on the values
 ESCAPES = {"numpy", "tolist", "__array__", "__dlpack__"}  # the values leave torch: any use afterwards is untracked
 
 
@@ -215,20 +219,22 @@ class Watch(TorchFunctionMode):
         call = STACK[-1] if STACK else None
         if call is None or call.watched is None:  # a layer's own forward: not ours to watch
             return func(*args, **kwargs)
-        watched = call.watched
-        inputs = [t for t in _tensors(args) + _tensors(kwargs) if id(t) in watched]
+        watched, tainted = call.watched, call.tainted
+        tensors = _tensors(args) + _tensors(kwargs)
+        inputs = [t for t in tensors if id(t) in watched]
+        from_tainted = [tainted[id(t)][1] for t in tensors if id(t) in tainted]
         result = func(*args, **kwargs)
-        if not inputs:
+        if not inputs and not from_tainted:
             return result
         name = _name(func)
-        if name in ESCAPES:
+        if inputs and name in ESCAPES:
             call.opaque = call.opaque or f"x.{name}()"
             return result
-        if name == "__setitem__":  # h[i] = v writes into a tensor of the computation (and returns None)
+        if inputs and name == "__setitem__":  # h[i] = v writes into a tensor of the computation (returns None)
             call.opaque = call.opaque or "an assignment into a slice (x[...] = v)"
             return result
         outputs = _tensors(result)
-        in_place = name.endswith("_") and not name.endswith("__") or "out" in kwargs
+        in_place = (name.endswith("_") and not name.endswith("__") or "out" in kwargs) and name not in NOT_DATA
         for r in outputs:
             if any(r is t for t in inputs):
                 if in_place:
@@ -236,17 +242,29 @@ class Watch(TorchFunctionMode):
                 continue
             if not (r.is_floating_point() or r.is_complex()) or name in GRADIENT_STOPS:
                 continue  # integer or boolean results (comparisons, argmax) and detach carry no gradient
+            if from_tainted or not inputs:
+                tainted[id(r)] = (r, from_tainted[0])
+                continue
             src = inputs[0]
-            if _shares_memory(r, src):
+            if _shares_memory(r, src) and r.dtype == src.dtype:
                 record = View(src, r)
-            elif name in COPIES and len(inputs) == 1 and r.numel() == src.numel():
+            elif name in COPIES and len(inputs) == 1 and r.numel() == src.numel() and r.dtype == src.dtype:
                 record = View(src, r, copy=True)
             else:
-                call.opaque = call.opaque or f"torch's {name}"
+                tainted[id(r)] = (r, f"torch's {name}")
                 continue
             watched[id(r)] = r
             call.events.append(record)
         return result
+
+
+def check_tainted(call: Call, tensors: list[Tensor]) -> None:
+    """A tensor made by an operation the replay cannot follow reaches a sub-call or the output: opaque."""
+    if call.tainted:
+        for t in tensors:
+            if id(t) in call.tainted:
+                call.opaque = call.opaque or call.tainted[id(t)][1]
+                return
 
 
 WATCH = Watch()
@@ -256,6 +274,7 @@ def watching(call: Call) -> Any:
     """Context for a composite's forward: its inputs and every parameter under it are watched from the start
     (the mode is entered once, by the outermost watched call)."""
     call.watched = {id(a): a for a in call.args if isinstance(a, Tensor)}
+    call.tainted = {}
     for p in call.module._all_parameters():
         call.watched[id(p)] = p
     return _Enter()
@@ -281,6 +300,7 @@ def note_output(parent: Call, child: Call) -> None:
     to it: that must be seen)."""
     parent.events.append(child)
     for call in STACK:
+        check_tainted(call, _tensors(child.args))
         if call.watched is not None:
             for t in _tensors(child.out) + _tensors(list(child.saved.values())):
                 call.watched[id(t)] = t

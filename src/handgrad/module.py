@@ -163,7 +163,8 @@ class Module:
                     out = self.forward(*args)
             else:
                 out = self.forward(*args)
-            call.watched = None
+            calls.check_tainted(call, calls._tensors(out))
+            call.watched = call.tainted = None
             if any(out is a for a in args):
                 # A distinct tensor object, so that out.g and the input's .g never mix (made while this call is
                 # still the innermost one, so that no enclosing composite's watch records it as a view).
@@ -174,7 +175,7 @@ class Module:
         finally:
             calls.STACK.pop()
             d["_saving"] = outer_saving
-            call.watched = None
+            call.watched = call.tainted = None
         call.out = out
         d["args"], d["out"], d["_last"] = args, out, call
         calls.remember(self, call)
