@@ -118,3 +118,12 @@ def test_cli_check_bad_usage_is_one_line_and_exit_2(args, message):
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and "Traceback" not in proc.stderr, proc.stderr
     assert message in lines[0], lines[0]
+
+
+def test_non_finite_and_nearly_right_gradients_get_their_own_diagnosis():
+    """They used to read 'wrong on 0% of the elements, right on the rest'."""
+    ref = torch.randn(4, 3, dtype=torch.float64)
+    nan = ref.clone()
+    nan[0, 0] = float("nan")
+    assert diagnose(nan, ref).startswith("not finite (NaN or inf) on 8% of the elements")
+    assert diagnose(ref.float().double() * (1 + 1e-7), ref).startswith("close but not exact: off by up to")

@@ -215,3 +215,16 @@ def test_unknown_reduction_is_rejected_by_classes_and_functions(bad):
             call()
         msg = str(e.value)
         assert "reduction must be one of 'mean', 'sum', 'none'" in msg and repr(bad) in msg and "\n" not in msg
+
+
+@pytest.mark.parametrize("make, target", [
+    (lambda: hg.CrossEntropyLoss(), lambda: torch.zeros(0, dtype=torch.long)),
+    (lambda: hg.NLLLoss(), lambda: torch.zeros(0, dtype=torch.long)),
+    (lambda: hg.MSELoss(), lambda: torch.zeros(0, 3)),
+])
+def test_an_empty_batch_gives_nan_and_an_empty_gradient_as_torch(make, target):
+    """The mean over no rows is NaN (torch's too); backward used to raise ZeroDivisionError."""
+    x, lf = torch.zeros(0, 3), make()
+    assert torch.isnan(lf(x, target()))
+    lf.backward()
+    assert x.g.shape == (0, 3)

@@ -110,7 +110,7 @@ def mse_grad(output: Tensor, target: Tensor, reduction: str = "mean", dloss: Ten
     """
     check_reduction(reduction)
     diff = _mse_diff(output, target)
-    scale = 2.0 / diff.numel() if reduction == "mean" else 2.0
+    scale = 2.0 / max(diff.numel(), 1) if reduction == "mean" else 2.0  # (an empty batch: an empty gradient)
     if dloss is None:
         return (diff * scale).reshape(output.shape)
     check_dloss(dloss, diff.shape if reduction == "none" else (), reduction)
@@ -165,7 +165,7 @@ def _reduce(per_sample: Tensor, reduction: str) -> Tensor:
 
 def _row_scale(n: int, reduction: str, dloss: Tensor | None) -> float | Tensor:
     """Sample i's factor in dL/dX: dloss / N ('mean'), dloss ('sum'), dloss_i ('none', as (N, 1)); dloss None = 1."""
-    scale = 1.0 / n if reduction == "mean" else 1.0
+    scale = 1.0 / max(n, 1) if reduction == "mean" else 1.0  # (an empty batch: an empty gradient)
     if dloss is None:
         return scale
     check_dloss(dloss, (n,) if reduction == "none" else (), reduction)

@@ -157,11 +157,11 @@ class FusedStep:
         if isinstance(self.loss_fn, MSELoss):
             diff = _mse_diff(out, y)  # (N, C) or (N,)
             loss = diff.pow(2).mean() if mean else diff.pow(2).sum()
-            d = diff.mul_(2.0 / diff.numel() if mean else 2.0).reshape(out.shape)
+            d = diff.mul_(2.0 / max(diff.numel(), 1) if mean else 2.0).reshape(out.shape)
             return loss, d
         # cross-entropy: L = -mean(logp_y),  dL/dX = (softmax - onehot) * scale,  softmax = exp(logp)
         logp = torch.log_softmax(out, dim=1)  # (N, C), the forward kernel (max-shifted)
-        scale = 1.0 / out.shape[0] if mean else 1.0
+        scale = 1.0 / max(out.shape[0], 1) if mean else 1.0
         picked = pick_classes(logp, y)  # (N, 1)
         loss = picked.mean().neg_() if mean else picked.sum().neg_()
         d = logp.exp_().mul_(scale)  # softmax * scale

@@ -8,6 +8,7 @@ it should not be, or wrong on some elements only (a mask from the wrong tensor?)
 
 from __future__ import annotations
 
+import torch
 from torch import Tensor
 
 from .core import CheckReport, TensorCheck
@@ -38,6 +39,10 @@ def diagnose(hand: Tensor | None, ref: Tensor, batch_size: int | None = None) ->
         if hand.dim() == 2 and hand.t().shape == ref.shape and _close(hand.t(), ref):
             return f"transposed: shape {_shape(hand)}, expected {_shape(ref)}"
         return f"wrong shape: {_shape(hand)}, expected {_shape(ref)}"
+    bad = ~torch.isfinite(hand)
+    if bool(bad.any()):
+        return (f"not finite (NaN or inf) on {100 * float(bad.double().mean()):.0f}% of the elements: a division by "
+                "zero, a log of 0, an overflow?")
     if ref.numel() == 0 or float(ref.abs().max()) == 0.0:
         return "should be zero everywhere but is not"
     if float(hand.abs().max()) == 0.0:
@@ -61,6 +66,10 @@ def diagnose(hand: Tensor | None, ref: Tensor, batch_size: int | None = None) ->
         return f"off by a constant factor {k:.4g}{hint}"
     wrong = (hand - ref).abs() > 1e-6 * float(ref.abs().max())
     frac = float(wrong.double().mean())
+    if not bool(wrong.any()):  # close everywhere at 1e-6, yet not within the check's tolerance
+        err = float((hand - ref).abs().max() / ref.abs().max())
+        return (f"close but not exact: off by up to {err:.1e} of the largest value (computed in a lower precision, "
+                "e.g. through float32 in a float64 check?)")
     zero_where_not = wrong & (hand == 0) & (ref != 0)
     if frac < 1.0 and bool(zero_where_not.any()) and bool((zero_where_not == wrong).all()):
         return (f"zero where it should not be on {100 * frac:.0f}% of the elements "
