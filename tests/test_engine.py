@@ -504,3 +504,32 @@ def test_a_composite_may_compute_statistics_for_logging_without_losing_its_backw
     m(x)
     with pytest.raises(RuntimeError, match="Logged.forward applies torch's mul"):
         m.backward(dy)
+
+
+def test_keyword_options_reach_forward_and_a_keyword_tensor_of_the_computation_is_refused():
+    class Scale(hg.Module):
+        def forward(self, x, factor=1.0, shift=None):
+            self.factor = factor
+            return x * factor if shift is None else x * factor + shift
+
+        def bwd(self, dy, x):
+            return dy * self.factor
+
+    class Net(hg.Module):
+        def __init__(self, by_keyword):
+            super().__init__()
+            self.lin, self.scale, self.by_keyword = hg.Linear(4, 4, dtype=D), Scale(), by_keyword
+
+        def forward(self, x):
+            h = self.lin(x)
+            return self.scale(h, factor=3.0, shift=h if self.by_keyword else None)
+
+    x = torch.randn(2, 4, dtype=D)
+    net = Net(by_keyword=False)
+    net(x)
+    net.backward(torch.ones(2, 4, dtype=D))
+    torch.testing.assert_close(net.lin.bias.g, torch.full((4,), 6.0, dtype=D))
+    net = Net(by_keyword=True)
+    net(x)
+    with pytest.raises(RuntimeError, match=r"Net.forward passes a tensor of its computation by keyword \(shift=\)"):
+        net.backward(torch.ones(2, 4, dtype=D))

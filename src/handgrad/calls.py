@@ -114,12 +114,13 @@ def _distinct_elements(t: Tensor) -> bool:
 class Call:
     """One call of `module`: inputs, output, the attributes its forward set, and the calls made inside it."""
 
-    __slots__ = ("module", "args", "out", "saved", "events", "done", "private", "opaque", "watched", "tainted",
-                 "serial", "__weakref__")
+    __slots__ = ("module", "args", "kwargs", "out", "saved", "events", "done", "private", "opaque", "watched",
+                 "tainted", "serial", "__weakref__")
     count = itertools.count()
 
     def __init__(self, module: Module, args: tuple) -> None:
         self.module, self.args, self.out = module, args, None
+        self.kwargs: dict[str, Any] = {}
         self.serial = next(Call.count)  # calls are numbered in the order they start
         self.saved: dict[str, Any] = {}  # attributes set on the module by this call's forward
         self.events: list[Call | View] = []  # sub-calls (and, in a composite, views) in forward order
@@ -301,6 +302,13 @@ def note_output(parent: Call, child: Call) -> None:
     parent.events.append(child)
     for call in STACK:
         check_tainted(call, _tensors(child.args))
+        if call.watched is not None and child.kwargs:
+            for key, t in child.kwargs.items():
+                if isinstance(t, Tensor) and (id(t) in call.watched or id(t) in (call.tainted or {})) and \
+                        (t.is_floating_point() or t.is_complex()):
+                    call.opaque = call.opaque or (f"!passes a tensor of its computation by keyword ({key}=) to "
+                                                  f"{type(child.module).__name__}, whose backward sends gradients "
+                                                  "to positional inputs only")
         if call.watched is not None:
             for t in _tensors(child.out) + _tensors(list(child.saved.values())):
                 call.watched[id(t)] = t

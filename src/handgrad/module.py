@@ -150,8 +150,9 @@ class Module:
             saved[name] = value
 
     # ----------------------------------------------------------------- calling
-    def __call__(self, *args: Any) -> Any:
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
         call = Call(self, args)
+        call.kwargs = kwargs  # options (a mask, a flag): forward sees them; backward gets the positional inputs
         d = self.__dict__
         outer_saving = d.get("_saving")
         d["_saving"] = call.saved
@@ -160,9 +161,9 @@ class Module:
         try:
             if composite and not _trusted(type(self)):
                 with calls.watching(call):
-                    out = self.forward(*args)
+                    out = self.forward(*args, **kwargs)
             else:
-                out = self.forward(*args)
+                out = self.forward(*args, **kwargs)
             calls.check_tainted(call, calls._tensors(out))
             call.watched = call.tainted = None
             if any(out is a for a in args):
@@ -464,9 +465,10 @@ def _replay(call: Call, needs_input_grad: bool) -> None:
     gradient) or whose output got no gradient are skipped."""
     m = call.module
     if call.opaque:
-        raise RuntimeError(f"{type(m).__name__}.forward applies {call.opaque} to a tensor that comes from its "
-                           "inputs or modules; handgrad replays only calls of modules and views: use a handgrad "
-                           f"layer for it, or write {type(m).__name__}.bwd")
+        what = call.opaque[1:] if call.opaque.startswith("!") else \
+            f"applies {call.opaque} to a tensor that comes from its inputs or modules"
+        raise RuntimeError(f"{type(m).__name__}.forward {what}; handgrad replays only calls of modules and views: "
+                           f"use a handgrad layer for it, or write {type(m).__name__}.bwd")
     # which tensors need a gradient: this call's inputs if the caller wants dX, parameters, and what comes of them
     needs = {id(a): needs_input_grad for a in call.args if is_tensor(a)}
     learns: dict[int, bool] = {}
