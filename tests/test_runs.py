@@ -95,8 +95,8 @@ def test_run_folder_contents_and_pngs(tmp_path):
     result = run(TrainConfig(dataset="mnist", data=str(data), epochs=2, download=False, out=str(tmp_path / "r")),
                  log=lambda s: None, progress=False)
     names = sorted(p.name for p in (tmp_path / "r").iterdir())
-    assert names == ["accuracy.png", "checkpoint.safetensors", "config.json", "confusion.png", "loss.png",
-                     "metrics.jsonl", "samples.png"]
+    assert names == [".handgrad-run", ".handgrad.lock", "accuracy.png", "checkpoint.safetensors", "config.json",
+                     "confusion.png", "loss.png", "metrics.jsonl", "samples.png"]
     assert [m["epoch"] for m in RunFolder(tmp_path / "r").read_metrics()] == [1, 2]
     assert TrainConfig.from_dict(RunFolder(tmp_path / "r").read_config()).epochs == 2
     for png in ("accuracy.png", "confusion.png", "loss.png", "samples.png"):
@@ -115,9 +115,103 @@ def test_refuses_to_overwrite_a_run_unless_asked(tmp_path):
     (tmp_path / "notes").mkdir()
     (tmp_path / "notes" / "mine.txt").write_text("keep me")
     cfg.out = str(tmp_path / "notes")
-    with pytest.raises(UsageError, match="is not a run folder"):
+    with pytest.raises(UsageError, match="is not a handgrad run folder"):
         run(cfg, log=lambda s: None, progress=False, overwrite=True)
     assert (tmp_path / "notes" / "mine.txt").read_text() == "keep me"
+
+
+def snapshot(folder):
+    return {p.relative_to(folder): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def test_overwrite_leaves_a_project_folder_the_working_directory_and_home_alone(tmp_path, monkeypatch):
+    """--overwrite used to delete any folder holding a config.json (a project with main.js and src/), and
+    `--out . --overwrite` emptied the working directory."""
+    data = make_data(tmp_path, n=600)
+    project = tmp_path / "project"
+    (project / "src").mkdir(parents=True)
+    (project / "main.js").write_text("console.log(1)")
+    (project / "config.json").write_text("{}")
+    before = snapshot(project)
+    cfg = TrainConfig(dataset="mnist", data=str(data), epochs=1, download=False, out=str(project))
+    with pytest.raises(UsageError, match="not a handgrad run folder"):
+        run(cfg, log=lambda s: None, progress=False, overwrite=True)
+    assert snapshot(project) == before
+    # a run made in the working directory, then --out . --overwrite: refused (and so is home)
+    work = tmp_path / "work"
+    work.mkdir()
+    monkeypatch.chdir(work)
+    run(TrainConfig(dataset="mnist", data=str(data), epochs=1, download=False, out="."), log=lambda s: None,
+        progress=False)
+    (work / "notes.txt").write_text("mine")
+    before = snapshot(work)
+    for out in (".", str(work), str(tmp_path)):
+        with pytest.raises(UsageError, match="working directory or a folder above it"):
+            run(TrainConfig(dataset="mnist", data=str(data), epochs=1, download=False, out=out),
+                log=lambda s: None, progress=False, overwrite=True)
+    monkeypatch.setenv("HOME", str(work))
+    with pytest.raises(UsageError, match="working directory|home folder"):
+        RunFolder.prepare(work, overwrite=True)
+    assert snapshot(work) == before
+
+
+def test_overwrite_removes_only_handgrads_files_and_only_once_the_new_run_is_ready(tmp_path):
+    data = make_data(tmp_path, n=600)
+    out = tmp_path / "good"
+    cfg = TrainConfig(dataset="mnist", data=str(data), epochs=1, download=False, out=str(out))
+    run(cfg, log=lambda s: None, progress=False)
+    (out / "my-notes.md").write_text("keep")
+    before = snapshot(out)
+    # a new run that fails before it starts (data not found) leaves the old run whole
+    bad = TrainConfig(dataset="mnist", data=str(tmp_path / "typo"), epochs=1, download=False, out=str(out))
+    with pytest.raises(Exception):
+        run(bad, log=lambda s: None, progress=False, overwrite=True)
+    assert snapshot(out) == before
+    run(TrainConfig(dataset="mnist", data=str(data), epochs=2, download=False, out=str(out)), log=lambda s: None,
+        progress=False, overwrite=True)
+    assert (out / "my-notes.md").read_text() == "keep"
+    assert [m["epoch"] for m in RunFolder(out).read_metrics()] == [1, 2]
+
+
+def test_a_second_writer_is_refused_with_the_pid_and_a_killed_holder_blocks_nothing(tmp_path):
+    data = make_data(tmp_path, n=600)
+    out = tmp_path / "r"
+    cfg = TrainConfig(dataset="mnist", data=str(data), epochs=1, download=False, out=str(out))
+    run(cfg, log=lambda s: None, progress=False)
+    holder = RunFolder(out)
+    holder.lock()  # another writer (the lock is per open file: a second one in this process is refused too)
+    try:
+        with pytest.raises(UsageError, match=rf"is in use by another handgrad process \(PID {os.getpid()}\)"):
+            run(cfg, log=lambda s: None, progress=False, overwrite=True)
+        with pytest.raises(UsageError, match="in use by another handgrad process"):
+            run(cfg, log=lambda s: None, progress=False, resume=str(out))
+    finally:
+        holder.close()
+    # a process holding the lock is killed: the system lets go of it
+    code = ("import sys, time; from handgrad.train.runfolder import RunFolder; RunFolder(sys.argv[1]).lock(); "
+            "print('locked', flush=True); time.sleep(60)")
+    proc = subprocess.Popen([sys.executable, "-c", code, str(out)], stdout=subprocess.PIPE, text=True)
+    assert proc.stdout.readline().strip() == "locked"
+    with pytest.raises(UsageError, match=f"PID {proc.pid}"):
+        RunFolder(out).lock()
+    proc.kill()
+    proc.wait()
+    again = RunFolder(out)
+    again.lock()
+    again.close()
+
+
+def test_two_concurrent_trainings_into_one_folder_exactly_one_proceeds(tmp_path):
+    data = make_data(tmp_path, n=2000)
+    argv = [sys.executable, "-m", "handgrad", "train", "--dataset", "mnist", "--data", str(data), "--no-download",
+            "--no-progress", "--epochs", "3", "--out", str(tmp_path / "r")]
+    procs = [subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    results = [p.communicate(timeout=300) for p in procs]
+    codes = sorted(p.returncode for p in procs)
+    assert codes[0] == 0 and codes[1] != 0, results
+    err = next(e for p, (_, e) in zip(procs, results) if p.returncode != 0)
+    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err, err
+    assert "in use by another handgrad process" in err or "already exists" in err, err
 
 
 def cli(*args):

@@ -145,13 +145,23 @@ def _run(cfg: TrainConfig, d: Dist | None, log: Callable[[str], None], progress:
     if cfg.stats is not None and Path(cfg.stats).exists() and resume is None:
         raise ValueError(f"--stats {cfg.stats}: the file exists; choose another name or remove it")
     device = resolve_device(cfg.device) if d is None else d.device
-    if resume is None and cfg.out is not None:
-        if main:
-            folder = RunFolder.create(cfg.out, overwrite)
-            folder.write_config(cfg.to_dict())
-        if d is not None:
-            d.barrier("waiting for rank 0 to create the run folder")
-            folder = folder or RunFolder.open(cfg.out)
+    new_folder = None
+    if resume is None and cfg.out is not None and main:
+        new_folder = RunFolder.prepare(cfg.out, overwrite)  # checked now, touched once the run is ready
+    if folder is not None and main:
+        folder.lock()
+    try:
+        return _train(cfg, d, log, progress, overwrite, resume, folder, new_folder, device)
+    finally:
+        for f in (folder, new_folder):
+            if f is not None:
+                f.close()
+
+
+def _train(cfg: TrainConfig, d: Dist | None, log: Callable[[str], None], progress: bool, overwrite: bool,
+           resume: str | Path | None, folder: RunFolder | None, new_folder: RunFolder | None,
+           device: torch.device) -> RunResult:
+    main = d is None or d.is_main
     checkpoint = folder.load_checkpoint() if resume is not None else None
 
     start = time.perf_counter()
@@ -166,7 +176,7 @@ def _run(cfg: TrainConfig, d: Dist | None, log: Callable[[str], None], progress:
     opt_desc = f"{OPT_NAMES[cfg.opt]} lr {lr} ({cfg.lr_schedule}){momentum} weight decay {cfg.decay}"
     log(f"{'resuming' if checkpoint else 'training'} {name} ({n_params} parameters) with {cfg.loss} on {data.name} "
         f"({data.source}): {data.x_train.shape[0]} train, {data.x_valid.shape[0]} valid; {cfg.epochs} epochs, "
-        f"bs {bs}, {opt_desc}, seed {cfg.seed}, device {device}" + (f"; run folder {folder.path}" if folder else ""))
+        f"bs {bs}, {opt_desc}, seed {cfg.seed}, device {device}" + (f"; run folder {cfg.out}" if cfg.out else ""))
     twin = to_torch(model) if cfg.torch_twin and checkpoint is None else None  # initial weights
 
     if d is not None:
@@ -180,6 +190,14 @@ def _run(cfg: TrainConfig, d: Dist | None, log: Callable[[str], None], progress:
     if cfg.check and checkpoint is None and main:
         xb, yb = next(train_dl.epoch_batches(0))
         log(first_batch_check(model, loss_fn, xb, yb))
+    if resume is None and cfg.out is not None:  # the new run is ready: only now is an old one replaced
+        if new_folder is not None:
+            new_folder.commit(overwrite)
+            new_folder.write_config(cfg.to_dict())
+            folder = new_folder
+        if d is not None:
+            d.barrier("waiting for rank 0 to create the run folder")
+            folder = folder or RunFolder.open(cfg.out)
 
     opt = build_optimizer(cfg, model)
     schedule = make_schedule(cfg.lr_schedule, lr, cfg.epochs * len(train_dl), cfg.warmup)

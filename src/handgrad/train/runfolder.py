@@ -4,16 +4,19 @@
     runs/NAME/metrics.jsonl        one line per epoch
     runs/NAME/checkpoint.safetensors  weights, optimizer state, RNG states, position (latest)
     runs/NAME/*.png                loss and accuracy curves, confusion matrix, validation samples
+    runs/NAME/.handgrad-run        the marker: this folder is a handgrad run (written at creation)
+    runs/NAME/.handgrad.lock       held (flock) by the process writing the run; its PID inside
 
 Every file is written to a temporary name and renamed into place, so a crash mid-write
-leaves the previous version intact.
+leaves the previous version intact. `--overwrite` replaces only a folder holding the marker, and
+only the files handgrad writes (anything else in it stays), and only once the new run has been
+prepared (data found and checked, model built): until then the old run is untouched.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import shutil
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
@@ -24,7 +27,15 @@ from torch import Tensor
 
 from ..errors import UsageError
 
+try:
+    import fcntl
+except ImportError:  # not on Windows: no lock there
+    fcntl = None  # type: ignore[assignment]
+
 CONFIG, METRICS, CHECKPOINT = "config.json", "metrics.jsonl", "checkpoint.safetensors"
+MARKER, LOCK = ".handgrad-run", ".handgrad.lock"
+# every file handgrad writes into a run folder: what --overwrite removes (nothing else)
+WRITTEN = (CONFIG, METRICS, CHECKPOINT, "loss.png", "accuracy.png", "confusion.png", "samples.png", "error.log")
 
 
 def atomic_write(path: Path, write: Callable[[str], None]) -> None:
@@ -47,19 +58,81 @@ def atomic_write(path: Path, write: Callable[[str], None]) -> None:
 class RunFolder:
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
+        self._lock_fd: int | None = None
 
     @classmethod
     def create(cls, path: str | Path, overwrite: bool = False) -> "RunFolder":
-        """A new, empty run folder; an existing non-empty one only with overwrite (its files are removed)."""
+        """A new run folder (or, with overwrite, an old run's replaced): `prepare` then `commit`."""
+        folder = cls.prepare(path, overwrite)
+        folder.commit(overwrite)
+        return folder
+
+    @classmethod
+    def prepare(cls, path: str | Path, overwrite: bool = False) -> "RunFolder":
+        """Check that `path` can take a new run, touching nothing: it is absent or empty, or (with overwrite) a
+        handgrad run folder that is neither the working directory, home, nor a folder above them."""
         path = Path(path)
-        if path.exists() and (not path.is_dir() or any(path.iterdir())):
+        if path.is_symlink():
+            raise UsageError(f"--out {path} is a symbolic link; give the folder itself")
+        if path.exists() and not path.is_dir():
+            raise UsageError(f"--out {path} is a file, not a folder")
+        if path.is_dir() and any(path.iterdir()):
             if not overwrite:
                 raise UsageError(f"{path} already exists; pass --overwrite to replace it or --resume to continue it")
-            if not (path / CONFIG).is_file() and path.is_dir():
-                raise UsageError(f"{path} exists and is not a run folder (no {CONFIG}); refusing to delete it")
-            shutil.rmtree(path)
-        path.mkdir(parents=True, exist_ok=True)
+            real = path.resolve()
+            for name, protected in (("the working directory", Path.cwd()), ("your home folder", Path.home())):
+                protected = protected.resolve()
+                if real == protected or real in protected.parents:
+                    raise UsageError(f"--out {path} is {name} or a folder above it; refusing to --overwrite it")
+            if not (path / MARKER).is_file():
+                raise UsageError(f"{path} is not a handgrad run folder (no {MARKER} marker); refusing to "
+                                 "--overwrite it: choose another --out or remove it yourself")
         return cls(path)
+
+    def commit(self, overwrite: bool = False) -> None:
+        """Make the folder, take its lock, remove an old run's files (overwrite: only those handgrad writes), and
+        write the marker."""
+        path = self.path
+        try:
+            path.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise UsageError(f"--out {path}: cannot create the folder ({e.strerror or e})") from None
+        self.lock()
+        if (path / MARKER).is_file() and any(path.iterdir()) and (path / CONFIG).exists() and not overwrite:
+            raise UsageError(f"{path} already exists; pass --overwrite to replace it or --resume to continue it")
+        if overwrite:
+            for name in WRITTEN:
+                if (path / name).is_file():
+                    (path / name).unlink()
+            for part in path.glob(".*.part"):  # an interrupted atomic write
+                part.unlink()
+        atomic_write(path / MARKER, lambda tmp: Path(tmp).write_text(json.dumps({"handgrad": "run folder"}) + "\n"))
+
+    def lock(self) -> None:
+        """Hold the folder's lock until `close()` or the end of the process (the system releases it even for a
+        killed process): a second writer stops with one line naming the PID that holds it."""
+        if self._lock_fd is not None or fcntl is None:
+            return
+        try:
+            fd = os.open(self.path / LOCK, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as e:
+            raise UsageError(f"{self.path}: cannot open its lock file ({e.strerror or e})") from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            holder = os.read(fd, 32).decode(errors="replace").strip() or "unknown"
+            os.close(fd)
+            raise UsageError(f"{self.path} is in use by another handgrad process (PID {holder}); wait for it to "
+                             "finish or stop it") from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        self._lock_fd = fd
+
+    def close(self) -> None:
+        """Let go of the lock."""
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)
+            self._lock_fd = None
 
     @classmethod
     def open(cls, path: str | Path) -> "RunFolder":
