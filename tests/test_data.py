@@ -2,6 +2,8 @@ import gzip
 import hashlib
 import os
 import pickle
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -248,3 +250,41 @@ def test_loader_bad_input():
         DataLoader(torch.zeros(3, 2), torch.zeros(3), 0)
     with pytest.raises(ValueError, match="same number of samples, got 3 and 2"):
         DataLoader(torch.zeros(3, 2), torch.zeros(2), 1)
+
+
+def test_a_gzip_bomb_is_refused_in_one_line_without_filling_memory(tmp_path):
+    """An IDX header promising 10 GB in a gzip file of ~50 kB, and a gzip stream of 60 MB of zeros: refused by
+    the header check or the expansion cap, with the memory of the process growing by far less than the data
+    (the reader used to decompress everything before looking at the header)."""
+    import gzip
+    import struct
+
+    bomb = tmp_path / "train-images-idx3-ubyte.gz"
+    with gzip.open(bomb, "wb", compresslevel=9) as f:
+        f.write(struct.pack(">HBB3I", 0, 0x08, 3, 100000, 1000, 100))
+        zeros = bytes(1 << 20)
+        for _ in range(60):
+            f.write(zeros)
+    plain = tmp_path / "blob.gz"
+    with gzip.open(plain, "wb", compresslevel=9) as f:
+        for _ in range(60):
+            f.write(zeros)
+    code = (
+        "import resource, sys\n"
+        "from handgrad.data.formats import read_idx, read_bytes\n"
+        "from handgrad.errors import DataError\n"
+        "for fn, path in ((read_idx, sys.argv[1]), (read_bytes, sys.argv[2])):\n"
+        "    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss\n"
+        "    try:\n"
+        "        fn(path)\n"
+        "    except DataError as e:\n"
+        "        print(str(e))\n"
+        "    print((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) // 1024)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code, str(bomb), str(plain)], capture_output=True, text=True,
+                         timeout=120)
+    lines = out.stdout.splitlines()
+    assert len(lines) == 4, out.stdout + out.stderr
+    assert "IDX header says shape [100000, 1000, 100]" in lines[0] and "can hold" in lines[0]
+    assert "expands more than 250 times" in lines[2] and "decompression bomb" in lines[2]
+    assert int(lines[1]) < 50 and int(lines[3]) < 100, lines  # MB the reading added to the peak

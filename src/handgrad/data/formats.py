@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import gzip
 import io
+import os
 import pickle
 import struct
 import zlib
@@ -22,46 +23,105 @@ GZIP_MAGIC = b"\x1f\x8b"
 IDX_TYPES = {0x08: ">u1", 0x09: ">i1", 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
 
 
-def read_bytes(path: str | Path) -> bytes:
-    """The file's bytes, gunzipped when they start with the gzip magic (whatever the file is called)."""
-    path = Path(path)
+# A gzip file may expand at most this many times (MNIST's files: about 5; a zero-filled bomb: 1000): past it,
+# reading stops with one line instead of filling memory.
+MAX_GZIP_RATIO = 250
+CHUNK = 1 << 20
+
+
+def _open(path: Path) -> tuple[io.BufferedIOBase, int, bool]:
+    """(stream, file size, gzipped): the file's bytes, gunzipped as they are read when it starts with the gzip
+    magic (whatever it is called)."""
     try:
-        raw = path.read_bytes()
+        raw = open(path, "rb")
     except FileNotFoundError:
         raise DataError(f"{path}: no such file") from None
+    except IsADirectoryError:
+        raise DataError(f"{path}: is a folder, not a file") from None
     except OSError as e:
         raise DataError(f"{path}: cannot read ({e.strerror or e})") from None
-    if raw[:2] != GZIP_MAGIC:
-        return raw
+    size = os.fstat(raw.fileno()).st_size
+    if raw.peek(2)[:2] != GZIP_MAGIC:
+        return raw, size, False
+    return gzip.GzipFile(fileobj=raw, mode="rb"), size, True  # type: ignore[return-value]
+
+
+def _limit(path: Path, size: int) -> int:
+    return MAX_GZIP_RATIO * size + CHUNK
+
+
+def _read(stream: io.BufferedIOBase, n: int, path: Path) -> bytes:
+    """Exactly n bytes (fewer only at the end), read in chunks; one-line DataError for broken gzip data."""
+    out = bytearray()
     try:
-        return gzip.decompress(raw)
+        while len(out) < n:
+            chunk = stream.read(min(CHUNK, n - len(out)))
+            if not chunk:
+                break
+            out += chunk
     except (EOFError, gzip.BadGzipFile, zlib.error, OSError) as e:
         raise DataError(f"{path}: corrupted or truncated gzip data ({e})") from None
+    return bytes(out)
+
+
+def read_bytes(path: str | Path) -> bytes:
+    """The file's bytes, gunzipped when they start with the gzip magic, refusing gzip data that expands more than
+    MAX_GZIP_RATIO times (a decompression bomb) before it fills memory."""
+    path = Path(path)
+    stream, size, gzipped = _open(path)
+    with stream:
+        if not gzipped:
+            return _read(stream, size, path)
+        limit = _limit(path, size)
+        data = _read(stream, limit + 1, path)
+    if len(data) > limit:
+        raise DataError(f"{path}: gzip data expands more than {MAX_GZIP_RATIO} times its {size:,} bytes "
+                        "(a decompression bomb?); refusing to read it")
+    return data
 
 
 def read_idx(path: str | Path) -> np.ndarray:
-    """An IDX file (as published for MNIST and Fashion-MNIST), raw or gzipped, as a native-endian array."""
-    data = read_bytes(path)
-    if len(data) < 4:
-        raise DataError(f"{path}: too short for an IDX file ({len(data)} bytes)")
-    zero, type_code, ndim = struct.unpack(">HBB", data[:4])
-    if zero != 0 or type_code not in IDX_TYPES or ndim == 0:
-        raise DataError(
-            f"{path}: not an IDX file: magic number 0x{data[:4].hex()}, expected 0x0000TTDD "
-            f"(e.g. 0x00000803 for images, 0x00000801 for labels)"
-        )
-    header = 4 + 4 * ndim
-    if len(data) < header:
-        raise DataError(f"{path}: IDX header is cut short ({len(data)} bytes, {header} expected)")
-    dims = struct.unpack(f">{ndim}I", data[4:header])
-    dtype = np.dtype(IDX_TYPES[type_code])
-    expected = int(np.prod(dims)) * dtype.itemsize
-    if len(data) - header != expected:
+    """An IDX file (as published for MNIST and Fashion-MNIST), raw or gzipped, as a native-endian array.
+
+    Streamed: the header first, then exactly the bytes it promises, after checking that the file can hold them
+    (its size, or for gzip data MAX_GZIP_RATIO times its size), so memory is bounded by the real data."""
+    path = Path(path)
+    stream, size, gzipped = _open(path)
+    with stream:
+        head = _read(stream, 4, path)
+        if len(head) < 4:
+            raise DataError(f"{path}: too short for an IDX file ({len(head)} bytes)")
+        zero, type_code, ndim = struct.unpack(">HBB", head)
+        if zero != 0 or type_code not in IDX_TYPES or ndim == 0:
+            raise DataError(
+                f"{path}: not an IDX file: magic number 0x{head.hex()}, expected 0x0000TTDD "
+                f"(e.g. 0x00000803 for images, 0x00000801 for labels)"
+            )
+        header = 4 + 4 * ndim
+        dim_bytes = _read(stream, 4 * ndim, path)
+        if len(dim_bytes) < 4 * ndim:
+            raise DataError(f"{path}: IDX header is cut short ({4 + len(dim_bytes)} bytes, {header} expected)")
+        dims = struct.unpack(f">{ndim}I", dim_bytes)
+        dtype = np.dtype(IDX_TYPES[type_code])
+        expected = int(np.prod(dims, dtype=np.int64)) * dtype.itemsize
+        if not gzipped and expected != size - header:
+            raise DataError(f"{path}: IDX header says shape {list(dims)} ({expected} bytes of data), "
+                            f"but the file holds {size - header} bytes")
+        room = _limit(path, size) if gzipped else size - header
+        if expected > room:
+            what = (f"gzip data of {size:,} bytes (at most {MAX_GZIP_RATIO}x that unpacked)" if gzipped else
+                    f"a file of {size:,} bytes")
+            raise DataError(f"{path}: IDX header says shape {list(dims)} ({expected:,} bytes of data), more than "
+                            f"{what} can hold")
+        data = _read(stream, expected, path)
+        extra = len(_read(stream, 1, path)) if len(data) == expected else 0
+    if len(data) != expected or extra:
+        held = f"{len(data)}" if len(data) < expected else f"more than {expected}"
         raise DataError(
             f"{path}: IDX header says shape {list(dims)} ({expected} bytes of data), "
-            f"but the file holds {len(data) - header} bytes"
+            f"but the file holds {held} bytes"
         )
-    array = np.frombuffer(data, dtype=dtype, offset=header).reshape(dims)
+    array = np.frombuffer(data, dtype=dtype).reshape(dims)
     return array.astype(dtype.newbyteorder("="))
 
 
