@@ -288,3 +288,37 @@ def test_a_gzip_bomb_is_refused_in_one_line_without_filling_memory(tmp_path):
     assert "IDX header says shape [100000, 1000, 100]" in lines[0] and "can hold" in lines[0]
     assert "expands more than 250 times" in lines[2] and "decompression bomb" in lines[2]
     assert int(lines[1]) < 50 and int(lines[3]) < 100, lines  # MB the reading added to the peak
+
+
+@pytest.mark.parametrize("make, says", [
+    ("shared", "more than 16 deep"),  # a list holding the same list twice, 60 levels: 2**60 paths, 61 objects
+    ("shared-shallow", None),  # the same 12 levels deep: 4096 paths, walked once each object
+    ("cycle", None),  # a list holding itself: walked once, and it holds only itself and an array
+    ("deep", "nests lists or tuples more than 16 deep"),
+])
+def test_pickle_bombs_answer_at_once(tmp_path, make, says):
+    """A 426-byte pickle of shared references never finished; a self-referential or deeply nested one ended in
+    a RecursionError traceback."""
+    import time
+
+    if make.startswith("shared"):
+        obj = [np.zeros(2)]
+        for _ in range(60 if make == "shared" else 12):
+            obj = [obj, obj]
+    elif make == "cycle":
+        obj = [np.zeros(2)]
+        obj.append(obj)
+    else:
+        obj = [np.zeros(2)]
+        for _ in range(400):
+            obj = [obj]
+    path = tmp_path / "bomb.pkl"
+    path.write_bytes(pickle.dumps(obj, protocol=2))
+    start = time.perf_counter()
+    if says is None:
+        assert isinstance(read_array_pickle(path), list)
+    else:
+        with pytest.raises(DataError) as caught:
+            read_array_pickle(path)
+        assert says in str(caught.value) and "\n" not in str(caught.value)
+    assert time.perf_counter() - start < 2

@@ -175,15 +175,32 @@ class _ArraysOnlyUnpickler(pickle.Unpickler):
         raise DataError(f"{self.path}: pickle refers to {module}.{name}; only numpy arrays are allowed")
 
 
+MAX_PICKLE_DEPTH, MAX_PICKLE_OBJECTS = 16, 10_000
+
+
 def _only_arrays(obj: object, path: Path) -> None:
-    if isinstance(obj, (tuple, list)):
-        for item in obj:
-            _only_arrays(item, path)
-    elif isinstance(obj, np.ndarray):
-        if obj.dtype.hasobject:
-            raise DataError(f"{path}: pickle holds an object array; only numeric numpy arrays are allowed")
-    else:
-        raise DataError(f"{path}: pickle holds a {type(obj).__name__}; only numpy arrays are allowed")
+    """Tuples and lists of numeric numpy arrays, walked once per object (shared references and cycles are not
+    walked again), at most MAX_PICKLE_DEPTH deep and MAX_PICKLE_OBJECTS in all."""
+    seen: set[int] = set()
+    stack = [(obj, 0)]
+    while stack:
+        item, depth = stack.pop()
+        if id(item) in seen:
+            continue
+        seen.add(id(item))
+        if len(seen) > MAX_PICKLE_OBJECTS:
+            raise DataError(f"{path}: pickle holds more than {MAX_PICKLE_OBJECTS:,} objects; a data set is a few "
+                            "arrays")
+        if isinstance(item, (tuple, list)):
+            if depth >= MAX_PICKLE_DEPTH:
+                raise DataError(f"{path}: pickle nests lists or tuples more than {MAX_PICKLE_DEPTH} deep; a data "
+                                "set is a few arrays")
+            stack.extend((child, depth + 1) for child in item)
+        elif isinstance(item, np.ndarray):
+            if item.dtype.hasobject:
+                raise DataError(f"{path}: pickle holds an object array; only numeric numpy arrays are allowed")
+        else:
+            raise DataError(f"{path}: pickle holds a {type(item).__name__}; only numpy arrays are allowed")
 
 
 def read_array_pickle(path: str | Path) -> object:
