@@ -8,8 +8,10 @@ or gradients that do not check out.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Sequence
+from typing import NoReturn
 from dataclasses import fields
 
 import torch
@@ -67,7 +69,7 @@ def _add_train_args(t: argparse.ArgumentParser, d: TrainConfig) -> None:
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="handgrad", description="Neural networks with hand-written backward passes.")
+    p = _Parser(prog="handgrad", description="Neural networks with hand-written backward passes.")
     sub = p.add_subparsers(dest="command", required=True)
 
     d = TrainConfig()
@@ -373,18 +375,53 @@ def _data(args: argparse.Namespace) -> int:
     return 0
 
 
-def _error(e: Exception) -> None:
+def _error(e: BaseException | str) -> None:
     """One line on stderr, written at once (data-parallel ranks share it); ranks other than 0 say who they are."""
     import os
 
-    rank = os.environ.get("RANK", "0") if int(os.environ.get("WORLD_SIZE", "1")) > 1 else "0"
-    sys.stderr.write(f"handgrad: error: {'' if rank == '0' else f'[rank {rank}] '}{e}\n")
+    try:
+        world = int(os.environ.get("WORLD_SIZE", "1"))
+    except ValueError:
+        world = 1
+    rank = os.environ.get("RANK", "0") if world > 1 else "0"
+    text = " | ".join(line.strip() for line in str(e).splitlines() if line.strip()) or type(e).__name__
+    sys.stderr.write(f"handgrad: error: {'' if rank == '0' else f'[rank {rank}] '}{text}\n")
     sys.stderr.flush()
+
+
+class _UsageExit(Exception):
+    """An argparse error, said in one line by main."""
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a usage error is one line (`handgrad: error: handgrad train: ...`), not a usage block."""
+
+    def error(self, message: str) -> NoReturn:  # type: ignore[override]
+        raise _UsageExit(f"{self.prog}: {message} (see {self.prog} --help)")
+
+
+def _unexpected(e: BaseException) -> None:
+    """Anything not foreseen: one line naming it, the traceback in a file the line names."""
+    import tempfile
+    import traceback
+
+    try:
+        fd, path = tempfile.mkstemp(prefix="handgrad-error-", suffix=".log")
+        with os.fdopen(fd, "w") as f:
+            f.write("".join(traceback.format_exception(type(e), e, e.__traceback__)))
+        where = f"traceback in {path}"
+    except OSError:
+        where = "no traceback file could be written"
+    _error(f"{type(e).__name__}: {e} ({where}; HANDGRAD_DEBUG=1 prints it)")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    args = _parser().parse_args(argv)
+    try:
+        args = _parser().parse_args(argv)
+    except _UsageExit as e:
+        _error(e)
+        return 2
     args.argv = argv
     try:
         commands = {"train": _train, "lr-find": _lr_find, "eval": _eval, "predict": _predict, "check": _check,
@@ -401,6 +438,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("handgrad: interrupted", file=sys.stderr)
         return 130
+    except Exception as e:  # noqa: BLE001 - the one top-level handler: no traceback reaches the user
+        if os.environ.get("HANDGRAD_DEBUG") == "1":
+            raise
+        _unexpected(e)
+        return 1
 
 
 if __name__ == "__main__":
