@@ -309,3 +309,25 @@ def test_lr_find_writes_its_plot_and_suggests_a_rate(tmp_path):
     assert 1e-6 < suggested < 10 and (tmp_path / "lr.png").stat().st_size > 5000
     one_line(cli("lr-find", "--data", str(data), "--no-download", "--plot", str(tmp_path / "lr.png")), 2,
              "the file exists")
+
+
+def test_early_stopping_saves_the_epoch_it_stops_at_and_a_resume_trains_no_more(tmp_path):
+    """The stop used to be raised before the checkpoint callback ran, so every resume retrained that epoch."""
+    rng = np.random.default_rng(0)
+    x = rng.integers(0, 256, (700, 784)).astype(np.uint8)
+    y = rng.integers(0, 10, 700)  # labels unrelated to the images: the validation loss soon stops improving
+    np.savez(tmp_path / "mnist.npz", x_train=x, y_train=y)
+    out = tmp_path / "r"
+    cfg = TrainConfig(dataset="mnist", data=str(tmp_path / "mnist.npz"), epochs=30, download=False, out=str(out),
+                      patience=1, lr=0.5)
+    logs = []
+    result = run(cfg, log=logs.append, progress=False)
+    ran = len(result.history)
+    assert ran < 30 and any("early stopping" in line for line in logs)
+    folder = RunFolder(out)
+    assert folder.load_checkpoint()[1]["epoch"] == ran  # the stopping epoch is saved
+    assert [m["epoch"] for m in folder.read_metrics()] == list(range(1, ran + 1))
+    logs.clear()
+    resumed = run(cfg, log=logs.append, progress=False, resume=str(out))
+    assert len(resumed.history) == ran and any("stopped already" in line for line in logs), logs
+    assert [m["epoch"] for m in folder.read_metrics()] == list(range(1, ran + 1))

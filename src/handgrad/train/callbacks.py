@@ -181,6 +181,13 @@ class EarlyStoppingCB(Callback):
         self.patience, self.log = patience, log
         self.best, self.bad_epochs = math.inf, 0
 
+    def before_fit(self, learn: Learner) -> None:
+        if self.bad_epochs >= self.patience:  # resumed from the checkpoint of the epoch that stopped it
+            learn.stopped = (f"early stopping: this run stopped already (valid_loss has not improved on "
+                             f"{self.best:.4f} for {self.patience} epochs)")
+            self.log(learn.stopped)
+            raise CancelFit
+
     def after_epoch(self, learn: Learner) -> None:
         if learn.valid_loss < self.best:
             self.best, self.bad_epochs = learn.valid_loss, 0
@@ -190,7 +197,7 @@ class EarlyStoppingCB(Callback):
             learn.stopped = (f"early stopping: valid_loss has not improved on {self.best:.4f} for "
                              f"{self.patience} epochs")
             self.log(learn.stopped)
-            raise CancelFit
+            learn.stop_after_epoch = True  # after this epoch's other callbacks: its checkpoint is saved
 
     def state_dict(self) -> dict:
         return {"best": self.best, "bad_epochs": self.bad_epochs}

@@ -83,6 +83,7 @@ class Learner:
         self.epoch, self.batch_idx, self.t = 0, 0, 0
         self.epochs = 0
         self.stopped = ""  # why training stopped early, if it did
+        self.stop_after_epoch = False  # set by a callback in after_epoch: stop once the epoch's events are done
 
     def __call__(self, event: str) -> None:
         for cb in self.callbacks:
@@ -100,6 +101,8 @@ class Learner:
             self("before_fit")
             for self.epoch in range(start_epoch, epochs):
                 self._one_epoch(start_batch if self.epoch == start_epoch else 0)
+                if self.stop_after_epoch:  # asked during after_epoch: every callback (the checkpoint) has run
+                    break
         except CancelFit:
             pass
         self("after_fit")
