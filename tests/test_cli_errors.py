@@ -104,3 +104,22 @@ def test_training_into_a_locked_run_folder_names_the_holder(tmp_path, npz, capsy
     finally:
         holder.close()
     assert code == 2 and f"in use by another handgrad process (PID {os.getpid()})" in err
+
+
+def test_resume_extends_a_run_with_epochs_and_refuses_flags_that_may_not_change(tmp_path, npz, capsys):
+    """`--resume DIR --epochs 8` used to ignore --epochs (a finished run could not be extended), and every other
+    flag silently."""
+    out = tmp_path / "r"
+    assert run_cli(capsys, *train(npz, "--out", out))[0] == 0
+    code, err = run_cli(capsys, "train", "--resume", out, "--lr", "0.5")
+    assert code == 2 and err.strip().splitlines() == [
+        "handgrad: error: --lr cannot change when resuming: --resume continues the run as its config.json says "
+        "(flags that may change: --device, --epochs, --save-every, --no-progress)"]
+    assert run_cli(capsys, "train", "--resume", out, "--epochs", "2", "--no-progress")[0] == 0
+    assert [m["epoch"] for m in RunFolder(out).read_metrics()] == [1, 2]
+    assert '"epochs": 2' in (out / "config.json").read_text()
+    # a schedule laid out over the run's epochs cannot be stretched
+    sched = tmp_path / "s"
+    assert run_cli(capsys, *train(npz, "--out", sched, "--schedule", "cosine"))[0] == 0
+    code, err = run_cli(capsys, "train", "--resume", sched, "--epochs", "3")
+    assert code == 2 and "cosine schedule was laid out over 1 epochs" in err

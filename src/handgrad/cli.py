@@ -164,8 +164,28 @@ def _train(args: argparse.Namespace) -> int:
         from .distributed import launch
 
         return launch(cfg.nproc, args.argv, cfg.dist_timeout)
-    run(cfg, progress=args.progress, overwrite=args.overwrite, resume=args.resume)
+    changes = _resume_changes(args) if args.resume is not None else None
+    run(cfg, progress=args.progress, overwrite=args.overwrite, resume=args.resume, changes=changes)
     return 0
+
+
+# What `--resume` lets change: the rest is the run's own configuration (config.json), and a flag for it is refused.
+RESUME_FLAGS = {"--epochs": "epochs", "--save-every": "save_every", "--device": "device"}
+RESUME_NEUTRAL = {"--resume", "--no-progress"}
+
+
+def _resume_changes(args: argparse.Namespace) -> dict:
+    """The config fields a `--resume` command changes; UsageError (one line) for a flag that may not change."""
+    given = [tok.split("=", 1)[0] for tok in args.argv if tok.startswith("--")]
+    changes = {}
+    for flag in given:
+        if flag in RESUME_FLAGS:
+            changes[RESUME_FLAGS[flag]] = getattr(args, RESUME_FLAGS[flag])
+        elif flag not in RESUME_NEUTRAL:
+            allowed = ", ".join(sorted(RESUME_FLAGS) + ["--no-progress"])
+            raise UsageError(f"{flag} cannot change when resuming: --resume continues the run as its config.json "
+                             f"says (flags that may change: {allowed})")
+    return changes
 
 
 def _config(args: argparse.Namespace) -> TrainConfig:

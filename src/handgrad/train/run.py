@@ -13,7 +13,7 @@ import torch
 from ..check import check_module
 from ..data import DataLoader, Dataset, load_dataset, locate
 from ..distributed import Dist, broadcast_module, init_from_env
-from ..errors import DataError, GradientCheckError, TrainingError
+from ..errors import DataError, GradientCheckError, TrainingError, UsageError
 from ..interop import to_torch
 from ..models import cnn, mlp
 from ..module import Module, WithLoss
@@ -118,14 +118,15 @@ def first_batch_check(model: Module, loss_fn: Module, xb: torch.Tensor, yb: torc
 
 
 def run(cfg: TrainConfig, log: Callable[[str], None] = print, progress: bool = True, overwrite: bool = False,
-        resume: str | Path | None = None) -> RunResult:
+        resume: str | Path | None = None, changes: dict | None = None) -> RunResult:
     """Train as `cfg` says. With resume, continue the run in that folder from its checkpoint (cfg is ignored:
-    the folder's own config is used)."""
+    the folder's own config is used, with `changes` applied: epochs to extend it, save_every, device)."""
     d = init_from_env(cfg.device, cfg.dist_timeout)  # data-parallel under torchrun / --nproc: join the group
     if d is None:
-        return _run(cfg, None, log, progress, overwrite, resume)
+        return _run(cfg, None, log, progress, overwrite, resume, changes)
     try:  # rank 0 speaks and writes; every rank reports its own failure to the others before it stops
-        return _run(cfg, d, log if d.is_main else (lambda s: None), progress and d.is_main, overwrite, resume)
+        return _run(cfg, d, log if d.is_main else (lambda s: None), progress and d.is_main, overwrite, resume,
+                    changes)
     except BaseException as e:
         d.report(f"{type(e).__name__}: {e}" if not isinstance(e, TrainingError) else str(e))
         raise
@@ -134,13 +135,20 @@ def run(cfg: TrainConfig, log: Callable[[str], None] = print, progress: bool = T
 
 
 def _run(cfg: TrainConfig, d: Dist | None, log: Callable[[str], None], progress: bool, overwrite: bool,
-         resume: str | Path | None) -> RunResult:
+         resume: str | Path | None, changes: dict | None = None) -> RunResult:
     main = d is None or d.is_main
     folder = None
+    changed = {}
     if resume is not None:
         folder = RunFolder.open(resume)
         cfg = TrainConfig.from_dict(folder.read_config())
         cfg.out = str(folder.path)
+        changed = {k: v for k, v in (changes or {}).items() if getattr(cfg, k) != v}
+        if "epochs" in changed and cfg.lr_schedule != "constant":
+            raise UsageError(f"--epochs {changed['epochs']}: this run's {cfg.lr_schedule} schedule was laid out over "
+                             f"{cfg.epochs} epochs; only a run with a constant learning rate can be extended")
+        for key, value in changed.items():
+            setattr(cfg, key, value)
     cfg.validate()
     if cfg.stats is not None and Path(cfg.stats).exists() and resume is None:
         raise ValueError(f"--stats {cfg.stats}: the file exists; choose another name or remove it")
@@ -150,6 +158,9 @@ def _run(cfg: TrainConfig, d: Dist | None, log: Callable[[str], None], progress:
         new_folder = RunFolder.prepare(cfg.out, overwrite)  # checked now, touched once the run is ready
     if folder is not None and main:
         folder.lock()
+        if changed:
+            folder.write_config(cfg.to_dict())
+            log("resuming with " + ", ".join(f"{k} {v}" for k, v in changed.items()) + " (config.json updated)")
     try:
         return _train(cfg, d, log, progress, overwrite, resume, folder, new_folder, device)
     finally:
