@@ -114,7 +114,7 @@ def test_resume_extends_a_run_with_epochs_and_refuses_flags_that_may_not_change(
     code, err = run_cli(capsys, "train", "--resume", out, "--lr", "0.5")
     assert code == 2 and err.strip().splitlines() == [
         "handgrad: error: --lr cannot change when resuming: --resume continues the run as its config.json says "
-        "(flags that may change: --device, --epochs, --save-every, --no-progress)"]
+        "(flags that may change: --device, --dist-timeout, --epochs, --nproc, --save-every, --no-progress)"]
     assert run_cli(capsys, "train", "--resume", out, "--epochs", "2", "--no-progress")[0] == 0
     assert [m["epoch"] for m in RunFolder(out).read_metrics()] == [1, 2]
     assert '"epochs": 2' in (out / "config.json").read_text()

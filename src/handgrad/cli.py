@@ -170,7 +170,8 @@ def _train(args: argparse.Namespace) -> int:
 
 
 # What `--resume` lets change: the rest is the run's own configuration (config.json), and a flag for it is refused.
-RESUME_FLAGS = {"--epochs": "epochs", "--save-every": "save_every", "--device": "device"}
+RESUME_FLAGS = {"--epochs": "epochs", "--save-every": "save_every", "--device": "device", "--nproc": "nproc",
+                "--dist-timeout": "dist_timeout"}
 RESUME_NEUTRAL = {"--resume", "--no-progress"}
 
 
