@@ -50,7 +50,7 @@ CASES = {
                          train(n, "--out", t / "link"), 2, "symbolic link"),
     "overwrite a project folder": (lambda t, n: (t / "proj").mkdir() or (t / "proj" / "config.json").write_text("{}") and
                                    train(n, "--out", t / "proj", "--overwrite"), 2, "not a handgrad run folder"),
-    "lr overflows": (lambda t, n: train(n, "--lr", "1e39", "--no-fused", "--no-check"), 1, None),
+    "lr overflows": (lambda t, n: train(n, "--lr", "1e39", "--no-fused", "--no-check"), 2, "up to 1e6, got 1e+39"),
     "check of no file": (lambda t, n: ["check", f"{t / 'none.py'}:Layer", "--input-shape", "4,3"], 2, "none.py"),
     "check of a huge shape": (lambda t, n: ["check", "handgrad.layers:Tanh", "--input-shape", "100000,100000"], 2,
                               "elements"),
@@ -114,7 +114,7 @@ def test_resume_extends_a_run_with_epochs_and_refuses_flags_that_may_not_change(
     code, err = run_cli(capsys, "train", "--resume", out, "--lr", "0.5")
     assert code == 2 and err.strip().splitlines() == [
         "handgrad: error: --lr cannot change when resuming: --resume continues the run as its config.json says "
-        "(flags that may change: --device, --dist-timeout, --epochs, --nproc, --save-every, --no-progress)"]
+        "(flags that may change: --data, --device, --dist-timeout, --epochs, --nproc, --save-every, --no-progress)"]
     assert run_cli(capsys, "train", "--resume", out, "--epochs", "2", "--no-progress")[0] == 0
     assert [m["epoch"] for m in RunFolder(out).read_metrics()] == [1, 2]
     assert '"epochs": 2' in (out / "config.json").read_text()

@@ -168,7 +168,7 @@ def test_idx_folder_dataset_splits(tmp_path):
 def test_labels_count_must_match_images(tmp_path):
     fake_idx_folder(tmp_path / "fm")
     write_idx(tmp_path / "fm" / "train-labels-idx1-ubyte.gz", np.zeros(7, np.uint8))
-    with pytest.raises(DataError, match=r"train-labels-idx1-ubyte.gz: expected 120 labels \[N\], got shape \[7\]"):
+    with pytest.raises(DataError, match=r"train-labels-idx1-ubyte.gz: expected 120 labels \[N\] \(one per image\), got shape \[7\]"):
         load_dataset("fashion-mnist", tmp_path / "fm", allow_download=False)
 
 

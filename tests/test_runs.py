@@ -69,9 +69,15 @@ def test_sigkill_mid_epoch_then_resume_gives_bit_identical_weights(tmp_path):
     assert [m["epoch"] for m in RunFolder(tmp_path / "killed").read_metrics()] == [m["epoch"] for m in ref_metrics]
 
 
+def _meta(epoch):
+    return {"epoch": epoch, "batch": 0, "t": 0, "opt_steps": 0, "opt_hyper": {}, "n_params": 0, "callbacks": {},
+            "classes": ["a", "b"], "mean": None, "std": None, "dataset": "mnist", "n_in": 4}
+
+
 def test_an_interrupted_checkpoint_save_leaves_the_previous_one_loadable(tmp_path, monkeypatch):
     folder = RunFolder.create(tmp_path / "run")
-    folder.save_checkpoint({"w": torch.arange(4.0)}, {"epoch": 1})
+    rng = torch.get_rng_state()
+    folder.save_checkpoint({"w": torch.arange(4.0), "rng.cpu": rng}, _meta(1))
 
     import handgrad.train.runfolder as rf
 
@@ -81,11 +87,11 @@ def test_an_interrupted_checkpoint_save_leaves_the_previous_one_loadable(tmp_pat
         raise OSError("disk full")
 
     monkeypatch.setattr(rf, "save_file", crash_midway)
-    with pytest.raises(OSError, match="disk full"):
-        folder.save_checkpoint({"w": torch.zeros(4)}, {"epoch": 2})
+    with pytest.raises(UsageError, match="checkpoint.safetensors: cannot write it \\(disk full\\)"):
+        folder.save_checkpoint({"w": torch.zeros(4), "rng.cpu": rng}, _meta(2))
     tensors, meta = folder.load_checkpoint()
-    assert torch.equal(tensors["w"], torch.arange(4.0)) and meta == {"epoch": 1}
-    assert not list((tmp_path / "run").glob("*.part"))
+    assert torch.equal(tensors["w"], torch.arange(4.0)) and meta == _meta(1)
+    assert not list((tmp_path / "run").glob(".*.part"))
 
 
 def test_run_folder_contents_and_pngs(tmp_path):
@@ -98,7 +104,7 @@ def test_run_folder_contents_and_pngs(tmp_path):
     assert names == [".handgrad-run", ".handgrad.lock", "accuracy.png", "checkpoint.safetensors", "config.json",
                      "confusion.png", "loss.png", "metrics.jsonl", "samples.png"]
     assert [m["epoch"] for m in RunFolder(tmp_path / "r").read_metrics()] == [1, 2]
-    assert TrainConfig.from_dict(RunFolder(tmp_path / "r").read_config()).epochs == 2
+    assert RunFolder(tmp_path / "r").read_config().epochs == 2
     for png in ("accuracy.png", "confusion.png", "loss.png", "samples.png"):
         image = matplotlib.image.imread(tmp_path / "r" / png)
         assert image.shape[0] > 200 and float(np.asarray(image[..., :3]).std()) > 0.02, png
@@ -240,9 +246,9 @@ def test_resume_bad_inputs(tmp_path):
              "state dict tensor '0.weight': expected shape [30, 784], got [50, 784]")
 
 
-@pytest.mark.parametrize("args, piece", [(["--lr", "0"], "--lr must be positive, got 0.0"),
+@pytest.mark.parametrize("args, piece", [(["--lr", "0"], "--lr must be a positive number up to 1e6, got 0.0"),
                                          (["--bs", "-3"], "--bs must be a positive integer, got -3"),
-                                         (["--lr", "-0.1", "--opt", "adamw"], "--lr must be positive")])
+                                         (["--lr", "-0.1", "--opt", "adamw"], "--lr must be a positive number")])
 def test_non_positive_lr_or_batch_size(args, piece):
     one_line(cli("train", "--no-download", *args), 2, piece)
 

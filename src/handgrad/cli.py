@@ -22,11 +22,14 @@ from .train.config import LOSSES, TrainConfig
 
 
 def _hidden(text: str) -> list[int]:
-    try:
-        sizes = [int(s) for s in text.replace("-", ",").split(",") if s.strip()]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected sizes like 50 or 100,50, got {text!r}") from None
-    if not sizes or any(s < 1 for s in sizes):
+    """Layer sizes: 50, 100,50 or 100-50."""
+    import re
+
+    compact = text.replace(" ", "")
+    if not re.fullmatch(r"\d+([,-]\d+)*", compact):
+        raise argparse.ArgumentTypeError(f"expected positive sizes like 50 or 100,50, got {text!r}")
+    sizes = [int(s) for s in re.split(r"[,-]", compact)]
+    if any(s < 1 for s in sizes):
         raise argparse.ArgumentTypeError(f"expected positive sizes like 50 or 100,50, got {text!r}")
     return sizes
 
@@ -95,10 +98,16 @@ def _parser() -> argparse.ArgumentParser:
 
     lf = sub.add_parser("lr-find", help="the learning-rate range test: loss against a growing lr, plotted")
     _add_train_args(lf, d)
-    lf.add_argument("--plot", default="lr_find.png", help="where to save the plot (default lr_find.png)")
+    lf.add_argument("--plot", default=None, help="where to save the plot (default lr_find.png, in the run folder "
+                    "with --run)")
+    lf.add_argument("--run", default=None, metavar="DIR",
+                    help="test the configuration and data of this run folder (its config.json), saving the plot in it")
 
     ev = sub.add_parser("eval", help="accuracy, loss and per-class accuracy of a run on the test split")
     ev.add_argument("run", metavar="DIR")
+    ev.add_argument("--data", default=None, metavar="PATH",
+                    help="evaluate on this data instead of the run's own (found by its path, checked by its "
+                         "fingerprint)")
 
     pr = sub.add_parser("predict", help="top-3 classes with probabilities for image files, from a run")
     pr.add_argument("run", metavar="DIR")
@@ -171,7 +180,7 @@ def _train(args: argparse.Namespace) -> int:
 
 # What `--resume` lets change: the rest is the run's own configuration (config.json), and a flag for it is refused.
 RESUME_FLAGS = {"--epochs": "epochs", "--save-every": "save_every", "--device": "device", "--nproc": "nproc",
-                "--dist-timeout": "dist_timeout"}
+                "--dist-timeout": "dist_timeout", "--data": "data"}
 RESUME_NEUTRAL = {"--resume", "--no-progress"}
 
 
@@ -197,14 +206,24 @@ def _config(args: argparse.Namespace) -> TrainConfig:
 def _lr_find(args: argparse.Namespace) -> int:
     from .train.evaluate import lr_find
 
-    lr_find(_config(args), args.plot)
+    if args.run is not None:
+        _given_only(args.argv, {"--run", "--plot", "--data"}, "with --run, lr-find uses the run's config.json")
+    lr_find(_config(args), args.plot, run=args.run, data_path=args.data if args.run is not None else None)
     return 0
+
+
+def _given_only(argv: list[str], allowed: set[str], why: str) -> None:
+    """UsageError naming the first flag in argv outside `allowed`."""
+    for tok in argv:
+        flag = tok.split("=", 1)[0]
+        if tok.startswith("--") and flag not in allowed:
+            raise UsageError(f"{flag} cannot be given here: {why} (flags allowed: {', '.join(sorted(allowed))})")
 
 
 def _eval(args: argparse.Namespace) -> int:
     from .train.evaluate import evaluate_run
 
-    ev = evaluate_run(args.run)
+    ev = evaluate_run(args.run, data_path=args.data)
     print(f"{args.run}: {ev.split} split, {ev.n} images: accuracy {ev.accuracy:.4f}, loss {ev.loss:.4f}")
     width = max(len(name) for name, _, _ in ev.per_class)
     for name, acc, n in ev.per_class:

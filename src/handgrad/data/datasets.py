@@ -22,7 +22,7 @@ import hashlib
 import os
 import tempfile
 import urllib.request
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -77,6 +77,12 @@ DATASETS = {
 SYSTEM_DIR = Path("/usr/share/datasets")
 VALID_SIZE = 10_000
 
+# The first 20 training labels of each published data set: how files given by path are told apart
+FIRST_LABELS = {
+    "mnist": (5, 0, 4, 1, 9, 2, 1, 3, 1, 4, 3, 5, 3, 6, 1, 7, 2, 8, 6, 9),
+    "fashion-mnist": (9, 0, 0, 3, 0, 2, 7, 2, 5, 5, 0, 9, 5, 5, 7, 9, 1, 0, 6, 4),
+}
+
 
 @dataclass
 class Dataset:
@@ -93,6 +99,7 @@ class Dataset:
     y_test: Tensor | None = None
     mean: float | None = None  # set by normalized(): what was subtracted ...
     std: float | None = None  # ... and divided by
+    files: tuple[str, ...] = ()  # the files read (for the fingerprint)
 
     def to(self, device: torch.device | str) -> "Dataset":
         moved = {k: (v.to(device) if isinstance(v, Tensor) else v) for k, v in vars(self).items()}
@@ -101,36 +108,116 @@ class Dataset:
     def normalized(self) -> "Dataset":
         """Images standardised with the training set's mean and std (one scalar each), as SGD likes them."""
         mean, std = float(self.x_train.mean()), float(self.x_train.std())
+        if not std > 0:  # one image, or all pixels equal: centre only
+            std = 1.0
         norm = lambda x: None if x is None else (x - mean) / std  # noqa: E731
-        return Dataset(self.name, self.source, self.classes, norm(self.x_train), self.y_train, norm(self.x_valid),
-                       self.y_valid, norm(self.x_test), self.y_test, mean, std)
+        return replace(self, x_train=norm(self.x_train), x_valid=norm(self.x_valid), x_test=norm(self.x_test),
+                       mean=mean, std=std)
 
     def subset(self, n_train: int, n_valid: int) -> "Dataset":
         """The first n_train training and n_valid validation samples (views, no copies)."""
-        return Dataset(self.name, self.source, self.classes, self.x_train[:n_train], self.y_train[:n_train],
-                       self.x_valid[:n_valid], self.y_valid[:n_valid], self.x_test, self.y_test, self.mean, self.std)
+        return replace(self, x_train=self.x_train[:n_train], y_train=self.y_train[:n_train],
+                       x_valid=self.x_valid[:n_valid], y_valid=self.y_valid[:n_valid])
+
+    def renamed(self, name: str) -> "Dataset":
+        return replace(self, name=name, classes=DATASETS[name].classes)
+
+    def fingerprint(self) -> dict:
+        """What identifies this data: the files' names, sizes and sha256, and the split sizes."""
+        return {"files": {Path(f).name: file_digest(Path(f)) for f in self.files},
+                "n_train": int(self.x_train.shape[0]), "n_valid": int(self.x_valid.shape[0]),
+                "n_test": 0 if self.x_test is None else int(self.x_test.shape[0])}
+
+
+def file_digest(path: Path) -> dict:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return {"bytes": path.stat().st_size, "sha256": h.hexdigest()}
+
+
+def compare_fingerprints(expected: dict, got: dict) -> str | None:
+    """None when the data matches the fingerprint, else what differs, in a few words."""
+    for key in ("n_train", "n_valid", "n_test"):
+        if expected.get(key) != got.get(key):
+            return f"{key} {got.get(key)} where the run had {expected.get(key)}"
+    want, have = expected.get("files", {}), got.get("files", {})
+    if sorted(want) != sorted(have):
+        return f"files {sorted(have)} where the run had {sorted(want)}"
+    for name in want:
+        if want[name] != have[name]:
+            return (f"{name} has sha256 {have[name].get('sha256', '?')[:12]}... ({have[name].get('bytes')} bytes) "
+                    f"where the run had {str(want[name].get('sha256', '?'))[:12]}... ({want[name].get('bytes')} "
+                    "bytes)")
+    return None
+
+
+def identify(data: Dataset) -> str | None:
+    """Which published data set these are, by their first training labels (None: neither)."""
+    first = tuple(int(v) for v in data.y_train[:20])
+    for name, labels in FIRST_LABELS.items():
+        if first == labels:
+            return name
+    return None
 
 
 # ------------------------------------------------------------------ parsing
 
 
-def _images(a: np.ndarray, path: Path) -> Tensor:
-    if a.ndim < 2:
-        raise DataError(f"{path}: expected images [N, 784] or [N, 28, 28], got shape {list(a.shape)}")
-    x = torch.from_numpy(np.ascontiguousarray(a)).reshape(a.shape[0], -1)
-    return x.float().div_(255.0) if not x.is_floating_point() else x.float()
+def _images(a: np.ndarray, where: str) -> Tensor:
+    """Images [N, ...] as float32 (N, pixels): uint8 (or integers in 0..255) scaled to [0, 1], or float32/64 as
+    they are; anything else, non-finite values or no image at all is refused, naming `where`."""
+    if not isinstance(a, np.ndarray) or a.ndim < 2:
+        shape = list(a.shape) if isinstance(a, np.ndarray) else type(a).__name__
+        raise DataError(f"{where}: expected images [N, 784] or [N, 28, 28], got shape {shape}")
+    if a.shape[0] == 0 or a[0].size == 0:
+        raise DataError(f"{where}: holds no images (shape {list(a.shape)})")
+    kind = a.dtype.kind
+    if kind in "ui" and a.dtype.fields is None:
+        lo, hi = int(a.min()), int(a.max())
+        if lo < 0 or hi > 255:
+            raise DataError(f"{where}: integer pixels must lie in 0..255, got values from {lo} to {hi} "
+                            "(give floats in [0, 1] for other depths)")
+        x = torch.from_numpy(np.ascontiguousarray(a, dtype=np.uint8)).reshape(a.shape[0], -1)
+        return x.float().div_(255.0)
+    if a.dtype not in (np.float32, np.float64):
+        raise DataError(f"{where}: expected uint8 pixels (0..255) or float32/float64 pixels, got dtype {a.dtype}")
+    x = torch.from_numpy(np.ascontiguousarray(a)).reshape(a.shape[0], -1).float()
+    if not bool(torch.isfinite(x).all()):
+        bad = int((~torch.isfinite(x)).any(dim=1).nonzero()[0, 0])
+        raise DataError(f"{where}: image {bad} holds NaN or infinite pixels")
+    return x
 
 
-def _labels(a: np.ndarray, n: int, path: Path) -> Tensor:
-    if a.ndim != 1 or a.shape[0] != n:
-        raise DataError(f"{path}: expected {n} labels [N], got shape {list(a.shape)}")
-    if not np.issubdtype(a.dtype, np.integer):
-        raise DataError(f"{path}: expected integer labels, got dtype {a.dtype}")
+def _labels(a: np.ndarray, n: int, where: str, n_classes: int = 10) -> Tensor:
+    """Class indices [N] in 0..n_classes-1, one per image, refused otherwise naming `where`."""
+    if not isinstance(a, np.ndarray) or a.ndim != 1 or a.shape[0] != n:
+        shape = list(a.shape) if isinstance(a, np.ndarray) else type(a).__name__
+        raise DataError(f"{where}: expected {n} labels [N] (one per image), got shape {shape}")
+    if a.dtype.kind not in "ui" or a.dtype.fields is not None:
+        raise DataError(f"{where}: expected integer labels, got dtype {a.dtype}")
+    lo, hi = int(a.min()), int(a.max())
+    if lo < 0 or hi >= n_classes:
+        raise DataError(f"{where}: labels must be class indices 0..{n_classes - 1}, got values from {lo} to {hi}")
     return torch.from_numpy(a.astype(np.int64))
 
 
-def _split_valid(x: Tensor, y: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    n_valid = min(VALID_SIZE, x.shape[0] // 6)  # small test files keep a sensible share
+def _same_shapes(parts: list[tuple[str, np.ndarray]]) -> None:
+    """Every split's images have the first's shape (28x28 test images beside 28x27 training ones are refused)."""
+    where0, first = parts[0]
+    for where, a in parts[1:]:
+        if isinstance(a, np.ndarray) and isinstance(first, np.ndarray) and a.shape[1:] != first.shape[1:]:
+            raise DataError(f"{where}: images of shape {list(a.shape[1:])}, but {where0} has "
+                            f"{list(first.shape[1:])}")
+
+
+def _split_valid(x: Tensor, y: Tensor, where: str) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """The last sixth of the training images (at most VALID_SIZE) held out for validation."""
+    if x.shape[0] < 2:
+        raise DataError(f"{where}: {x.shape[0]} training image; at least 2 are needed (one is held out for "
+                        "validation)")
+    n_valid = max(1, min(VALID_SIZE, x.shape[0] // 6))  # small test files keep a sensible share
     return x[:-n_valid], y[:-n_valid], x[-n_valid:], y[-n_valid:]
 
 
@@ -140,13 +227,15 @@ def load_seeds_pickle(path: Path, name: str = "mnist") -> Dataset:
     if not (isinstance(obj, (tuple, list)) and len(obj) in (2, 3)
             and all(isinstance(s, (tuple, list)) and len(s) == 2 for s in obj)):
         raise DataError(f"{path}: expected ((x_train, y_train), (x_valid, y_valid), (x_test, y_test)) arrays")
+    names = ("train", "valid", "test")
+    _same_shapes([(f"{path} ({names[i]} split)", x) for i, (x, _) in enumerate(obj)])
     splits = []
-    for x, y in obj:
-        xt = _images(x, path)
-        splits += [xt, _labels(y, xt.shape[0], path)]
+    for i, (x, y) in enumerate(obj):
+        xt = _images(x, f"{path} ({names[i]} images)")
+        splits += [xt, _labels(y, xt.shape[0], f"{path} ({names[i]} labels)")]
     if len(splits) == 4:
         splits += [None, None]
-    return Dataset(name, str(path), DATASETS[name].classes, *splits)
+    return Dataset(name, str(path), DATASETS[name].classes, *splits, files=(str(path),))
 
 
 def load_npz(path: Path, name: str) -> Dataset:
@@ -154,18 +243,23 @@ def load_npz(path: Path, name: str) -> Dataset:
     arrays = read_npz(path)
     if "x_train" not in arrays or "y_train" not in arrays:
         raise DataError(f"{path}: expected arrays x_train and y_train, found {sorted(arrays)}")
-    x = _images(arrays["x_train"], path)
-    y = _labels(arrays["y_train"], x.shape[0], path)
+    for split in ("valid", "test"):
+        if (f"x_{split}" in arrays) != (f"y_{split}" in arrays):
+            has, lacks = (f"x_{split}", f"y_{split}") if f"x_{split}" in arrays else (f"y_{split}", f"x_{split}")
+            raise DataError(f"{path}: holds {has} but not {lacks}; give both or neither")
+    _same_shapes([(f"{path} ({k})", arrays[k]) for k in ("x_train", "x_valid", "x_test") if k in arrays])
+    x = _images(arrays["x_train"], f"{path} (x_train)")
+    y = _labels(arrays["y_train"], x.shape[0], f"{path} (y_train)")
     if "x_valid" in arrays:
-        xv = _images(arrays["x_valid"], path)
-        parts = (x, y, xv, _labels(arrays["y_valid"], xv.shape[0], path))
+        xv = _images(arrays["x_valid"], f"{path} (x_valid)")
+        parts = (x, y, xv, _labels(arrays["y_valid"], xv.shape[0], f"{path} (y_valid)"))
     else:
-        parts = _split_valid(x, y)
+        parts = _split_valid(x, y, f"{path} (x_train)")
     test: tuple[Tensor | None, Tensor | None] = (None, None)
     if "x_test" in arrays:
-        xt = _images(arrays["x_test"], path)
-        test = (xt, _labels(arrays["y_test"], xt.shape[0], path))
-    return Dataset(name, str(path), DATASETS[name].classes, *parts, *test)
+        xt = _images(arrays["x_test"], f"{path} (x_test)")
+        test = (xt, _labels(arrays["y_test"], xt.shape[0], f"{path} (y_test)"))
+    return Dataset(name, str(path), DATASETS[name].classes, *parts, *test, files=(str(path),))
 
 
 def _idx_file(folder: Path, stem: str) -> Path | None:
@@ -181,11 +275,14 @@ def load_idx_folder(folder: Path, name: str) -> Dataset:
     missing = [IDX_FILES[k] for k, f in files.items() if f is None]
     if missing:
         raise DataError(f"{folder}: missing IDX files {missing}")
-    x = _images(read_idx(files["train_images"]), files["train_images"])
-    y = _labels(read_idx(files["train_labels"]), x.shape[0], files["train_labels"])
-    xt = _images(read_idx(files["test_images"]), files["test_images"])
-    yt = _labels(read_idx(files["test_labels"]), xt.shape[0], files["test_labels"])
-    return Dataset(name, str(folder), DATASETS[name].classes, *_split_valid(x, y), xt, yt)
+    xa, xta = read_idx(files["train_images"]), read_idx(files["test_images"])
+    _same_shapes([(str(files["train_images"]), xa), (str(files["test_images"]), xta)])
+    x = _images(xa, str(files["train_images"]))
+    y = _labels(read_idx(files["train_labels"]), x.shape[0], str(files["train_labels"]))
+    xt = _images(xta, str(files["test_images"]))
+    yt = _labels(read_idx(files["test_labels"]), xt.shape[0], str(files["test_labels"]))
+    return Dataset(name, str(folder), DATASETS[name].classes, *_split_valid(x, y, str(files["train_images"])), xt, yt,
+                   files=tuple(str(files[k]) for k in IDX_FILES))
 
 
 # ------------------------------------------------------------------ look-up
@@ -214,10 +311,18 @@ def _find_in(folder: Path, name: str, idx_at_top: bool) -> Path | None:
 
 def load_path(path: Path, name: str) -> Dataset:
     """Read a data set from a file (pickle or .npz, told apart by content) or a folder of IDX files."""
+    path = path.absolute()
     if path.is_dir():
         return load_idx_folder(path, name)
-    if path.suffix == ".npz" or path.read_bytes()[:4] == b"PK\x03\x04":
+    try:
+        with open(path, "rb") as f:
+            head = f.read(4)
+    except OSError as e:
+        raise DataError(f"{path}: cannot read ({e.strerror or e})") from None
+    if head == b"PK\x03\x04":
         return load_npz(path, name)
+    if path.suffix == ".npz":
+        raise DataError(f"{path}: not a .npz archive (it does not start as a zip file does)")
     return load_seeds_pickle(path, name)
 
 

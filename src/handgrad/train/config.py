@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, field, fields
 
 LOSSES = ("cross-entropy", "mse")
 MODELS = ("mlp", "cnn")
+DATASETS = ("auto", "mnist", "fashion-mnist")
+MAX_WIDTH = 1 << 16  # a layer width past this is a typo (the parameter count is checked against memory too)
+MAX_TIMEOUT = 7 * 24 * 3600.0
 OPTIMIZERS = ("sgd", "adam", "adamw")
 SCHEDULES = ("constant", "one-cycle", "cosine", "step")
 
@@ -44,25 +48,29 @@ class TrainConfig:
     save_every: int = 0  # also checkpoint every N batches (0: at the end of each epoch only)
     nproc: int = 1  # data-parallel processes on this machine (torch.distributed; bs stays the global batch)
     dist_timeout: float = 60.0  # seconds a collective may wait for a rank before training stops
+    fingerprint: dict | None = None  # the data a run trained on (files' sizes and sha256), written by the run
 
     def validate(self) -> None:
         def check(ok: bool, message: str) -> None:
             if not ok:
                 raise ValueError(message)
 
+        check(self.dataset in DATASETS, f"--dataset must be one of {', '.join(DATASETS)}, got {self.dataset!r}")
         check(self.model in MODELS, f"--model must be one of {', '.join(MODELS)}, got {self.model!r}")
-        check(bool(self.channels) and all(c >= 1 for c in self.channels), f"--channels must be positive, got "
-              f"{self.channels}")
+        check(bool(self.channels) and all(1 <= c <= MAX_WIDTH for c in self.channels),
+              f"--channels must be widths from 1 to {MAX_WIDTH}, got {self.channels}")
         check(self.opt in OPTIMIZERS, f"--opt must be one of {', '.join(OPTIMIZERS)}, got {self.opt!r}")
         check(self.schedule in (None, *SCHEDULES), f"--schedule must be one of {', '.join(SCHEDULES)}, got "
               f"{self.schedule!r}")
         check(self.loss in LOSSES, f"--loss must be one of {', '.join(LOSSES)}, got {self.loss!r}")
         check(self.epochs >= 1, f"--epochs must be at least 1, got {self.epochs}")
         check(self.bs is None or self.bs >= 1, f"--bs must be a positive integer, got {self.bs}")
-        check(self.lr is None or self.lr > 0, f"--lr must be positive, got {self.lr}")
-        check(all(h >= 1 for h in self.hidden), f"--hidden sizes must be positive, got {self.hidden}")
+        check(self.lr is None or 0 < self.lr <= 1e6, f"--lr must be a positive number up to 1e6, got {self.lr}")
+        check(bool(self.hidden) and all(1 <= h <= MAX_WIDTH for h in self.hidden),
+              f"--hidden sizes must be from 1 to {MAX_WIDTH}, got {self.hidden}")
         check(self.momentum is None or 0 <= self.momentum < 1, f"--momentum must be in [0, 1), got {self.momentum}")
-        check(self.weight_decay is None or self.weight_decay >= 0, f"--weight-decay must be >= 0, got "
+        check(self.weight_decay is None or 0 <= self.weight_decay < math.inf, f"--weight-decay must be a finite "
+              f"number >= 0, got "
               f"{self.weight_decay}")
         check(self.clip is None or self.clip > 0, f"--clip must be positive, got {self.clip}")
         check(self.patience is None or self.patience >= 1, f"--patience must be at least 1, got {self.patience}")
@@ -70,7 +78,8 @@ class TrainConfig:
         check(self.save_every >= 0, f"--save-every must be >= 0, got {self.save_every}")
         check(self.subset is None or self.subset >= 1, f"--subset must be positive, got {self.subset}")
         check(self.nproc >= 1, f"--nproc must be at least 1, got {self.nproc}")
-        check(self.dist_timeout > 0, f"--dist-timeout must be positive, got {self.dist_timeout}")
+        check(0 < self.dist_timeout <= MAX_TIMEOUT, f"--dist-timeout must be seconds from 0 to {MAX_TIMEOUT:.0f} "
+              f"(a week), got {self.dist_timeout}")
         check(not (self.torch_twin and self.nproc > 1), "--torch-twin trains in one process: leave out --nproc")
 
     @property
@@ -114,3 +123,7 @@ class TrainConfig:
     def from_dict(cls, d: dict) -> "TrainConfig":
         known = {f.name for f in fields(cls)}
         return cls(**{k: v for k, v in d.items() if k in known})
+
+    def data_label(self) -> str:
+        """Where the data comes from, as a user would say it."""
+        return self.dataset + (f" at {self.data}" if self.data else "")

@@ -9,24 +9,26 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from ..errors import UsageError
+from ..errors import DataError, TrainingError, UsageError
 from ..module import Module
 from .callbacks import LRFinderCB
 from .config import TrainConfig
 from .learner import Learner
 from .loop import evaluate, make_loss, predict_classes
 from .run import build_model, build_optimizer, prepare_data, resolve_device
-from .runfolder import RunFolder
+from .runfolder import CHECKPOINT, LR_FIND, RunFolder
+from .schema import check_model_tensors
 
 
 def load_run(path: str | Path) -> tuple[TrainConfig, Module, dict]:
-    """The config, the model with its latest weights (eval mode) and the checkpoint's info of a run folder."""
+    """The config, the model with its latest weights (eval mode) and the checkpoint's info of a run folder;
+    every file checked (DataError naming the file and key when one does not fit)."""
     folder = RunFolder.open(path)
-    cfg = TrainConfig.from_dict(folder.read_config())
+    cfg = folder.read_config()
     tensors, meta = folder.load_checkpoint()
-    meta.setdefault("classes", [str(i) for i in range(10)])
-    model, _ = build_model(cfg, int(meta.get("n_in", 784)), len(meta["classes"]))
-    model.load_state_dict({k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")})
+    model, _ = build_model(cfg, meta["n_in"], len(meta["classes"]))
+    state = check_model_tensors(tensors, model.state_dict(), folder.path / CHECKPOINT)
+    model.load_state_dict(state)
     return cfg, model.eval(), meta
 
 
@@ -39,14 +41,25 @@ class Evaluation:
     per_class: list[tuple[str, float, int]]  # (class, accuracy, count)
 
 
-def evaluate_run(path: str | Path, log: Callable[[str], None] = print) -> Evaluation:
+def evaluate_run(path: str | Path, log: Callable[[str], None] = print, data_path: str | None = None) -> Evaluation:
+    """The run's model on the test split of the data it trained on (found by its absolute path and checked
+    against its fingerprint), or of `data_path` when given."""
     cfg, model, meta = load_run(path)
     device = resolve_device(cfg.device) if cfg.device == "cpu" or torch.cuda.is_available() else torch.device("cpu")
-    data = prepare_data(cfg, device, log)
+    if data_path is not None:
+        cfg.data = data_path
+    cfg.download = False
+    normalize, cfg.normalize = cfg.normalize, False  # the run's own mean and std, below
+    data = prepare_data(cfg, device, log, explicit=data_path is not None)
+    if data.x_train.shape[1] != meta["n_in"] or len(data.classes) != len(meta["classes"]):
+        raise DataError(f"{data.source}: images of {data.x_train.shape[1]} pixels in {len(data.classes)} classes; "
+                        f"the run's model takes {meta['n_in']} pixels and {len(meta['classes'])} classes")
     model.to(device)
     split, x, y = "test", data.x_test, data.y_test
     if x is None:
         split, x, y = "valid (this data set has no test split)", data.x_valid, data.y_valid
+    if normalize and meta["mean"] is not None and meta["std"] is not None:
+        x = (x - meta["mean"]) / meta["std"]
     loss_fn = make_loss(cfg.loss)
     loss, acc = evaluate(model, loss_fn, x, y, len(data.classes))
     with torch.no_grad():
@@ -60,20 +73,53 @@ def evaluate_run(path: str | Path, log: Callable[[str], None] = print) -> Evalua
 
 
 def load_image(path: str | Path, side: int = 28) -> Tensor:
-    """A grayscale image as (side*side,) floats in [0, 1], resized when needed; UsageError if not an image."""
+    """A grayscale image as (side*side,) floats in [0, 1], resized when needed: 8-bit images scaled by 255,
+    16-bit ones by 65535, float images taken as they are when in [0, 1] (or scaled by 255 when in [0, 255]).
+    UsageError in one line for anything else: not an image, no such file, a decompression bomb."""
+    import warnings
+
+    import numpy as np
     from PIL import Image, UnidentifiedImageError
 
     try:
-        with Image.open(path) as im:
-            im = im.convert("L")
-            if im.size != (side, side):
-                im = im.resize((side, side), Image.BILINEAR)
-            pixels = torch.tensor(list(im.getdata()), dtype=torch.float32)
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(path) as im:
+                im.load()
+                a = _gray(im, path)
     except FileNotFoundError:
         raise UsageError(f"{path}: no such file") from None
-    except (UnidentifiedImageError, OSError) as e:
+    except IsADirectoryError:
+        raise UsageError(f"{path}: is a folder, not an image") from None
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
+        raise UsageError(f"{path}: refusing an image this large (a decompression bomb?): {e}") from None
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as e:
         raise UsageError(f"{path}: not an image ({type(e).__name__}: {e})") from None
-    return pixels / 255.0
+    if a.shape != (side, side):
+        a = np.asarray(Image.fromarray(a, mode="F").resize((side, side), Image.BILINEAR), dtype=np.float32)
+    return torch.from_numpy(np.ascontiguousarray(a, dtype=np.float32)).reshape(-1)
+
+
+def _gray(im, path: str | Path):
+    """The image's gray levels in [0, 1] as a float32 array, whatever its bit depth."""
+    import numpy as np
+
+    if im.mode.startswith("I;16") or im.mode == "I":
+        a = np.asarray(im, dtype=np.float64)
+        if a.ndim != 2 or a.min() < 0 or a.max() > 65535:
+            raise UsageError(f"{path}: integer pixels from {a.min():g} to {a.max():g}; expected 16-bit gray levels")
+        return (a / 65535.0).astype(np.float32)
+    if im.mode == "F":
+        a = np.asarray(im, dtype=np.float32)
+        if not np.isfinite(a).all():
+            raise UsageError(f"{path}: holds NaN or infinite pixels")
+        lo, hi = float(a.min()), float(a.max())
+        if lo >= 0 and hi <= 1:
+            return a
+        if lo >= 0 and hi <= 255:
+            return a / 255.0
+        raise UsageError(f"{path}: float pixels from {lo:g} to {hi:g}; expected gray levels in [0, 1] or [0, 255]")
+    return np.asarray(im.convert("L"), dtype=np.float32) / 255.0
 
 
 def predict_images(path: str | Path, images: list[str], k: int = 3) -> list[tuple[str, list[tuple[str, float]]]]:
@@ -82,7 +128,10 @@ def predict_images(path: str | Path, images: list[str], k: int = 3) -> list[tupl
     if cfg.loss != "cross-entropy":
         raise UsageError(f"{path}: predict needs a model trained with cross-entropy (this one used {cfg.loss})")
     classes = meta["classes"]
-    x = torch.stack([load_image(p) for p in images])  # (B, 784)
+    side = int(round(meta["n_in"] ** 0.5))
+    if side * side != meta["n_in"]:
+        raise UsageError(f"{path}: the model takes {meta['n_in']} pixels, not a square image")
+    x = torch.stack([load_image(p, side) for p in images])  # (B, side*side)
     if meta.get("mean") is not None:
         x = (x - meta["mean"]) / meta["std"]
     with torch.no_grad():
@@ -92,26 +141,42 @@ def predict_images(path: str | Path, images: list[str], k: int = 3) -> list[tupl
             for img, ps, idx in zip(images, top.values, top.indices)]
 
 
-def lr_find(cfg: TrainConfig, plot: str | Path, log: Callable[[str], None] = print) -> float:
-    """Run the learning-rate range test on a fresh model of `cfg`; save the loss-vs-lr plot; return the
-    suggested learning rate."""
-    plot = Path(plot)
-    if plot.exists():
+def lr_find(cfg: TrainConfig, plot: str | Path | None, log: Callable[[str], None] = print,
+            run: str | Path | None = None, data_path: str | None = None) -> float:
+    """Run the learning-rate range test on a fresh model of `cfg` (or of the run folder `run`: its config, its
+    data checked against its fingerprint, its lock held, the plot saved in it); save the loss-vs-lr plot;
+    return the suggested learning rate."""
+    folder = None
+    if run is not None:
+        folder = RunFolder.open(run)
+        cfg = folder.read_config()
+        if data_path is not None:
+            cfg.data = data_path
+    plot = Path(plot) if plot is not None else (folder.path / LR_FIND if folder is not None else Path(LR_FIND))
+    if plot.exists() and not (folder is not None and plot == folder.path / LR_FIND):
         raise UsageError(f"{plot}: the file exists; choose another name or remove it")
     cfg.validate()
     device = resolve_device(cfg.device)
-    data = prepare_data(cfg, device, log)
-    model, name = build_model(cfg, data.x_train.shape[1], len(data.classes))
-    model.to(device)
-    from ..data import DataLoader
+    if folder is not None:
+        folder.lock()
+    try:
+        data = prepare_data(cfg, device, log, explicit=data_path is not None)
+        model, name = build_model(cfg, data.x_train.shape[1], len(data.classes))
+        model.to(device)
+        from ..data import DataLoader
 
-    finder = LRFinderCB()
-    dl = DataLoader(data.x_train, data.y_train, cfg.batch_size, shuffle=True, seed=cfg.seed)
-    learn = Learner(model, make_loss(cfg.loss), build_optimizer(cfg, model), dl, data.x_valid, data.y_valid,
-                    len(data.classes), [finder])
-    learn.fit(1)
-    suggestion = finder.suggestion()
-    _plot_lr(finder, suggestion, plot, f"{name}, {cfg.opt}, bs {cfg.batch_size}")
+        finder = LRFinderCB()
+        dl = DataLoader(data.x_train, data.y_train, cfg.batch_size, shuffle=True, seed=cfg.seed)
+        learn = Learner(model, make_loss(cfg.loss), build_optimizer(cfg, model), dl, data.x_valid, data.y_valid,
+                        len(data.classes), [finder])
+        learn.fit(1)
+        if not finder.lrs:
+            raise TrainingError("lr-find: no batch ran (the training split is empty)")
+        suggestion = finder.suggestion()
+        _plot_lr(finder, suggestion, plot, f"{name}, {cfg.opt}, bs {cfg.batch_size}")
+    finally:
+        if folder is not None:
+            folder.close()
     log(f"lr-find: {len(finder.lrs)} batches, lr {finder.lrs[0]:.1e} .. {finder.lrs[-1]:.1e}; lowest loss at "
         f"{suggestion * 10:.2e}; suggested lr {suggestion:.2e}; plot: {plot}")
     return suggestion

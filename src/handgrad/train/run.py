@@ -12,6 +12,7 @@ import torch
 
 from ..check import check_module
 from ..data import DataLoader, Dataset, load_dataset, locate
+from ..data.datasets import compare_fingerprints, identify
 from ..distributed import Dist, broadcast_module, init_from_env
 from ..errors import DataError, GradientCheckError, TrainingError, UsageError
 from ..interop import to_torch
@@ -60,11 +61,24 @@ def resolve_device(name: str) -> torch.device:
 
 
 def resolve_dataset(cfg: TrainConfig, log: Callable[[str], None]) -> Dataset:
-    """The data set named in cfg; 'auto' means MNIST where it can be found or downloaded, else Fashion-MNIST."""
+    """The data set named in cfg; 'auto' means MNIST where it can be found or downloaded, else Fashion-MNIST.
+    Files given by path with 'auto' are told apart by their first training labels."""
     if cfg.dataset != "auto":
         return load_dataset(cfg.dataset, cfg.data, allow_download=cfg.download)
-    if cfg.data is not None or locate("mnist") is not None:
-        return load_dataset("mnist", cfg.data, allow_download=cfg.download)
+    if cfg.data is not None:
+        try:
+            data = load_dataset("mnist", cfg.data, allow_download=False)
+        except DataError as e:
+            if "holds no mnist files" not in str(e):
+                raise
+            data = load_dataset("fashion-mnist", cfg.data, allow_download=False)
+        name = identify(data)
+        if name is None:
+            log(f"{cfg.data}: neither MNIST's nor Fashion-MNIST's first labels; labelled {data.name} "
+                "(pass --dataset to name it)")
+        return data if name in (None, data.name) else data.renamed(name)
+    if locate("mnist") is not None:
+        return load_dataset("mnist", allow_download=cfg.download)
     try:
         return load_dataset("mnist", allow_download=cfg.download)
     except DataError:
@@ -72,8 +86,22 @@ def resolve_dataset(cfg: TrainConfig, log: Callable[[str], None]) -> Dataset:
         return load_dataset("fashion-mnist", allow_download=cfg.download)
 
 
-def prepare_data(cfg: TrainConfig, device: torch.device, log: Callable[[str], None]) -> Dataset:
+def prepare_data(cfg: TrainConfig, device: torch.device, log: Callable[[str], None],
+                 explicit: bool = False) -> Dataset:
+    """The run's data, subset and normalised as cfg says. A config holding a fingerprint (a run being resumed
+    or evaluated) gets exactly that data: anything else is refused, unless the user named the data (`explicit`),
+    where a difference is only said. cfg then holds the resolved name, absolute path and fingerprint."""
     data = resolve_dataset(cfg, log)
+    fingerprint = data.fingerprint()
+    if cfg.fingerprint is not None:
+        diff = compare_fingerprints(cfg.fingerprint, fingerprint)
+        if diff is not None and not explicit:
+            raise DataError(f"{data.source}: not the data this run trained on ({diff}); pass --data PATH to use "
+                            "other data on purpose")
+        if diff is not None:
+            log(f"note: {data.source} differs from the data this run trained on ({diff})")
+    # what was resolved, so that a run folder's config names exactly this data
+    cfg.dataset, cfg.data, cfg.fingerprint = data.name, data.source, fingerprint
     if cfg.subset is not None:
         data = data.subset(cfg.subset, data.x_valid.shape[0])
     if cfg.normalize:
@@ -141,7 +169,7 @@ def _run(cfg: TrainConfig, d: Dist | None, log: Callable[[str], None], progress:
     changed = {}
     if resume is not None:
         folder = RunFolder.open(resume)
-        cfg = TrainConfig.from_dict(folder.read_config())
+        cfg = folder.read_config()
         cfg.out = str(folder.path)
         changed = {k: v for k, v in (changes or {}).items() if getattr(cfg, k) != v}
         if "epochs" in changed and cfg.lr_schedule != "constant":
@@ -162,7 +190,7 @@ def _run(cfg: TrainConfig, d: Dist | None, log: Callable[[str], None], progress:
             folder.write_config(cfg.to_dict())
             log("resuming with " + ", ".join(f"{k} {v}" for k, v in changed.items()) + " (config.json updated)")
     try:
-        return _train(cfg, d, log, progress, overwrite, resume, folder, new_folder, device)
+        return _train(cfg, d, log, progress, overwrite, resume, folder, new_folder, device, "data" in changed)
     finally:
         for f in (folder, new_folder):
             if f is not None:
@@ -171,12 +199,15 @@ def _run(cfg: TrainConfig, d: Dist | None, log: Callable[[str], None], progress:
 
 def _train(cfg: TrainConfig, d: Dist | None, log: Callable[[str], None], progress: bool, overwrite: bool,
            resume: str | Path | None, folder: RunFolder | None, new_folder: RunFolder | None,
-           device: torch.device) -> RunResult:
+           device: torch.device, explicit_data: bool = False) -> RunResult:
     main = d is None or d.is_main
     checkpoint = folder.load_checkpoint() if resume is not None else None
 
     start = time.perf_counter()
-    data = prepare_data(cfg, device, log)
+    fingerprint = cfg.fingerprint
+    data = prepare_data(cfg, device, log, explicit=explicit_data)
+    if folder is not None and main and cfg.fingerprint != fingerprint:  # resumed on data named anew
+        folder.write_config(cfg.to_dict())
     n_in, n_classes = data.x_train.shape[1], len(data.classes)
     model, name = build_model(cfg, n_in, n_classes)
     model.to(device)

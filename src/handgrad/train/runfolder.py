@@ -4,6 +4,8 @@
     runs/NAME/metrics.jsonl        one line per epoch
     runs/NAME/checkpoint.safetensors  weights, optimizer state, RNG states, position (latest)
     runs/NAME/*.png                loss and accuracy curves, confusion matrix, validation samples
+    runs/NAME/lr_find.png          `handgrad lr-find --run NAME`'s plot
+    runs/NAME/error.log            the traceback of an unforeseen error in a command on this run
     runs/NAME/.handgrad-run        the marker: this folder is a handgrad run (written at creation)
     runs/NAME/.handgrad.lock       held (flock) by the process writing the run; its PID inside
 
@@ -20,12 +22,16 @@ import os
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import Tensor
 
-from ..errors import UsageError
+from ..errors import DataError, UsageError
+
+if TYPE_CHECKING:
+    from .config import TrainConfig
 
 try:
     import fcntl
@@ -33,16 +39,20 @@ except ImportError:  # not on Windows: no lock there
     fcntl = None  # type: ignore[assignment]
 
 CONFIG, METRICS, CHECKPOINT = "config.json", "metrics.jsonl", "checkpoint.safetensors"
-MARKER, LOCK = ".handgrad-run", ".handgrad.lock"
+MARKER, LOCK, LR_FIND, ERROR_LOG = ".handgrad-run", ".handgrad.lock", "lr_find.png", "error.log"
 # every file handgrad writes into a run folder: what --overwrite removes (nothing else)
-WRITTEN = (CONFIG, METRICS, CHECKPOINT, "loss.png", "accuracy.png", "confusion.png", "samples.png", "error.log")
+WRITTEN = (CONFIG, METRICS, CHECKPOINT, "loss.png", "accuracy.png", "confusion.png", "samples.png", LR_FIND,
+           ERROR_LOG)
 
 
 def atomic_write(path: Path, write: Callable[[str], None]) -> None:
-    """write(tmp_name) then fsync and rename over `path`: readers see the old file or the new, never half."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".part")
-    os.close(fd)
+    """write(tmp_name), fsync, rename over `path` and fsync the folder: readers see the old file or the new,
+    never half, even after a power cut. A write that fails (read-only folder, disk full) leaves the old file and
+    no temporary one, and says so in one line."""
+    tmp = None
     try:
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".part")
+        os.close(fd)
         write(tmp)
         with open(tmp, "rb") as f:
             os.fsync(f.fileno())
@@ -50,9 +60,27 @@ def atomic_write(path: Path, write: Callable[[str], None]) -> None:
         os.umask(umask)
         os.chmod(tmp, 0o666 & ~umask)  # as an ordinary new file (mkstemp makes it private)
         os.replace(tmp, path)
+        tmp = None
+        fsync_dir(path.parent)
+    except (OSError, SafetensorError) as e:
+        raise UsageError(f"{path}: cannot write it ({getattr(e, 'strerror', None) or e})") from None
     finally:
-        if os.path.exists(tmp):
+        if tmp is not None and os.path.exists(tmp):
             os.remove(tmp)
+
+
+def fsync_dir(folder: Path) -> None:
+    """Make a rename in `folder` durable (where the system allows opening a folder)."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
 
 
 class RunFolder:
@@ -127,6 +155,8 @@ class RunFolder:
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
         self._lock_fd = fd
+        for part in self.path.glob(".*.part"):  # left by a writer killed mid-write: nobody else writes here now
+            part.unlink(missing_ok=True)
 
     def close(self) -> None:
         """Let go of the lock."""
@@ -147,11 +177,16 @@ class RunFolder:
     def write_config(self, config: dict) -> None:
         atomic_write(self.path / CONFIG, lambda tmp: Path(tmp).write_text(json.dumps(config, indent=2) + "\n"))
 
-    def read_config(self) -> dict:
+    def read_config(self) -> "TrainConfig":
+        """The run's TrainConfig, checked against its typed fields (one line naming the key if not)."""
+        from .schema import config_from_json
+
+        path = self.path / CONFIG
         try:
-            return json.loads((self.path / CONFIG).read_text())
-        except (OSError, json.JSONDecodeError) as e:
-            raise UsageError(f"{self.path / CONFIG}: unreadable ({e})") from None
+            d = json.loads(path.read_text())
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:
+            raise DataError(f"{path}: unreadable ({getattr(e, 'strerror', None) or e})") from None
+        return config_from_json(d, path)
 
     def write_metrics(self, rows: list[dict]) -> None:
         """All epochs so far, one JSON object per line (rewritten whole, so a resume never duplicates lines)."""
@@ -175,12 +210,15 @@ class RunFolder:
         path = self.path / CHECKPOINT
         if not path.is_file():
             raise UsageError(f"{self.path}: no checkpoint yet ({CHECKPOINT} missing)")
+        from .schema import check_meta, check_rng
+
         try:
             tensors = load_file(path)
             from safetensors import safe_open
 
             with safe_open(path, "pt") as f:
                 meta = json.loads((f.metadata() or {})["handgrad"])
-        except (SafetensorError, OSError, KeyError, json.JSONDecodeError) as e:
-            raise UsageError(f"{path}: not a readable handgrad checkpoint ({type(e).__name__}: {e})") from None
-        return tensors, meta
+        except (SafetensorError, OSError, KeyError, ValueError, RecursionError) as e:
+            raise DataError(f"{path}: not a readable handgrad checkpoint ({type(e).__name__}: {e})") from None
+        check_rng(tensors, path)
+        return tensors, check_meta(meta, path)

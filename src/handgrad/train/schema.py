@@ -1,0 +1,137 @@
+"""What a run folder's files must hold, checked when they are read: `config.json` against TrainConfig's typed
+fields, the checkpoint's metadata against CHECKPOINT_META, and its tensors against the model and optimizer they
+are loaded into. Each problem is one DataError line naming the file, the key, what was expected and what came.
+"""
+
+from __future__ import annotations
+
+import types
+import typing
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from ..errors import DataError
+from .config import TrainConfig
+
+# the checkpoint metadata every handgrad checkpoint carries (CheckpointCB writes it)
+CHECKPOINT_META: dict[str, Any] = {
+    "epoch": int, "batch": int, "t": int, "opt_steps": int, "opt_hyper": dict, "n_params": int,
+    "callbacks": dict, "classes": list[str], "mean": float | None, "std": float | None, "dataset": str,
+    "n_in": int,
+}
+
+
+def type_name(tp: Any) -> str:
+    """int, float or None, list of int, ... as a user reads them."""
+    if typing.get_origin(tp) in (typing.Union, types.UnionType):
+        return " or ".join(type_name(a) for a in typing.get_args(tp))
+    if typing.get_origin(tp) is list:
+        return f"a list of {type_name(typing.get_args(tp)[0])}"
+    if tp is type(None):
+        return "null"
+    return {int: "an integer", float: "a number", str: "a string", bool: "true or false", dict: "an object",
+            list: "a list"}.get(tp, getattr(tp, "__name__", str(tp)))
+
+
+def fits(value: object, tp: Any) -> bool:
+    """Whether a JSON value has type `tp` (bool is not an integer; an integer is a number)."""
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        return any(fits(value, a) for a in typing.get_args(tp))
+    if origin is list:
+        return isinstance(value, list) and all(fits(v, typing.get_args(tp)[0]) for v in value)
+    if origin is dict:
+        return isinstance(value, dict)
+    if tp is type(None):
+        return value is None
+    if tp is bool:
+        return isinstance(value, bool)
+    if tp is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if tp is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    return isinstance(value, tp)
+
+
+def _shown(value: object) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _came(value: object) -> str:
+    kind = {bool: "a boolean", int: "an integer", float: "a number", str: "a string", list: "a list",
+            dict: "an object", type(None): "null"}.get(type(value), type(value).__name__)
+    return f"{_shown(value)} ({kind})"
+
+
+def check_fields(d: object, schema: dict[str, Any], where: str, required: bool) -> dict:
+    """`d` a JSON object whose keys are in `schema` with values of its types (every key, when required)."""
+    if not isinstance(d, dict):
+        raise DataError(f"{where}: expected a JSON object, got {_came(d)}")
+    for key, value in d.items():
+        if key not in schema:
+            raise DataError(f"{where}: unknown key {key!r} (expected keys: {', '.join(schema)})")
+        if not fits(value, schema[key]):
+            raise DataError(f"{where}: key {key!r}: expected {type_name(schema[key])}, got {_came(value)}")
+    if required:
+        missing = [k for k in schema if k not in d]
+        if missing:
+            raise DataError(f"{where}: missing key {missing[0]!r} ({type_name(schema[missing[0]])})")
+    return d
+
+
+def config_from_json(d: object, path: Path) -> TrainConfig:
+    """A run's TrainConfig from its parsed config.json: every key known and typed, the values valid. Keys it
+    lacks take their defaults (a config written before the key existed)."""
+    hints = typing.get_type_hints(TrainConfig)
+    check_fields(d, hints, str(path), required=False)
+    cfg = TrainConfig(**d)  # type: ignore[arg-type]
+    try:
+        cfg.validate()
+    except ValueError as e:
+        raise DataError(f"{path}: {e}") from None
+    if cfg.dataset == "auto" and cfg.fingerprint is not None:
+        raise DataError(f"{path}: key 'dataset': expected the resolved data set (mnist or fashion-mnist) beside "
+                        "a fingerprint, got 'auto'")
+    return cfg
+
+
+def check_meta(meta: object, path: Path) -> dict:
+    """The checkpoint's metadata: every key of CHECKPOINT_META, typed."""
+    check_fields(meta, CHECKPOINT_META, f"{path} metadata", required=True)
+    assert isinstance(meta, dict)
+    for key in ("epoch", "batch", "t", "opt_steps", "n_params", "n_in"):
+        if meta[key] < 0:
+            raise DataError(f"{path} metadata: key {key!r}: expected a count >= 0, got {meta[key]}")
+    if not meta["classes"]:
+        raise DataError(f"{path} metadata: key 'classes': expected the class names, got an empty list")
+    return meta
+
+
+def check_model_tensors(tensors: dict[str, Tensor], expected: dict[str, Tensor], path: Path,
+                        prefix: str = "model.") -> dict[str, Tensor]:
+    """The checkpoint's `prefix`-tensors, keyed as `expected` (the model's state_dict), each of its shape and
+    dtype: no silent cast, no silent reshape."""
+    got = {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
+    missing = [k for k in expected if k not in got]
+    unexpected = [k for k in got if k not in expected]
+    if missing or unexpected:
+        key, what = (missing[0], "missing") if missing else (unexpected[0], "not in this model")
+        raise DataError(f"{path}: tensor {prefix}{key} is {what} (the run's config builds a model with "
+                        f"{', '.join(list(expected)[:4])}{', ...' if len(expected) > 4 else ''})")
+    for key, want in expected.items():
+        value = got[key]
+        if value.dtype != want.dtype or tuple(value.shape) != tuple(want.shape):
+            raise DataError(f"{path}: tensor {prefix}{key}: expected {str(want.dtype)[6:]} of shape "
+                            f"{list(want.shape)}, got {str(value.dtype)[6:]} of shape {list(value.shape)}")
+    return got
+
+
+def check_rng(tensors: dict[str, Tensor], path: Path) -> None:
+    rng = tensors.get("rng.cpu")
+    if rng is None or rng.dtype != torch.uint8 or rng.dim() != 1:
+        got = "nothing" if rng is None else f"{str(rng.dtype)[6:]} of shape {list(rng.shape)}"
+        raise DataError(f"{path}: tensor rng.cpu: expected the random generator's state (uint8, 1-d), got {got}")
