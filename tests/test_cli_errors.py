@@ -37,31 +37,310 @@ def train(npz, *extra):
     return ["train", "--dataset", "mnist", "--data", npz, "--no-download", "--no-progress", "--epochs", "1", *extra]
 
 
+def npz_of(t, name="bad.npz", **arrays):
+    """A .npz in t with the given arrays (x_train/y_train default to 20 good images and labels)."""
+    gen = np.random.default_rng(0)
+    arrays.setdefault("x_train", gen.integers(0, 256, (20, 28, 28), dtype=np.uint8))
+    arrays.setdefault("y_train", gen.integers(0, 10, 20))
+    np.savez(t / name, **{k: v for k, v in arrays.items() if v is not None})
+    return t / name
+
+
+def set_config(r, **changes):
+    import json
+
+    cfg = json.loads((r / "config.json").read_text())
+    cfg.update(changes)
+    (r / "config.json").write_text(json.dumps(cfg))
+
+
+def resave(r, drop=(), meta=None, **tensors):
+    """The run's checkpoint rewritten with some tensors changed or dropped, or its metadata replaced."""
+    import json
+
+    from safetensors import safe_open
+    from safetensors.torch import load_file, save_file
+
+    path = r / "checkpoint.safetensors"
+    with safe_open(path, "pt") as f:
+        old = json.loads(f.metadata()["handgrad"])
+    loaded = {k: v for k, v in load_file(path).items() if k not in drop}
+    loaded.update(tensors)
+    save_file(loaded, path, metadata={"handgrad": json.dumps(old if meta is None else meta(old))})
+
+
+def png_bomb(t):
+    """A PNG whose header promises 30000 x 30000 pixels in a few bytes."""
+    import struct
+    import zlib
+
+    def chunk(kind, data):
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    body = chunk(b"IHDR", struct.pack(">IIBBBBB", 30000, 30000, 8, 0, 0, 0, 0))
+    body += chunk(b"IDAT", zlib.compress(b"\0" * 100)) + chunk(b"IEND", b"")
+    (t / "bomb.png").write_bytes(b"\x89PNG\r\n\x1a\n" + body)
+    return t / "bomb.png"
+
+
+def evil_pickle(t):
+    import gzip
+    import pickle
+
+    class Evil:
+        def __reduce__(self):
+            return (os.system, ("touch pwned",))
+
+    (t / "mnist.pkl.gz").write_bytes(gzip.compress(pickle.dumps(Evil())))
+    return t / "mnist.pkl.gz"
+
+
+def cyclic_pickle(t):
+    import gzip
+    import pickle
+
+    a: list = []
+    a.append(a)
+    (t / "mnist.pkl.gz").write_bytes(gzip.compress(pickle.dumps(((a, a), (a, a)))))
+    return t / "mnist.pkl.gz"
+
+
+def gzip_bomb_idx(t):
+    """Four IDX files whose training images promise 5000 images in a few kilobytes of gzip."""
+    import gzip
+    import struct
+
+    folder = t / "idx"
+    folder.mkdir()
+    from handgrad.data import write_idx
+
+    write_idx(folder / "train-labels-idx1-ubyte.gz", np.zeros(5000, np.uint8))
+    write_idx(folder / "t10k-images-idx3-ubyte.gz", np.zeros((10, 28, 28), np.uint8))
+    write_idx(folder / "t10k-labels-idx1-ubyte.gz", np.zeros(10, np.uint8))
+    head = struct.pack(">HBB", 0, 8, 3) + struct.pack(">3I", 5000, 28, 28)
+    (folder / "train-images-idx3-ubyte.gz").write_bytes(gzip.compress(head + bytes(5000 * 784)))
+    return folder
+
+
+def idx_folder(t, images=None, magic=None, cut=0):
+    from handgrad.data import write_idx
+
+    folder = t / "idx"
+    folder.mkdir()
+    write_idx(folder / "train-images-idx3-ubyte", np.zeros((20, 28, 28), np.uint8) if images is None else images)
+    write_idx(folder / "train-labels-idx1-ubyte", np.zeros(20, np.uint8))
+    write_idx(folder / "t10k-images-idx3-ubyte", np.zeros((10, 28, 28), np.uint8))
+    write_idx(folder / "t10k-labels-idx1-ubyte", np.zeros(10, np.uint8))
+    f = folder / "train-images-idx3-ubyte"
+    data = f.read_bytes()
+    if magic is not None:
+        data = magic + data[4:]
+    f.write_bytes(data[:len(data) - cut])
+    return folder
+
+
+def in_sub(t):
+    (t / "sub").mkdir()
+    os.chdir(t / "sub")
+    return t
+
+
+NO_CUDA = not torch.cuda.is_available()
+u8 = np.uint8
+
+# name: (argv from (tmp folder, good npz, a trained run folder copied to tmp/r), exit code or None, piece of the line)
 CASES = {
-    "epochs not an int": (lambda t, n: ["train", "--epochs", "six"], 2, "argument --epochs: invalid int value: 'six'"),
-    "unknown flag": (lambda t, n: ["train", "--bogus"], 2, "unrecognized arguments: --bogus"),
-    "unknown command": (lambda t, n: ["bogus"], 2, "invalid choice: 'bogus'"),
-    "eval without a folder": (lambda t, n: ["eval"], 2, "the following arguments are required: DIR"),
-    "eval of no folder": (lambda t, n: ["eval", t / "nothing"], 2, "no such run folder"),
-    "predict of no folder": (lambda t, n: ["predict", t / "nothing", t / "x.png"], 2, "no such run folder"),
-    "data path typo": (lambda t, n: train(t / "typo.npz", "--out", t / "r"), None, "typo.npz"),
-    "out is a file": (lambda t, n: (t / "f").write_text("x") and train(n, "--out", t / "f"), 2, "is a file"),
-    "out is a symlink": (lambda t, n: (t / "real").mkdir() or (t / "link").symlink_to(t / "real") or
+    # usage
+    "epochs not an int": (lambda t, n, r: ["train", "--epochs", "six"], 2, "argument --epochs: invalid int value: 'six'"),
+    "unknown flag": (lambda t, n, r: ["train", "--bogus"], 2, "unrecognized arguments: --bogus"),
+    "unknown command": (lambda t, n, r: ["bogus"], 2, "invalid choice: 'bogus'"),
+    "no command": (lambda t, n, r: [], 2, "required: command"),
+    "hidden negative": (lambda t, n, r: train(n, "--hidden=-5"), 2, "expected positive sizes"),
+    "hidden huge": (lambda t, n, r: train(n, "--hidden", "2000000000"), 2, "--hidden sizes must be from 1 to 65536"),
+    "channels zero": (lambda t, n, r: train(n, "--model", "cnn", "--channels", "0"), 2, "expected positive sizes"),
+    "dist-timeout inf": (lambda t, n, r: train(n, "--dist-timeout", "inf"), 2, "--dist-timeout must be seconds"),
+    "dist-timeout nan": (lambda t, n, r: train(n, "--dist-timeout", "nan"), 2, "--dist-timeout must be seconds"),
+    "epochs zero": (lambda t, n, r: train(n, "--epochs", "0"), 2, "--epochs must be at least 1"),
+    "bs zero": (lambda t, n, r: train(n, "--bs", "0"), 2, "--bs must be a positive integer"),
+    "momentum 1.5": (lambda t, n, r: train(n, "--momentum", "1.5"), 2, "--momentum must be in [0, 1)"),
+    "weight decay inf": (lambda t, n, r: train(n, "--weight-decay", "inf"), 2, "--weight-decay must be a finite"),
+    "lr nan": (lambda t, n, r: train(n, "--lr", "nan"), 2, "--lr must be a positive number"),
+    "lr overflows": (lambda t, n, r: train(n, "--lr", "1e39", "--no-fused", "--no-check"), 2, "up to 1e6, got 1e+39"),
+    "subset zero": (lambda t, n, r: train(n, "--subset", "0"), 2, "--subset must be positive"),
+    "nproc zero": (lambda t, n, r: train(n, "--nproc", "0"), 2, "--nproc must be at least 1"),
+    "device tpu": (lambda t, n, r: train(n, "--device", "tpu"), 2, "--device: expected cpu, cuda or cuda:N"),
+    **({"device cuda without cuda": (lambda t, n, r: train(n, "--device", "cuda"), 2, "CUDA is not available")}
+       if NO_CUDA else {}),
+    "stats file exists": (lambda t, n, r: (t / "s.png").write_bytes(b"x") and train(n, "--stats", t / "s.png"), 2,
+                          "the file exists"),
+    "twin with nproc": (lambda t, n, r: train(n, "--torch-twin", "--nproc", "2"), 2, "--torch-twin trains in one"),
+    # run folders
+    "data path typo": (lambda t, n, r: train(t / "typo.npz", "--out", t / "new"), 1, "typo.npz"),
+    "out is a file": (lambda t, n, r: (t / "f").write_text("x") and train(n, "--out", t / "f"), 2, "is a file"),
+    "out is a symlink": (lambda t, n, r: (t / "real").mkdir() or (t / "link").symlink_to(t / "real") or
                          train(n, "--out", t / "link"), 2, "symbolic link"),
-    "overwrite a project folder": (lambda t, n: (t / "proj").mkdir() or (t / "proj" / "config.json").write_text("{}") and
-                                   train(n, "--out", t / "proj", "--overwrite"), 2, "not a handgrad run folder"),
-    "lr overflows": (lambda t, n: train(n, "--lr", "1e39", "--no-fused", "--no-check"), 2, "up to 1e6, got 1e+39"),
-    "check of no file": (lambda t, n: ["check", f"{t / 'none.py'}:Layer", "--input-shape", "4,3"], 2, "none.py"),
-    "check of a huge shape": (lambda t, n: ["check", "handgrad.layers:Tanh", "--input-shape", "100000,100000"], 2,
+    "overwrite a project folder": (lambda t, n, r: (t / "proj").mkdir() or (t / "proj" / "config.json").write_text(
+        "{}") and train(n, "--out", t / "proj", "--overwrite"), 2, "not a handgrad run folder"),
+    "overwrite the working directory": (lambda t, n, r: train(n, "--out", ".", "--overwrite"), 2,
+                                        "is the working directory"),
+    "overwrite a parent of the working directory": (lambda t, n, r: train(n, "--out", in_sub(t), "--overwrite"), 2,
+                                                    "or a folder above it"),
+    "out exists without overwrite": (lambda t, n, r: train(n, "--out", r), 2, "already exists; pass --overwrite"),
+    "overwrite a run with missing data": (lambda t, n, r: train(t / "typo", "--out", r, "--overwrite"), 1, "typo"),
+    "resume with a flag that may not change": (lambda t, n, r: ["train", "--resume", r, "--lr", "0.5"], 2,
+                                               "--lr cannot change when resuming"),
+    "resume of no folder": (lambda t, n, r: ["train", "--resume", t / "none"], 2, "no such run folder"),
+    "resume without a checkpoint": (lambda t, n, r: (r / "checkpoint.safetensors").unlink() or
+                                    ["train", "--resume", r], 2, "no checkpoint yet"),
+    "resume of a finished cosine run with more epochs": (
+        lambda t, n, r: set_config(r, schedule="cosine") or ["train", "--resume", r, "--epochs", "3"], 2,
+        "only a run with a constant learning rate can be extended"),
+    "config epochs a string": (lambda t, n, r: set_config(r, epochs="six") or ["train", "--resume", r], 1,
+                               "key 'epochs': expected an integer, got 'six' (a string)"),
+    "config unknown key": (lambda t, n, r: set_config(r, epoch=3) or ["eval", r], 1, "unknown key 'epoch'"),
+    "config hidden negative": (lambda t, n, r: set_config(r, hidden=[-5]) or ["eval", r], 1,
+                               "--hidden sizes must be from 1"),
+    "config model unknown": (lambda t, n, r: set_config(r, model="rnn") or ["eval", r], 1, "--model must be one of"),
+    "config lr a list": (lambda t, n, r: set_config(r, lr=[1]) or ["eval", r], 1,
+                         "key 'lr': expected a number or null, got [1] (a list)"),
+    "config not json": (lambda t, n, r: (r / "config.json").write_text("{epochs: 5") and ["eval", r], 1, "unreadable"),
+    "config a list": (lambda t, n, r: (r / "config.json").write_text("[1, 2]") and ["eval", r], 1,
+                      "expected a JSON object, got [1, 2] (a list)"),
+    "config deeply nested": (lambda t, n, r: (r / "config.json").write_text("[" * 100000 + "]" * 100000) and
+                             ["eval", r], 1, "config.json"),
+    "checkpoint truncated": (lambda t, n, r: (r / "checkpoint.safetensors").write_bytes(b"\x10\x00") and ["eval", r],
+                             1, "not a readable handgrad checkpoint"),
+    "checkpoint tensor of the wrong dtype": (
+        lambda t, n, r: resave(r, **{"model.0.weight": torch.zeros(50, 784, dtype=torch.float64)}) or ["eval", r], 1,
+        "tensor model.0.weight: expected float32 of shape [50, 784], got float64 of shape [50, 784]"),
+    "checkpoint tensor of the wrong shape": (
+        lambda t, n, r: resave(r, **{"model.0.bias": torch.zeros(49)}) or ["train", "--resume", r, "--epochs", "2"],
+        1, "tensor model.0.bias: expected float32 of shape [50]"),
+    "checkpoint optimizer state of the wrong dtype": (
+        lambda t, n, r: set_config(r, opt="adam") or resave(r, **{"opt.0.exp_avg": torch.zeros(784, 50, dtype=torch.float16)})
+        or ["train", "--resume", r], 1, "tensor opt.0.exp_avg: expected float32 of shape [784, 50]"),
+    "checkpoint missing a tensor": (lambda t, n, r: resave(r, drop=("model.2.weight",)) or ["eval", r], 1,
+                                    "tensor model.2.weight is missing"),
+    "checkpoint without rng state": (lambda t, n, r: resave(r, drop=("rng.cpu",)) or ["eval", r], 1, "rng.cpu"),
+    "checkpoint metadata missing epoch": (
+        lambda t, n, r: resave(r, meta=lambda m: {k: v for k, v in m.items() if k != "epoch"}) or ["eval", r], 1,
+        "missing key 'epoch'"),
+    "checkpoint metadata epoch a string": (
+        lambda t, n, r: resave(r, meta=lambda m: {**m, "epoch": "x"}) or ["train", "--resume", r], 1,
+        "key 'epoch': expected an integer, got 'x'"),
+    "checkpoint metadata n_in negative": (lambda t, n, r: resave(r, meta=lambda m: {**m, "n_in": -1}) or
+                                          ["eval", r], 1, "key 'n_in': expected a count >= 0"),
+    "resume on changed data": (lambda t, n, r: npz_of(n.parent, "mnist.npz") and ["train", "--resume", r], 1,
+                               "not the data this run trained on"),
+    "eval on changed data": (lambda t, n, r: npz_of(n.parent, "mnist.npz") and ["eval", r], 1,
+                             "not the data this run trained on"),
+    "eval when the data moved": (lambda t, n, r: n.rename(t / "moved.npz") and ["eval", r], 1,
+                                 "pass --data PATH if it moved"),
+    "eval on data of another shape": (lambda t, n, r: ["eval", r, "--data", npz_of(
+        t, x_train=np.zeros((20, 28, 27), u8))], 1, "the run's model takes 784 pixels"),
+    "eval of a folder that is no run": (lambda t, n, r: (t / "empty").mkdir() or ["eval", t / "empty"], 2,
+                                        "not a run folder"),
+    "eval without a folder": (lambda t, n, r: ["eval"], 2, "the following arguments are required: DIR"),
+    "eval of no folder": (lambda t, n, r: ["eval", t / "nothing"], 2, "no such run folder"),
+    # predict
+    "predict of no folder": (lambda t, n, r: ["predict", t / "nothing", t / "x.png"], 2, "no such run folder"),
+    "predict a text file": (lambda t, n, r: (t / "a.png").write_text("hello") and ["predict", r, t / "a.png"], 2,
+                            "not an image"),
+    "predict a missing image": (lambda t, n, r: ["predict", r, t / "none.png"], 2, "no such file"),
+    "predict a folder": (lambda t, n, r: ["predict", r, t], 2, "is a folder"),
+    "predict a decompression bomb": (lambda t, n, r: ["predict", r, png_bomb(t)], 2, "decompression bomb"),
+    # lr-find
+    "lr-find plot exists": (lambda t, n, r: (t / "p.png").write_bytes(b"x") and
+                            ["lr-find", "--data", n, "--dataset", "mnist", "--plot", t / "p.png"], 2, "the file exists"),
+    "lr-find run with a training flag": (lambda t, n, r: ["lr-find", "--run", r, "--lr", "0.1"], 2,
+                                         "--lr cannot be given here"),
+    "lr-find of no run": (lambda t, n, r: ["lr-find", "--run", t / "none"], 2, "no such run folder"),
+    "lr-find data typo": (lambda t, n, r: ["lr-find", "--data", t / "typo.npz", "--dataset", "mnist", "--plot",
+                                           t / "p.png"], 1, "typo.npz"),
+    # data files
+    "data command of no path": (lambda t, n, r: ["data", "mnist", "--data", t / "none", "--no-download"], 1,
+                                "no such file or folder"),
+    "data folder without files": (lambda t, n, r: (t / "e").mkdir() or ["data", "fashion-mnist", "--data", t / "e"],
+                                  1, "holds no fashion-mnist files"),
+    "gzip bomb": (lambda t, n, r: train(gzip_bomb_idx(t)), 1, "more than gzip data"),
+    "pickle running code": (lambda t, n, r: train(evil_pickle(t)), 1, "only numpy arrays are allowed"),
+    "pickle of itself": (lambda t, n, r: train(cyclic_pickle(t)), 1, "expected images [N, 784]"),
+    "npz that is text": (lambda t, n, r: (t / "t.npz").write_text("x_train") and train(t / "t.npz"), 1,
+                         "not a .npz archive"),
+    "npz x_valid without y_valid": (lambda t, n, r: train(npz_of(t, x_valid=np.zeros((5, 784), u8))), 1,
+                                    "holds x_valid but not y_valid"),
+    "npz structured pixels": (lambda t, n, r: train(npz_of(t, x_train=np.zeros((20, 784), dtype=[("a", u8)]))), 1,
+                              "expected uint8 pixels"),
+    "npz complex pixels": (lambda t, n, r: train(npz_of(t, x_train=np.zeros((20, 784), np.complex64))), 1,
+                           "got dtype complex64"),
+    "npz bool pixels": (lambda t, n, r: train(npz_of(t, x_train=np.zeros((20, 784), bool))), 1, "got dtype bool"),
+    "npz float16 pixels": (lambda t, n, r: train(npz_of(t, x_train=np.zeros((20, 784), np.float16))), 1,
+                           "got dtype float16"),
+    "npz 16-bit pixels": (lambda t, n, r: train(npz_of(t, x_train=np.full((20, 784), 4000, np.uint16))), 1,
+                          "integer pixels must lie in 0..255"),
+    "npz NaN pixels": (lambda t, n, r: train(npz_of(t, x_train=np.full((20, 784), np.nan, np.float32))), 1,
+                       "image 0 holds NaN or infinite pixels"),
+    "npz label 10": (lambda t, n, r: train(npz_of(t, y_train=np.full(20, 10))), 1,
+                     "(y_train): labels must be class indices 0..9, got values from 10 to 10"),
+    "npz float labels": (lambda t, n, r: train(npz_of(t, y_train=np.zeros(20))), 1, "expected integer labels"),
+    "npz of one image": (lambda t, n, r: train(npz_of(t, x_train=np.zeros((1, 784), u8), y_train=np.zeros(1, int))),
+                         1, "at least 2 are needed"),
+    "npz of no image": (lambda t, n, r: train(npz_of(t, x_train=np.zeros((0, 784), u8), y_train=np.zeros(0, int))),
+                        1, "holds no images"),
+    "npz test images of another shape": (lambda t, n, r: train(npz_of(
+        t, x_test=np.zeros((5, 28, 27), u8), y_test=np.zeros(5, int))), 1, "images of shape [28, 27], but"),
+    "idx with a bad magic": (lambda t, n, r: train(idx_folder(t, magic=b"\x12\x34\x56\x78")), 1, "not an IDX file"),
+    "idx cut short": (lambda t, n, r: train(idx_folder(t, cut=100)), 1, "IDX header says shape"),
+    "cnn on images that are not square": (lambda t, n, r: train(npz_of(t, x_train=np.zeros((20, 30), u8)),
+                                                                "--model", "cnn"), 1, "takes square images"),
+    # check, trace, derive, bench
+    "check of no file": (lambda t, n, r: ["check", f"{t / 'none.py'}:Layer", "--input-shape", "4,3"], 2, "none.py"),
+    "check of a huge shape": (lambda t, n, r: ["check", "handgrad.layers:Tanh", "--input-shape", "100000,100000"], 2,
                               "elements"),
+    "check with bad JSON args": (lambda t, n, r: ["check", "handgrad.layers:Tanh", "--args", "{", "--input-shape",
+                                                  "3,4"], 2, "--args must be a JSON object"),
+    "check without an input shape": (lambda t, n, r: ["check", "handgrad.layers:Tanh"], 2, "--input-shape is needed"),
+    "check of no class": (lambda t, n, r: ["check", "handgrad.layers:Nothing", "--input-shape", "3,4"], 2,
+                          "Nothing"),
+    "check repeats zero": (lambda t, n, r: ["check", "--repeats", "0"], 2, "--repeats must be at least 1"),
+    "trace bs zero": (lambda t, n, r: ["trace", "--bs", "0"], 2, "--bs must be a positive integer"),
+    "trace target without a shape": (lambda t, n, r: ["trace", "handgrad.layers:Tanh"], 2, "--input-shape is needed"),
+    "derive unknown": (lambda t, n, r: ["derive", "bogus"], 2, "unknown activation 'bogus'"),
+    "bench unknown config": (lambda t, n, r: ["bench", "--configs", "bogus"], 2, "unknown bench config 'bogus'"),
+    "bench rounds zero": (lambda t, n, r: ["bench", "--rounds", "0"], 2, "--rounds must be at least 1"),
 }
 
 
+@pytest.fixture(scope="module")
+def trained_run(tmp_path_factory):
+    """A tiny finished run (1 epoch on 600 images) to copy into each test."""
+    from handgrad.train.config import TrainConfig
+    from handgrad.train.run import run
+
+    folder = tmp_path_factory.mktemp("trained")
+    gen = np.random.default_rng(1)
+    np.savez(folder / "mnist.npz", x_train=gen.integers(0, 256, (600, 28, 28), dtype=np.uint8),
+             y_train=gen.integers(0, 10, 600))
+    run(TrainConfig(dataset="mnist", data=str(folder / "mnist.npz"), epochs=1, download=False,
+                    out=str(folder / "r")), log=lambda s: None, progress=False)
+    return folder
+
+
 @pytest.mark.parametrize("name", list(CASES))
-def test_bad_input_is_one_line_with_exit_1_or_2_and_touches_nothing_else(name, tmp_path, npz, capsys, monkeypatch):
+def test_bad_input_is_one_line_with_exit_1_or_2_and_touches_nothing_else(name, tmp_path, trained_run, capsys,
+                                                                         monkeypatch):
+    import json
+    import shutil
+
     make, code, says = CASES[name]
     monkeypatch.chdir(tmp_path)
-    argv = make(tmp_path, npz)
+    monkeypatch.setenv("HANDGRAD_DATA", str(tmp_path / "no-data-here"))  # nothing found by search
+    data = tmp_path / "data-of-run"
+    shutil.copytree(trained_run, data, ignore=shutil.ignore_patterns("r"))
+    shutil.copytree(trained_run / "r", tmp_path / "r")
+    set_config(tmp_path / "r", data=str(data / "mnist.npz"))  # the run's data is this test's copy
+    assert json.loads((tmp_path / "r" / "config.json").read_text())["fingerprint"] is not None
+    argv = make(tmp_path, data / "mnist.npz", tmp_path / "r")
     before = snapshot(tmp_path, skip=tmp_path / "r")
     got, err = run_cli(capsys, *argv)
     lines = err.strip().splitlines()
@@ -69,6 +348,17 @@ def test_bad_input_is_one_line_with_exit_1_or_2_and_touches_nothing_else(name, t
     assert len(lines) == 1 and lines[0].startswith("handgrad: error: ") and "Traceback" not in err, err
     assert says is None or says in lines[0], lines[0]
     assert snapshot(tmp_path, skip=tmp_path / "r") == before
+    assert not (tmp_path / "pwned").exists() and not (tmp_path / "sub" / "pwned").exists()
+
+
+def test_the_table_holds_sixty_inputs_across_every_subcommand():
+    import inspect
+
+    assert len(CASES) >= 60
+    sources = [inspect.getsource(make) for make, _, _ in CASES.values()]
+    for sub in ("train(", '"lr-find"', '"eval"', '"predict"', '"check"', '"trace"', '"derive"', '"bench"', '"data"',
+                '"--resume"'):
+        assert any(sub in src for src in sources), sub
 
 
 def test_an_unforeseen_exception_is_one_line_naming_its_traceback_file(tmp_path, capsys, monkeypatch):

@@ -440,18 +440,33 @@ class _Parser(argparse.ArgumentParser):
         raise _UsageExit(f"{self.prog}: {message} (see {self.prog} --help)")
 
 
-def _unexpected(e: BaseException) -> None:
-    """Anything not foreseen: one line naming it, the traceback in a file the line names."""
+def _unexpected(e: BaseException, args: argparse.Namespace | None = None) -> None:
+    """Anything not foreseen: one line naming it, the traceback in a file the line names (the run folder's
+    error.log where the command has a handgrad run folder, else a temporary file)."""
     import tempfile
     import traceback
+    from pathlib import Path
 
-    try:
-        fd, path = tempfile.mkstemp(prefix="handgrad-error-", suffix=".log")
-        with os.fdopen(fd, "w") as f:
-            f.write("".join(traceback.format_exception(type(e), e, e.__traceback__)))
-        where = f"traceback in {path}"
-    except OSError:
-        where = "no traceback file could be written"
+    from .train.runfolder import ERROR_LOG, MARKER
+
+    text = "".join(traceback.format_exception(type(e), e, e.__traceback__))
+    where = "no traceback file could be written"
+    for folder in [getattr(args, k, None) for k in ("resume", "out", "run")]:
+        if isinstance(folder, str) and (Path(folder) / MARKER).is_file() and not Path(folder).is_symlink():
+            try:
+                (Path(folder) / ERROR_LOG).write_text(text)
+                where = f"traceback in {Path(folder) / ERROR_LOG}"
+                break
+            except OSError:
+                pass
+    else:
+        try:
+            fd, path = tempfile.mkstemp(prefix="handgrad-error-", suffix=".log")
+            with os.fdopen(fd, "w") as f:
+                f.write(text)
+            where = f"traceback in {path}"
+        except OSError:
+            pass
     _error(f"{type(e).__name__}: {e} ({where}; HANDGRAD_DEBUG=1 prints it)")
 
 
@@ -478,10 +493,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("handgrad: interrupted", file=sys.stderr)
         return 130
+    except MemoryError:
+        _error(f"out of memory in handgrad {args.command}: choose a smaller model, batch (--bs) or data (--subset)")
+        return 1
+    except OSError as e:  # the system refused a read or write: say which file and why
+        if os.environ.get("HANDGRAD_DEBUG") == "1":
+            raise
+        _error(f"{e.filename}: {e.strerror}" if e.filename and e.strerror else f"{type(e).__name__}: {e}")
+        return 1
     except Exception as e:  # noqa: BLE001 - the one top-level handler: no traceback reaches the user
         if os.environ.get("HANDGRAD_DEBUG") == "1":
             raise
-        _unexpected(e)
+        _unexpected(e, args)
         return 1
 
 

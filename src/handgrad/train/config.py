@@ -123,7 +123,3 @@ class TrainConfig:
     def from_dict(cls, d: dict) -> "TrainConfig":
         known = {f.name for f in fields(cls)}
         return cls(**{k: v for k, v in d.items() if k in known})
-
-    def data_label(self) -> str:
-        """Where the data comes from, as a user would say it."""
-        return self.dataset + (f" at {self.data}" if self.data else "")

@@ -25,7 +25,8 @@ from .callbacks import (CheckpointCB, ClipGradCB, EarlyStoppingCB, LambdaCB, Met
 from .config import TrainConfig
 from .learner import Callback, Learner
 from .loop import EpochStats, make_loss, n_outputs, predict_classes
-from .runfolder import RunFolder
+from .runfolder import CHECKPOINT, RunFolder
+from .schema import check_model_tensors, check_optimizer_tensors
 from .stats import ActivationStats
 from .twin import fit_torch
 
@@ -91,7 +92,13 @@ def prepare_data(cfg: TrainConfig, device: torch.device, log: Callable[[str], No
     """The run's data, subset and normalised as cfg says. A config holding a fingerprint (a run being resumed
     or evaluated) gets exactly that data: anything else is refused, unless the user named the data (`explicit`),
     where a difference is only said. cfg then holds the resolved name, absolute path and fingerprint."""
-    data = resolve_dataset(cfg, log)
+    try:
+        data = resolve_dataset(cfg, log)
+    except DataError as e:
+        if cfg.fingerprint is None or explicit:
+            raise
+        raise DataError(f"{e}; this run trained on {cfg.dataset} at {cfg.data}: pass --data PATH if it moved") \
+            from None
     fingerprint = data.fingerprint()
     if cfg.fingerprint is not None:
         diff = compare_fingerprints(cfg.fingerprint, fingerprint)
@@ -112,11 +119,40 @@ def prepare_data(cfg: TrainConfig, device: torch.device, log: Callable[[str], No
 def build_model(cfg: TrainConfig, n_in: int, n_classes: int) -> tuple[Module, str]:
     """The model a config describes, initialised from cfg.seed, and its one-line name."""
     n_out = n_outputs(cfg.loss, n_classes)
+    _fits_in_memory(cfg, n_in, n_out)
     torch.manual_seed(cfg.seed)
     if cfg.model == "cnn":
         side = int(round(n_in ** 0.5))
+        if side * side != n_in:
+            raise DataError(f"--model cnn takes square images; these have {n_in} pixels")
         return cnn(n_out, cfg.channels, (1, side, side)), "CNN " + "-".join(str(c) for c in cfg.channels)
     return mlp(n_in, cfg.hidden, n_out, cfg.init), "-".join(str(s) for s in [n_in, *cfg.hidden, n_out]) + " MLP"
+
+
+def n_parameters(cfg: TrainConfig, n_in: int, n_out: int) -> int:
+    """How many parameters cfg's model has (counted before building it)."""
+    if cfg.model == "cnn":  # stem conv_bn, per block two 3x3 conv_bn and a 1x1 shortcut, the head
+        w = cfg.channels
+        blocks = sum(9 * a * b + 9 * b * b + a * b + 6 * b for a, b in zip(w[:-1], w[1:]))
+        return 9 * w[0] + 2 * w[0] + blocks + (w[-1] + 1) * n_out
+    sizes = [n_in, *cfg.hidden, n_out]
+    return sum((a + 1) * b for a, b in zip(sizes[:-1], sizes[1:]))
+
+
+def _fits_in_memory(cfg: TrainConfig, n_in: int, n_out: int) -> None:
+    """UsageError when the model's parameters, gradients and optimizer state (16 bytes a parameter) would not
+    fit in this machine's memory: one line instead of an allocation failure or the system's OOM killer."""
+    import os
+
+    n = n_parameters(cfg, n_in, n_out)
+    try:
+        memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        memory = 1 << 40
+    if 16 * n > memory:
+        raise UsageError(f"the {cfg.model} would have {n:,} parameters ({16 * n / 2**30:.1f} GiB with gradients and "
+                         f"optimizer state), more than this machine's {memory / 2**30:.1f} GiB of memory; choose "
+                         "smaller --hidden / --channels")
 
 
 def build_optimizer(cfg: TrainConfig, model: Module) -> Optimizer:
@@ -263,7 +299,14 @@ def _train(cfg: TrainConfig, d: Dist | None, log: Callable[[str], None], progres
 
     start_epoch, start_batch = 0, 0
     if checkpoint is not None:
-        start_epoch, start_batch = restore(learn, *checkpoint)
+        path = folder.path / CHECKPOINT
+        check_model_tensors(checkpoint[0], model.state_dict(), path)
+        check_optimizer_tensors(checkpoint[0], model.parameters(), path)
+        try:
+            start_epoch, start_batch = restore(learn, *checkpoint)
+        except (KeyError, IndexError, TypeError, ValueError, RuntimeError) as e:
+            raise DataError(f"{path}: does not fit this run's model and optimizer ({type(e).__name__}: {e})") \
+                from None
         log(f"continuing at epoch {start_epoch + 1}, batch {start_batch} (step {learn.t})")
     learn.fit(cfg.epochs, start_epoch, start_batch)
     history = metrics.history

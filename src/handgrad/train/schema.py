@@ -135,3 +135,20 @@ def check_rng(tensors: dict[str, Tensor], path: Path) -> None:
     if rng is None or rng.dtype != torch.uint8 or rng.dim() != 1:
         got = "nothing" if rng is None else f"{str(rng.dtype)[6:]} of shape {list(rng.shape)}"
         raise DataError(f"{path}: tensor rng.cpu: expected the random generator's state (uint8, 1-d), got {got}")
+
+
+def check_optimizer_tensors(tensors: dict[str, Tensor], params: list[Tensor], path: Path) -> None:
+    """Each `opt.I.NAME` tensor belongs to parameter I: its shape and dtype (or a 0-d count such as Adam's
+    step)."""
+    for key, value in tensors.items():
+        if not key.startswith("opt."):
+            continue
+        parts = key.split(".", 2)
+        if len(parts) != 3 or not parts[1].isdigit() or int(parts[1]) >= len(params):
+            raise DataError(f"{path}: tensor {key} names no parameter of this model ({len(params)} parameters)")
+        p = params[int(parts[1])]
+        if value.dim() == 0 and value.is_floating_point():
+            continue
+        if value.dtype != p.dtype or tuple(value.shape) != tuple(p.shape):
+            raise DataError(f"{path}: tensor {key}: expected {str(p.dtype)[6:]} of shape {list(p.shape)} (its "
+                            f"parameter's), got {str(value.dtype)[6:]} of shape {list(value.shape)}")
