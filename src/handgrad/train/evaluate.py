@@ -97,7 +97,7 @@ def load_image(path: str | Path, side: int = 28) -> Tensor:
         raise UsageError(f"{path}: not an image ({type(e).__name__}: {e})") from None
     if a.shape != (side, side):
         a = np.asarray(Image.fromarray(a, mode="F").resize((side, side), Image.BILINEAR), dtype=np.float32)
-    return torch.from_numpy(np.ascontiguousarray(a, dtype=np.float32)).reshape(-1)
+    return torch.from_numpy(np.array(a, dtype=np.float32)).reshape(-1)  # a copy: PIL's buffer is read-only
 
 
 def _gray(im, path: str | Path):

@@ -20,10 +20,11 @@ def _pyplot():
     return plt
 
 
-def _save(fig, path: Path) -> Path:
+def _save(fig, path: Path, dpi: int = 90) -> Path:
+    """The figure as a PNG at `path`, written atomically (readable by others, as any new file), then closed."""
     plt = _pyplot()
     try:
-        atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=90))
+        atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=dpi))
     finally:
         plt.close(fig)
     return path

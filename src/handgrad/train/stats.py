@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 
 import torch
@@ -72,13 +70,7 @@ class ActivationStats:
             ax.set(title=f"{name} {type(m).__name__}: |activation| histogram", xlabel="batch")
         fig.tight_layout()
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".png.part")
-        os.close(fd)
-        try:
-            fig.savefig(tmp, format="png", dpi=80)
-            os.replace(tmp, path)
-        finally:
-            plt.close(fig)
-            if os.path.exists(tmp):
-                os.remove(tmp)
+        from .plots import _save
+
+        _save(fig, path, dpi=80)
         return path
