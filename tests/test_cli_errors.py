@@ -361,6 +361,41 @@ def test_the_table_holds_sixty_inputs_across_every_subcommand():
         assert any(sub in src for src in sources), sub
 
 
+@pytest.mark.parametrize("fault", ["disk full", "read-only"])
+def test_a_full_disk_or_read_only_folder_is_one_line_and_the_last_checkpoint_survives(fault, tmp_path, npz, capsys,
+                                                                                       monkeypatch):
+    import errno
+
+    import handgrad.train.runfolder as rf
+
+    out = tmp_path / "r"
+    assert run_cli(capsys, *train(npz, "--out", out))[0] == 0
+    before = (out / "checkpoint.safetensors").read_bytes()
+    if fault == "disk full":
+        def full(tensors, filename, metadata=None):
+            with open(filename, "wb") as f:
+                f.write(b"half")
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+        monkeypatch.setattr(rf, "save_file", full)
+        says = f"{out / 'checkpoint.safetensors'}: cannot write it (No space left on device)"
+    else:
+        real_mkstemp = rf.tempfile.mkstemp
+
+        def read_only(*a, **k):
+            if k.get("dir") == out:
+                raise OSError(errno.EROFS, os.strerror(errno.EROFS))
+            return real_mkstemp(*a, **k)
+
+        monkeypatch.setattr(rf.tempfile, "mkstemp", read_only)
+        says = "cannot write it (Read-only file system)"
+    code, err = run_cli(capsys, "train", "--resume", out, "--epochs", "2", "--no-progress")
+    lines = err.strip().splitlines()
+    assert code == 1 and len(lines) == 1 and says in lines[0] and "Traceback" not in err, err
+    assert (out / "checkpoint.safetensors").read_bytes() == before
+    assert not list(out.glob(".*.part"))
+
+
 def test_an_unforeseen_exception_is_one_line_naming_its_traceback_file(tmp_path, capsys, monkeypatch):
     def boom(args):
         raise KeyError("surprise")
@@ -413,3 +448,20 @@ def test_resume_extends_a_run_with_epochs_and_refuses_flags_that_may_not_change(
     assert run_cli(capsys, *train(npz, "--out", sched, "--schedule", "cosine"))[0] == 0
     code, err = run_cli(capsys, "train", "--resume", sched, "--epochs", "3")
     assert code == 2 and "cosine schedule was laid out over 1 epochs" in err
+
+
+def test_an_unforeseen_exception_in_a_run_leaves_its_traceback_in_the_run_folder(tmp_path, npz, capsys, monkeypatch):
+    import sys
+
+    run_module = sys.modules["handgrad.train.run"]
+    out = tmp_path / "r"
+    assert run_cli(capsys, *train(npz, "--out", out))[0] == 0
+
+    def boom(*a, **k):
+        raise KeyError("surprise")
+
+    monkeypatch.setattr(run_module, "check_optimizer_tensors", boom)
+    code, err = run_cli(capsys, "train", "--resume", out, "--epochs", "2", "--no-progress")
+    lines = err.strip().splitlines()
+    assert code == 1 and len(lines) == 1 and f"traceback in {out / 'error.log'}" in lines[0], err
+    assert "KeyError: 'surprise'" in (out / "error.log").read_text()

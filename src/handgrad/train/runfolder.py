@@ -62,8 +62,9 @@ def atomic_write(path: Path, write: Callable[[str], None]) -> None:
         os.replace(tmp, path)
         tmp = None
         fsync_dir(path.parent)
-    except (OSError, SafetensorError) as e:
-        raise UsageError(f"{path}: cannot write it ({getattr(e, 'strerror', None) or e})") from None
+    except (OSError, SafetensorError) as e:  # a read-only folder, a full disk: the CLI says `path: why`, exit 1
+        raise OSError(getattr(e, "errno", None), f"cannot write it ({getattr(e, 'strerror', None) or e})",
+                      str(path)) from None
     finally:
         if tmp is not None and os.path.exists(tmp):
             os.remove(tmp)
