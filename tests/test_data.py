@@ -322,3 +322,36 @@ def test_pickle_bombs_answer_at_once(tmp_path, make, says):
             read_array_pickle(path)
         assert says in str(caught.value) and "\n" not in str(caught.value)
     assert time.perf_counter() - start < 2
+
+
+def test_a_6mb_gzip_that_expands_to_6gb_through_the_cli_stays_under_300mb(tmp_path):
+    """The reported bomb: `handgrad train --data` on IDX files whose 6 MB training images expand to 6 GB (gzip
+    members of 64 MB of zeros, repeated). The command's peak RSS (its own, measured by the system) stays under
+    300 MB and it ends in one line."""
+    import gzip
+    import resource
+    import struct
+
+    folder = tmp_path / "bomb"
+    folder.mkdir()
+    write_idx(folder / "train-labels-idx1-ubyte.gz", np.zeros(60000, np.uint8))
+    write_idx(folder / "t10k-images-idx3-ubyte.gz", np.zeros((10, 28, 28), np.uint8))
+    write_idx(folder / "t10k-labels-idx1-ubyte.gz", np.zeros(10, np.uint8))
+    member = gzip.compress(bytes(64 << 20), compresslevel=9)
+    head = gzip.compress(struct.pack(">HBB3I", 0, 0x08, 3, 60000, 28, 28))  # MNIST's header, then 6 GB
+    with open(folder / "train-images-idx3-ubyte.gz", "wb") as f:
+        f.write(head)
+        for _ in range(96):
+            f.write(member)
+    assert (folder / "train-images-idx3-ubyte.gz").stat().st_size < 8 << 20
+    code = ("import resource, subprocess, sys\n"
+            "p = subprocess.run([sys.executable, '-m', 'handgrad', 'train', '--data', sys.argv[1], '--dataset',\n"
+            "                    'mnist', '--no-download', '--no-progress'], capture_output=True, text=True)\n"
+            "print(p.returncode)\n"
+            "print(p.stderr.strip())\n"
+            "print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss // 1024)\n")
+    out = subprocess.run([sys.executable, "-c", code, str(folder)], capture_output=True, text=True, timeout=300)
+    lines = out.stdout.splitlines()
+    assert len(lines) == 3, out.stdout + out.stderr
+    assert lines[0] == "1" and lines[1].startswith("handgrad: error: ") and "IDX header says shape" in lines[1]
+    assert int(lines[2]) < 300, lines  # MB, the command's peak (importing torch alone takes about 220)

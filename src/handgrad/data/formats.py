@@ -50,18 +50,36 @@ def _limit(path: Path, size: int) -> int:
     return MAX_GZIP_RATIO * size + CHUNK
 
 
-def _read(stream: io.BufferedIOBase, n: int, path: Path) -> bytes:
-    """Exactly n bytes (fewer only at the end), read in chunks; one-line DataError for broken gzip data."""
-    out = bytearray()
+def _read(stream: io.BufferedIOBase, n: int, path: Path) -> bytearray:
+    """Exactly n bytes (fewer only at the end), read in chunks into one buffer allocated once; one-line DataError
+    for broken gzip data."""
+    out = bytearray(n)
+    view = memoryview(out)
+    got = 0
     try:
-        while len(out) < n:
-            chunk = stream.read(min(CHUNK, n - len(out)))
-            if not chunk:
+        while got < n:
+            k = stream.readinto(view[got:got + CHUNK])
+            if not k:
                 break
-            out += chunk
+            got += k
     except (EOFError, gzip.BadGzipFile, zlib.error, OSError) as e:
         raise DataError(f"{path}: corrupted or truncated gzip data ({e})") from None
-    return bytes(out)
+    finally:
+        view.release()
+    if got < n:
+        del out[got:]
+    return out
+
+
+def _read_growing(stream: io.BufferedIOBase, n: int, path: Path) -> bytearray:
+    """Up to n bytes, for data of unknown length: the buffer grows as bytes come, never allocated at n."""
+    out = bytearray()
+    while len(out) < n:
+        chunk = _read(stream, min(CHUNK, n - len(out)), path)
+        if not chunk:
+            break
+        out += chunk
+    return out
 
 
 def read_bytes(path: str | Path) -> bytes:
@@ -71,13 +89,13 @@ def read_bytes(path: str | Path) -> bytes:
     stream, size, gzipped = _open(path)
     with stream:
         if not gzipped:
-            return _read(stream, size, path)
+            return bytes(_read(stream, size, path))
         limit = _limit(path, size)
-        data = _read(stream, limit + 1, path)
+        data = _read_growing(stream, limit + 1, path)
     if len(data) > limit:
         raise DataError(f"{path}: gzip data expands more than {MAX_GZIP_RATIO} times its {size:,} bytes "
                         "(a decompression bomb?); refusing to read it")
-    return data
+    return bytes(data)
 
 
 def read_idx(path: str | Path) -> np.ndarray:
@@ -121,8 +139,8 @@ def read_idx(path: str | Path) -> np.ndarray:
             f"{path}: IDX header says shape {list(dims)} ({expected} bytes of data), "
             f"but the file holds {held} bytes"
         )
-    array = np.frombuffer(data, dtype=dtype).reshape(dims)
-    return array.astype(dtype.newbyteorder("="))
+    array = np.frombuffer(data, dtype=dtype).reshape(dims)  # the buffer itself, no copy
+    return array.astype(dtype.newbyteorder("="), copy=False)
 
 
 def write_idx(path: str | Path, array: np.ndarray, compress: bool | None = None) -> None:
