@@ -150,7 +150,7 @@ def test_cli_trains_on_a_small_npz(tmp_path):
 
 @pytest.mark.parametrize("args, code, pieces", [
     (["--data", "/nonexistent/mnist.pkl.gz"], 1, ["/nonexistent/mnist.pkl.gz", "no such file"]),
-    (["--lr", "-1"], 2, ["--lr must be positive, got -1.0"]),
+    (["--lr", "-1"], 2, ["--lr must be a positive number up to 1e6, got -1.0"]),
     (["--bs", "0"], 2, ["--bs must be a positive integer, got 0"]),
     (["--device", "cuda"], 2, ["CUDA is not available"]),
     (["--device", "tpu"], 2, ["expected cpu, cuda or cuda:N, got 'tpu'"]),

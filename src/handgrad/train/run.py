@@ -73,10 +73,7 @@ def resolve_dataset(cfg: TrainConfig, log: Callable[[str], None]) -> Dataset:
             if "holds no mnist files" not in str(e):
                 raise
             data = load_dataset("fashion-mnist", cfg.data, allow_download=False)
-        name = identify(data)
-        if name is None:
-            log(f"{cfg.data}: neither MNIST's nor Fashion-MNIST's first labels; labelled {data.name} "
-                "(pass --dataset to name it)")
+        name = identify(data)  # None: other data, named as found (mnist unless a fashion-mnist file was found)
         return data if name in (None, data.name) else data.renamed(name)
     if locate("mnist") is not None:
         return load_dataset("mnist", allow_download=cfg.download)
