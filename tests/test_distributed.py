@@ -221,8 +221,92 @@ def test_the_nproc_launcher_names_the_rank_that_died(tmp_path, npz):
     finally:
         launcher.kill()
     assert launcher.returncode == 1
-    assert err.strip().splitlines()[-1] == "handgrad: error: rank 1 failed (killed by SIGKILL); the other ranks " \
-                                           "were stopped"
+    assert err.strip().splitlines()[-1] == "handgrad: error: rank 1 failed (killed by SIGKILL); the launcher " \
+                                           "stopped rank 0"
+
+
+def start_launcher(tmp_path, npz, *extra):
+    """`handgrad train --nproc 2` on a small model for many epochs, checkpointing often; stderr in a file."""
+    with open(tmp_path / "launcher.err", "w") as err:
+        return subprocess.Popen(train_argv(npz, "--epochs", "500", "--save-every", "10", "--out",
+                                           str(tmp_path / "run"), "--no-check", "--nproc", "2", "--subset", "1000",
+                                           "--hidden", "16", *extra), stdout=subprocess.DEVNULL, stderr=err)
+
+
+def gone(pid):
+    """Whether the process has ended (a zombie nobody reaps has ended too)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
+    except (OSError, IndexError):
+        return True
+
+
+def kill_all(pids):
+    """Leave nothing behind: wake a stopped process, then kill it."""
+    for pid in pids:
+        for sig in (signal.SIGCONT, signal.SIGKILL):
+            try:
+                os.kill(pid, sig)
+            except ProcessLookupError:
+                pass
+
+
+def wait_gone(pids, timeout):
+    deadline = time.time() + timeout
+    while not all(gone(pid) for pid in pids):
+        if time.time() > deadline:
+            return False
+        time.sleep(0.05)
+    return True
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+def test_the_nproc_launcher_ends_soon_after_a_hung_rank_and_names_the_cause(tmp_path, npz):
+    timeout = 5
+    launcher, ranks = start_launcher(tmp_path, npz, "--dist-timeout", str(timeout)), []
+    try:
+        wait_for_checkpoint(tmp_path / "run", [launcher])
+        ranks = [descendant_with_rank(launcher.pid, r) for r in range(2)]
+        os.kill(ranks[1], signal.SIGSTOP)  # hung: SIGTERM does nothing to it
+        start = time.time()
+        code = launcher.wait(timeout + 60)
+        waited = time.time() - start
+        assert wait_gone(ranks, 3)
+    finally:
+        kill_all([launcher.pid, *ranks])
+    err = (tmp_path / "launcher.err").read_text().strip().splitlines()
+    assert code == 1 and waited < timeout + 5, (waited, err[-3:])
+    last = err[-1]  # rank 0 says why it stopped, then the launcher names the cause, not its own kill
+    assert last.startswith("handgrad: error: ") and "killed by SIGKILL" not in last, err[-3:]
+    assert last == "handgrad: error: rank 0 failed (exit code 1; its error line is above); rank 1 was stopped " \
+                   "(SIGSTOP) and did not respond: the launcher killed it", err[-3:]
+    assert re.fullmatch(r"handgrad: error: rank 1 is not responding: .*", err[-2]), err[-3:]
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+def test_the_ranks_die_with_a_killed_nproc_launcher(tmp_path, npz):
+    launcher, ranks = start_launcher(tmp_path, npz), []
+    try:
+        wait_for_checkpoint(tmp_path / "run", [launcher])
+        ranks = [descendant_with_rank(launcher.pid, r) for r in range(2)]
+        launcher.kill()  # no chance to stop them: the parent-death signal does
+        launcher.wait(10)
+        assert wait_gone(ranks, 3), "ranks outlived the launcher"
+    finally:
+        kill_all([launcher.pid, *ranks])
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+def test_sigterm_to_the_nproc_launcher_stops_its_ranks_first(tmp_path, npz):
+    launcher, ranks = start_launcher(tmp_path, npz), []
+    try:
+        wait_for_checkpoint(tmp_path / "run", [launcher])
+        ranks = [descendant_with_rank(launcher.pid, r) for r in range(2)]
+        launcher.terminate()
+        assert launcher.wait(10) == -signal.SIGTERM  # as a single process would end
+        assert all(gone(pid) for pid in ranks), "ranks outlived the launcher"  # gone before it ended
+    finally:
+        kill_all([launcher.pid, *ranks])
 
 
 @pytest.mark.skipif(locate("fashion-mnist") is None, reason="Fashion-MNIST not installed")

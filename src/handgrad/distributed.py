@@ -1,5 +1,5 @@
 """Data-parallel training on torch.distributed: gloo on CPU, NCCL on GPU, launched by torchrun (one or many
-hosts) or by `handgrad train --nproc N` (torch's elastic launcher on this machine).
+hosts) or by `handgrad train --nproc N` (`launch`: a small launcher of its own on this machine).
 
 Each rank trains a copy of the model on its slice of every global batch (see `DataLoader(rank=,
 world_size=)`); its hand-written gradients, weighted by its share of the batch, are summed across ranks
@@ -14,12 +14,17 @@ Failures: every collective runs under a timeout (`--dist-timeout`, 60 s by defau
 writes its one-line error into the rendezvous store; every rank keeps a heartbeat counter there. When a
 collective fails or times out, the rank asks the store which peer is to blame and stops with one line:
 "rank 1 failed: ...", "rank 1 is not responding (killed, crashed or stopped)" or "rank 1 did not join
-... (hung)".
+... (hung)". The `--nproc` launcher then stops the other ranks (SIGTERM, SIGKILL for one that is stopped or does
+not end) and ends with one line naming the first rank that failed and the ranks it stopped; its ranks die with
+it (parent-death signal; SIGTERM and SIGINT passed on).
 """
 
 from __future__ import annotations
 
 import os
+import signal
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterable
@@ -39,6 +44,7 @@ from .module import Module, Parameter
 DEFAULT_TIMEOUT_S = 60.0
 BUCKET_MB = 25.0  # as torch's DistributedDataParallel
 HEARTBEAT_S = 0.5
+SILENT_S = 4 * HEARTBEAT_S + 1.0  # a peer whose heartbeat stood still this long is not responding
 
 
 @dataclass
@@ -52,6 +58,10 @@ class Dist:
     timeout: float
     device: torch.device
     _stop: threading.Event = field(default_factory=threading.Event, repr=False)
+    # while a collective is near its timeout, the heartbeat thread watches the peers' heartbeats, so that a
+    # silent (hung) peer is named as soon as the timeout ends: peer -> (its count, since when it stands still)
+    _waiting: float | None = field(default=None, repr=False)  # when the pending wait began (monotonic)
+    _seen: dict[int, tuple[int, float]] = field(default_factory=dict, repr=False)
 
     @property
     def is_main(self) -> bool:
@@ -71,10 +81,13 @@ class Dist:
         self.all_reduce_(torch.zeros(1, device=self.device), what)
 
     def wait(self, work: dist.Work, what: str) -> None:
+        self._waiting = time.monotonic()
         try:
             work.wait()
         except Exception as e:  # gloo/NCCL raise RuntimeError subclasses; any of them means the group broke
             raise TrainingError(self.diagnose(what, e)) from None
+        finally:
+            self._waiting = None
 
     # --------------------------------------------------------------- failures
     def report(self, message: str) -> None:
@@ -92,22 +105,40 @@ class Dist:
             for r in others:
                 if self.store.check([f"error/{r}"]):
                     return f"rank {r} failed: {self.store.get(f'error/{r}').decode()} (rank {self.rank} stops too)"
-            before = {r: self._beats(r) for r in others}
-            time.sleep(4 * HEARTBEAT_S + 1.0)
-            silent = [r for r in others if self._beats(r) == before[r]]
+            seen, now = dict(self._seen), time.monotonic()  # already silent while the collective waited
+            silent = [r for r in others if r in seen and now - seen[r][1] >= SILENT_S
+                      and self._beats(r) == seen[r][0]]
+            if not silent:
+                before = {r: self._beats(r) for r in others}
+                time.sleep(SILENT_S)
+                silent = [r for r in others if self._beats(r) == before[r]]
         except Exception as e:
-            return (f"the rendezvous store is unreachable ({type(e).__name__}): the rank hosting it (usually rank 0) "
-                    f"is gone; {what} failed on rank {self.rank}")
+            return (f"the rendezvous store is unreachable ({type(e).__name__}): the process hosting it (the "
+                    f"launcher, or rank 0) is gone; {what} failed on rank {self.rank}")
         if silent:
-            return (f"rank {silent[0]} is not responding: no heartbeat for {4 * HEARTBEAT_S + 1.0:.0f} s (killed, "
+            return (f"rank {silent[0]} is not responding: no heartbeat for {SILENT_S:.0f} s (killed, "
                     f"crashed or stopped); {what} failed on rank {self.rank}")
         first = str(error).strip().splitlines()[0][:200] if str(error).strip() else type(error).__name__
         return (f"{what} failed on rank {self.rank} while every peer is alive (a rank is hung or the timeout of "
                 f"{self.timeout:.0f} s is too short): {first}")
 
-    def _beats(self, rank: int) -> int:
-        key = f"heartbeat/{rank}"
-        return int(self.store.get(key)) if self.store.check([key]) else -1
+    def _beats(self, rank: int, store: dist.Store | None = None) -> int:
+        key, store = f"heartbeat/{rank}", self.store if store is None else store
+        return int(store.get(key)) if store.check([key]) else -1
+
+    def _watch_peers(self, store: dist.Store) -> None:
+        """From the heartbeat thread: in the last 2 * SILENT_S of a wait's timeout (never in a healthy run, so
+        no load on the store), note since when each peer's heartbeat stands still."""
+        since = self._waiting
+        if since is None or time.monotonic() - since < max(2 * HEARTBEAT_S, self.timeout - 2 * SILENT_S):
+            if self._seen:
+                self._seen = {}
+            return
+        for r in range(self.world_size):
+            if r != self.rank:
+                count, old = self._beats(r, store), self._seen.get(r)
+                if old is None or old[0] != count:
+                    self._seen[r] = (count, time.monotonic())
 
     def close(self) -> None:
         self._stop.set()
@@ -152,6 +183,7 @@ def init_from_env(device: str = "cpu", timeout: float = DEFAULT_TIMEOUT_S) -> Di
         while not d._stop.wait(HEARTBEAT_S):
             try:
                 beat_store.add(f"heartbeat/{rank}", 1)
+                d._watch_peers(beat_store)
             except Exception:
                 return
 
@@ -275,35 +307,179 @@ def _has_pending(module: Module, since: int) -> bool:
                for ref in module.__dict__.get("_pending", ()))
 
 
+GRACE_S = 2.0  # how long a rank asked to stop (SIGTERM) has before the launcher kills it
+POLL_S = 0.1  # how often the launcher looks at its ranks
+
+
 def launch(nproc: int, argv: list[str], timeout: float, log: Callable[[str], None] = print) -> int:
-    """Run `python -m handgrad <argv>` in `nproc` processes on this machine under torch's elastic launcher (what
-    torchrun runs); return 0, or raise TrainingError naming the first rank that failed and why."""
-    import logging
-    import sys
-    import uuid
+    """Run `python -m handgrad <argv>` in `nproc` processes on this machine, in torchrun's environment (RANK,
+    LOCAL_RANK, WORLD_SIZE, LOCAL_WORLD_SIZE, MASTER_ADDR, MASTER_PORT; the rendezvous store is hosted here,
+    as torchrun's agent does); return 0 once every rank has ended with 0, or raise TrainingError naming the
+    first rank that failed and why, and the ranks this launcher then had to stop.
 
-    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
-    from torch.distributed.launcher.api import LaunchConfig, elastic_launch
+    The ranks' output goes where the launcher's goes. They die with the launcher: killed (SIGKILL), they get
+    the parent-death signal (Linux); sent SIGTERM or SIGINT, it sends them SIGTERM, waits for them (GRACE_S,
+    then SIGKILL) and ends as a single process would (killed by SIGTERM; one "interrupted" line on SIGINT).
+    """
+    env = dict(os.environ)
+    env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // nproc)))  # share the cores
+    env.setdefault("TORCH_CPP_LOG_LEVEL", "ERROR")  # the ranks' own one-line errors say what failed
+    try:  # port 0: the system picks a free port, no race with another process for it
+        store = dist.TCPStore("127.0.0.1", 0, None, True, timedelta(seconds=timeout), wait_for_workers=False)
+    except Exception as e:
+        raise TrainingError(f"the launcher could not open its rendezvous store on 127.0.0.1: {_first_line(e)}") \
+            from None
+    env.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(store.port), WORLD_SIZE=str(nproc),
+               LOCAL_WORLD_SIZE=str(nproc), GROUP_RANK="0", GROUP_WORLD_SIZE="1", ROLE_WORLD_SIZE=str(nproc),
+               TORCHELASTIC_USE_AGENT_STORE="True", TORCHELASTIC_RESTART_COUNT="0")
 
-    logging.getLogger("torch.distributed.elastic").setLevel(logging.CRITICAL)  # our one line says it
-    if "OMP_NUM_THREADS" not in os.environ:  # share the cores instead of oversubscribing them
-        os.environ["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // nproc))
-    os.environ.setdefault("TORCH_CPP_LOG_LEVEL", "ERROR")  # the ranks' own one-line errors say what failed
-    config = LaunchConfig(min_nodes=1, max_nodes=1, nproc_per_node=nproc, run_id=str(uuid.uuid4()),
-                          rdzv_backend="c10d", rdzv_endpoint="localhost:0", max_restarts=0, monitor_interval=0.2,
-                          rdzv_configs={"timeout": int(timeout)})
+    received: list[int] = []  # SIGTERM / SIGINT sent to the launcher, handled by the loop below
+    previous = {}
+    for s in (signal.SIGTERM, signal.SIGINT):
+        try:
+            previous[s] = signal.signal(s, lambda signum, frame: received.append(signum))
+        except ValueError:  # not the main thread: signals stay as they are
+            pass
+    procs: list[subprocess.Popen] = []
     try:
-        elastic_launch(config, sys.executable)("-m", "handgrad", *argv)
-    except ChildFailedError as e:
-        # the cause first: a rank killed by a signal other than the launcher's SIGTERM, then one that ended
-        # with an error, then one the launcher stopped
-        def cause(item):
-            rank, f = item
-            group = 0 if f.exitcode < 0 and f.signal_name() != "SIGTERM" else 1 if f.exitcode > 0 else 2
-            return group, f.timestamp, rank
-
-        rank, failure = min(e.failures.items(), key=cause)
-        why = f"killed by {failure.signal_name()}" if failure.exitcode < 0 else \
-            f"exit code {failure.exitcode}; its error line is above"
-        raise TrainingError(f"rank {rank} failed ({why}); the other ranks were stopped") from None
+        preexec = _die_with_parent()
+        for r in range(nproc):
+            if received:
+                break
+            # a session of their own, as torchrun's ranks: the terminal's Ctrl-C reaches the launcher only,
+            # which passes it on once
+            procs.append(subprocess.Popen([sys.executable, "-m", "handgrad", *argv], preexec_fn=preexec,
+                                          start_new_session=True,
+                                          env=dict(env, RANK=str(r), LOCAL_RANK=str(r), ROLE_RANK=str(r))))
+        failure = _watch(procs, received)
+        if received:  # SIGTERM to the ranks either way: they end silently, the launcher says it once
+            _stop(procs, signal.SIGTERM)
+        elif failure is not None:
+            failed = [(r, p.returncode) for r, p in enumerate(procs) if p.returncode not in (None, 0)]
+            notes = _stop(procs, signal.SIGTERM)
+            raise TrainingError(_cause(failure, failed, notes)) from None
+    finally:
+        for p in procs:  # whatever happened above, no rank outlives this call
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+    if received:
+        if received[0] == signal.SIGINT:
+            raise KeyboardInterrupt
+        signal.signal(received[0], signal.SIG_DFL)  # end as a single process would: killed by the signal
+        os.kill(os.getpid(), received[0])
+        time.sleep(1.0)
+        raise TrainingError(f"stopped by {signal.Signals(received[0]).name}")
     return 0
+
+
+def _watch(procs: list[subprocess.Popen], received: list[int]) -> int | None:
+    """Wait until every rank has ended with 0 (None), a rank has failed (its rank: the one killed by a signal
+    first, else the lowest that failed) or the launcher got a signal (None)."""
+    while not received:
+        codes = [p.poll() for p in procs]
+        failed = [r for r, c in enumerate(codes) if c not in (None, 0)]
+        if failed:  # several at once: a signal from outside is more likely the cause than an error exit
+            return min(failed, key=lambda r: (codes[r] > 0, r))
+        if all(c == 0 for c in codes):
+            return None
+        time.sleep(POLL_S)
+    return None
+
+
+def _stop(procs: list[subprocess.Popen], sig: signal.Signals) -> dict[int, str]:
+    """Stop the ranks still running: `sig`, GRACE_S to end, then SIGKILL. A rank found stopped (SIGSTOP: it
+    could not act on `sig`) is killed at once. Returns, per rank, how it ended: 'asked' (it ended after `sig`),
+    'stopped' (found stopped, killed) or 'unresponsive' (did not end within GRACE_S, killed)."""
+    notes = {}
+    for r, p in enumerate(procs):
+        if p.poll() is not None:
+            continue
+        try:
+            if _state(p.pid) in ("T", "t"):
+                p.kill()
+                notes[r] = "stopped"
+            else:
+                p.send_signal(sig)
+                notes[r] = "asked"
+        except ProcessLookupError:
+            pass
+    deadline = time.monotonic() + GRACE_S
+    while any(p.poll() is None for p in procs) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    for r, p in enumerate(procs):
+        if p.poll() is None:
+            p.kill()
+            notes[r] = "stopped" if _state(p.pid) in ("T", "t") else "unresponsive"
+        p.wait()
+    return notes
+
+
+def _cause(first: int, failed: list[tuple[int, int]], notes: dict[int, str]) -> str:
+    """One line: the rank that failed on its own first (and others that failed before the launcher stepped in),
+    then the ranks the launcher stopped and why."""
+
+    def why(code: int) -> str:
+        return f"killed by {_signal_name(-code)}" if code < 0 else f"exit code {code}; its error line is above"
+
+    codes = dict(failed)
+    parts = [f"rank {first} failed ({why(codes[first])})"]
+    also = [r for r, _ in failed if r != first]
+    if also:
+        parts.append(", ".join(f"rank {r} failed too ({why(codes[r])})" for r in also))
+    for r in sorted(r for r, n in notes.items() if n == "stopped"):
+        parts.append(f"rank {r} was stopped (SIGSTOP) and did not respond: the launcher killed it")
+    for r in sorted(r for r, n in notes.items() if n == "unresponsive"):
+        parts.append(f"rank {r} did not respond to SIGTERM within {GRACE_S:.0f} s: the launcher killed it")
+    asked = sorted(r for r, n in notes.items() if n == "asked")
+    if asked:
+        parts.append(f"the launcher stopped {_ranks(asked)}")
+    return "; ".join(parts)
+
+
+def _ranks(ranks: list[int]) -> str:
+    return f"rank {ranks[0]}" if len(ranks) == 1 else f"ranks {', '.join(map(str, ranks))}"
+
+
+def _signal_name(n: int) -> str:
+    try:
+        return signal.Signals(n).name
+    except ValueError:
+        return f"signal {n}"
+
+
+def _first_line(e: BaseException) -> str:
+    return str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
+
+
+def _state(pid: int) -> str:
+    """The process's state letter in /proc/PID/stat ('R', 'S', 'T' stopped, 'Z'...); '' where unknown."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return ""
+
+
+def _die_with_parent() -> Callable[[], None] | None:
+    """A preexec_fn that makes the child get SIGKILL when the launcher dies (Linux: PR_SET_PDEATHSIG), or None
+    where that is not available. The signal comes when the thread that started the child ends: start the
+    ranks from the thread that lives as long as the launcher (the main one)."""
+    if not sys.platform.startswith("linux"):
+        return None
+    import ctypes
+
+    try:
+        prctl = ctypes.CDLL(None, use_errno=True).prctl  # looked up here: the child only calls it
+    except (OSError, AttributeError):
+        return None
+    parent, pr_set_pdeathsig, sigkill = os.getpid(), 1, int(signal.SIGKILL)
+
+    def preexec() -> None:
+        prctl(pr_set_pdeathsig, sigkill, 0, 0, 0)
+        if os.getppid() != parent:  # the launcher died before prctl: nobody will send the signal
+            os.kill(os.getpid(), signal.SIGKILL)
+
+    return preexec
