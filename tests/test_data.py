@@ -355,3 +355,34 @@ def test_a_6mb_gzip_that_expands_to_6gb_through_the_cli_stays_under_300mb(tmp_pa
     assert len(lines) == 3, out.stdout + out.stderr
     assert lines[0] == "1" and lines[1].startswith("handgrad: error: ") and "IDX header says shape" in lines[1]
     assert int(lines[2]) < 300, lines  # MB, the command's peak (importing torch alone takes about 220)
+
+
+def test_a_gzipped_pickle_bomb_is_refused_before_its_array_is_allocated(tmp_path):
+    """A mnist.pkl.gz of ~60 KB whose arrays hold 60 MB of zeros: the unpickler reads from the stream and is
+    refused the array's bytes (more than 250x the file) before anything that large is allocated."""
+    import gzip
+
+    zeros = np.zeros((1000, 60000), np.uint8)
+    obj = ((zeros, np.zeros(1000, np.int64)), (zeros[:10], np.zeros(10, np.int64)))
+    path = tmp_path / "mnist.pkl.gz"
+    with gzip.open(path, "wb", compresslevel=9) as f:
+        pickle.dump(obj, f, protocol=2)
+    del zeros, obj
+    assert path.stat().st_size < 200_000
+    code = (
+        "import resource, sys\n"
+        "from handgrad.data.formats import read_array_pickle\n"
+        "from handgrad.errors import DataError\n"
+        "import numpy\n"
+        "before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss\n"
+        "try:\n"
+        "    read_array_pickle(sys.argv[1])\n"
+        "except DataError as e:\n"
+        "    print(str(e))\n"
+        "print((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) // 1024)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code, str(path)], capture_output=True, text=True, timeout=120)
+    lines = out.stdout.splitlines()
+    assert len(lines) == 2, out.stdout + out.stderr
+    assert "the pickle asks for more bytes than gzip data of" in lines[0] and "decompression bomb" in lines[0]
+    assert int(lines[1]) < 30, lines  # MB: the 60 MB array was never allocated

@@ -179,7 +179,7 @@ def _latin1_encode(text: str, encoding: str = "utf-8") -> bytes:
 class _ArraysOnlyUnpickler(pickle.Unpickler):
     """Admits numpy arrays (and the tuples/lists around them) and nothing else, so no code can run."""
 
-    def __init__(self, file: io.BytesIO, path: Path) -> None:
+    def __init__(self, file: io.RawIOBase, path: Path) -> None:
         super().__init__(file, encoding="latin-1")  # the seeds' file is a Python 2 pickle
         self.path = path
 
@@ -221,16 +221,63 @@ def _only_arrays(obj: object, path: Path) -> None:
             raise DataError(f"{path}: pickle holds a {type(item).__name__}; only numpy arrays are allowed")
 
 
+class _Bounded(io.RawIOBase):
+    """The file's (gunzipped) bytes for the unpickler, read as it asks, refusing to go past `limit` bytes in all
+    (a request past it, such as an array claiming gigabytes, is refused before anything is allocated)."""
+
+    def __init__(self, stream: io.BufferedIOBase, limit: int, path: Path, what: str) -> None:
+        self.stream, self.limit, self.path, self.what, self.total = stream, limit, path, what, 0
+
+    def readable(self) -> bool:
+        return True
+
+    def _room(self, n: int) -> None:
+        if self.total + n > self.limit:
+            raise DataError(f"{self.path}: the pickle asks for more bytes than {self.what}; refusing to read it")
+
+    def readinto(self, buffer) -> int:  # type: ignore[override]
+        n = len(buffer)
+        self._room(min(n, CHUNK) if n > CHUNK else n)
+        data = _read(self.stream, min(n, self.limit - self.total), self.path)
+        buffer[:len(data)] = data
+        self.total += len(data)
+        return len(data)
+
+    def read(self, n: int = -1) -> bytes:  # type: ignore[override]
+        if n is None or n < 0:
+            n = self.limit - self.total + 1
+        self._room(n)
+        data = bytes(_read(self.stream, n, self.path))
+        self.total += len(data)
+        return data
+
+    def readline(self, size: int | None = -1) -> bytes:  # type: ignore[override]
+        line = bytearray()
+        while not line.endswith(b"\n"):
+            c = self.read(1)
+            if not c:
+                break
+            line += c
+        return bytes(line)
+
+
 def read_array_pickle(path: str | Path) -> object:
-    """A (gzipped) pickle of numpy arrays, e.g. the seeds' mnist.pkl.gz, read without running code."""
+    """A (gzipped) pickle of numpy arrays, e.g. the seeds' mnist.pkl.gz, read without running code, streamed:
+    at most the file's size (or MAX_GZIP_RATIO times it, gzipped) is ever read."""
     path = Path(path)
-    data = read_bytes(path)
-    try:
-        obj = _ArraysOnlyUnpickler(io.BytesIO(data), path).load()
-    except DataError:
-        raise
-    except Exception as e:  # any malformed pickle: say so in one line
-        raise DataError(f"{path}: not a readable pickle of numpy arrays ({type(e).__name__}: {e})") from None
+    stream, size, gzipped = _open(path)
+    limit = _limit(path, size) if gzipped else size
+    what = (f"gzip data of {size:,} bytes may expand to (at most {MAX_GZIP_RATIO}x; a decompression bomb?)"
+            if gzipped else f"the file's {size:,}")
+    with stream:
+        try:
+            obj = _ArraysOnlyUnpickler(_Bounded(stream, limit, path, what), path).load()
+        except DataError:
+            raise
+        except RecursionError:
+            raise DataError(f"{path}: pickle nests too deep; a data set is a few arrays") from None
+        except Exception as e:  # any malformed pickle: say so in one line
+            raise DataError(f"{path}: not a readable pickle of numpy arrays ({type(e).__name__}: {e})") from None
     _only_arrays(obj, path)
     return obj
 
