@@ -163,11 +163,18 @@ CASES = {
     "epochs zero": (lambda t, n, r: train(n, "--epochs", "0"), 2, "--epochs must be at least 1"),
     "bs zero": (lambda t, n, r: train(n, "--bs", "0"), 2, "--bs must be a positive integer"),
     "momentum 1.5": (lambda t, n, r: train(n, "--momentum", "1.5"), 2, "--momentum must be in [0, 1)"),
-    "weight decay inf": (lambda t, n, r: train(n, "--weight-decay", "inf"), 2, "--weight-decay must be a finite"),
+    "weight decay inf": (lambda t, n, r: train(n, "--weight-decay", "inf"), 2, "--weight-decay must be a number"),
+    "weight decay 1e308": (lambda t, n, r: train(n, "--weight-decay", "1e308"), 2, "--weight-decay must be a number"),
+    "nproc 1000": (lambda t, n, r: train(n, "--nproc", "1000"), 2, "--nproc must be from 1 to"),
+    "seed huge": (lambda t, n, r: train(n, "--seed", "99999999999999999999999"), 2, "--seed must be from 0"),
+    "trace of a model too big": (lambda t, n, r: ["trace", "--hidden", "65536,65536,65536", "--bs", "2"], 2,
+                                 "more than this machine's"),
+    "check repeats huge": (lambda t, n, r: ["check", "--repeats", "1000000000000"], 2, "--repeats must be from 1"),
+    "trace seed huge": (lambda t, n, r: ["trace", "--seed", "99999999999999999999999"], 2, "--seed must be from 0"),
     "lr nan": (lambda t, n, r: train(n, "--lr", "nan"), 2, "--lr must be a positive number"),
     "lr overflows": (lambda t, n, r: train(n, "--lr", "1e39", "--no-fused", "--no-check"), 2, "up to 1e6, got 1e+39"),
     "subset zero": (lambda t, n, r: train(n, "--subset", "0"), 2, "--subset must be positive"),
-    "nproc zero": (lambda t, n, r: train(n, "--nproc", "0"), 2, "--nproc must be at least 1"),
+    "nproc zero": (lambda t, n, r: train(n, "--nproc", "0"), 2, "--nproc must be from 1 to"),
     "device tpu": (lambda t, n, r: train(n, "--device", "tpu"), 2, "--device: expected cpu, cuda or cuda:N"),
     **({"device cuda without cuda": (lambda t, n, r: train(n, "--device", "cuda"), 2, "CUDA is not available")}
        if NO_CUDA else {}),
@@ -203,6 +210,15 @@ CASES = {
     "config model unknown": (lambda t, n, r: set_config(r, model="rnn") or ["eval", r], 1, "--model must be one of"),
     "config lr a list": (lambda t, n, r: set_config(r, lr=[1]) or ["eval", r], 1,
                          "key 'lr': expected a number or null, got [1] (a list)"),
+    "config init unknown": (lambda t, n, r: set_config(r, init="foo") or ["eval", r], 1, "--init must be one of"),
+    "config device meta": (lambda t, n, r: set_config(r, device="meta") or ["eval", r], 1,
+                           "config.json: --device: expected cpu, cuda or cuda:N, got 'meta'"),
+    "config fingerprint files a number": (lambda t, n, r: set_config(r, fingerprint={
+        "files": 5, "n_train": 1, "n_valid": 1, "n_test": 0}) or ["eval", r], 1,
+        "(fingerprint): key 'files': expected an object, got 5"),
+    "config fingerprint digest a number": (lambda t, n, r: set_config(r, fingerprint={
+        "files": {"mnist.npz": 5}, "n_train": 1, "n_valid": 1, "n_test": 0}) or ["eval", r], 1,
+        "(fingerprint of mnist.npz): expected a JSON object, got 5"),
     "config not json": (lambda t, n, r: (r / "config.json").write_text("{epochs: 5") and ["eval", r], 1, "unreadable"),
     "config a list": (lambda t, n, r: (r / "config.json").write_text("[1, 2]") and ["eval", r], 1,
                       "expected a JSON object, got [1, 2] (a list)"),
@@ -219,6 +235,25 @@ CASES = {
     "checkpoint optimizer state of the wrong dtype": (
         lambda t, n, r: set_config(r, opt="adam") or resave(r, **{"opt.0.exp_avg": torch.zeros(784, 50, dtype=torch.float16)})
         or ["train", "--resume", r], 1, "tensor opt.0.exp_avg: expected float32 of shape [784, 50]"),
+    "checkpoint n_params huge": (lambda t, n, r: resave(r, meta=lambda m: {**m, "n_params": 10**9}) or
+                                 ["train", "--resume", r, "--epochs", "2"], 1, "key 'n_params': the model has 4"),
+    "checkpoint batch past the epoch": (lambda t, n, r: resave(r, meta=lambda m: {**m, "batch": 10**6}) or
+                                        ["train", "--resume", r, "--epochs", "2"], 1, "key 'batch': an epoch has"),
+    "checkpoint epoch past the run": (lambda t, n, r: resave(r, meta=lambda m: {**m, "epoch": 10**30}) or
+                                      ["train", "--resume", r, "--epochs", "2"], 1, "key 'epoch': expected at most"),
+    "checkpoint mean NaN": (lambda t, n, r: resave(r, meta=lambda m: {**m, "mean": float("nan")}) or ["eval", r], 1,
+                            "key 'mean': expected a finite number"),
+    "checkpoint std 0": (lambda t, n, r: resave(r, meta=lambda m: {**m, "std": 0.0}) or ["eval", r], 1,
+                         "key 'std': expected a number > 0"),
+    "checkpoint early stopping state a string": (
+        lambda t, n, r: resave(r, meta=lambda m: {**m, "callbacks": {**m["callbacks"], "EarlyStoppingCB": {
+            "best": "x", "bad_epochs": 0}}}) or ["train", "--resume", r, "--epochs", "2"], 1,
+        "(callbacks.EarlyStoppingCB): key 'best'"),
+    "checkpoint unknown tensor": (lambda t, n, r: resave(r, zzz=torch.zeros(1)) or
+                                  ["train", "--resume", r, "--epochs", "2"], 1, "tensor zzz is not the model's"),
+    "checkpoint adam state missing": (
+        lambda t, n, r: set_config(r, opt="adam") or resave(r, **{"opt.0.exp_avg": torch.zeros(784, 50)}) or
+        ["train", "--resume", r, "--epochs", "2"], 1, "tensor opt.0.exp_avg_sq is missing"),
     "checkpoint missing a tensor": (lambda t, n, r: resave(r, drop=("model.2.weight",)) or ["eval", r], 1,
                                     "tensor model.2.weight is missing"),
     "checkpoint without rng state": (lambda t, n, r: resave(r, drop=("rng.cpu",)) or ["eval", r], 1, "rng.cpu"),
@@ -302,11 +337,19 @@ CASES = {
     "check without an input shape": (lambda t, n, r: ["check", "handgrad.layers:Tanh"], 2, "--input-shape is needed"),
     "check of no class": (lambda t, n, r: ["check", "handgrad.layers:Nothing", "--input-shape", "3,4"], 2,
                           "Nothing"),
-    "check repeats zero": (lambda t, n, r: ["check", "--repeats", "0"], 2, "--repeats must be at least 1"),
+    "check repeats zero": (lambda t, n, r: ["check", "--repeats", "0"], 2, "--repeats must be from 1 to 1000"),
     "trace bs zero": (lambda t, n, r: ["trace", "--bs", "0"], 2, "--bs must be a positive integer"),
     "trace target without a shape": (lambda t, n, r: ["trace", "handgrad.layers:Tanh"], 2, "--input-shape is needed"),
     "derive unknown": (lambda t, n, r: ["derive", "bogus"], 2, "unknown activation 'bogus'"),
     "bench unknown config": (lambda t, n, r: ["bench", "--configs", "bogus"], 2, "unknown bench config 'bogus'"),
+    "bench json into no folder": (lambda t, n, r: ["bench", "--json", t / "none" / "b.json"], 2, "no folder"),
+    "stats into no folder": (lambda t, n, r: train(n, "--stats", t / "none" / "s.png"), 2, "no folder"),
+    "npz zip bomb": (lambda t, n, r: np.savez_compressed(t / "z.npz", x_train=np.zeros((20000, 784), u8),
+                                                         y_train=np.zeros(20000, int)) or train(t / "z.npz"), 1,
+                     "a decompression bomb?"),
+    "predict a float image out of range": (lambda t, n, r: __import__("PIL.Image").Image.fromarray(
+        np.full((28, 28), 1000.0, np.float32), mode="F").save(t / "big.tiff") or ["predict", r, t / "big.tiff"], 2,
+        "big.tiff: float pixels from 1000 to 1000"),
     "bench rounds zero": (lambda t, n, r: ["bench", "--rounds", "0"], 2, "--rounds must be at least 1"),
 }
 
@@ -465,3 +508,69 @@ def test_an_unforeseen_exception_in_a_run_leaves_its_traceback_in_the_run_folder
     lines = err.strip().splitlines()
     assert code == 1 and len(lines) == 1 and f"traceback in {out / 'error.log'}" in lines[0], err
     assert "KeyError: 'surprise'" in (out / "error.log").read_text()
+
+
+@pytest.mark.parametrize("name", ["lock", "error.log"])
+def test_a_symbolic_link_planted_in_a_run_folder_is_never_written_through(name, tmp_path, npz, capsys, monkeypatch):
+    import sys
+
+    out = tmp_path / "r"
+    assert run_cli(capsys, *train(npz, "--out", out))[0] == 0
+    victim = tmp_path / "victim.txt"
+    victim.write_text("important")
+    if name == "lock":
+        (out / ".handgrad.lock").unlink()
+        (out / ".handgrad.lock").symlink_to(victim)
+        code, err = run_cli(capsys, "train", "--resume", out, "--epochs", "2", "--no-progress")
+        assert code == 2 and "cannot open its lock file .handgrad.lock (it is a symbolic link)" in err
+    else:
+        (out / "error.log").symlink_to(victim)
+
+        def boom(*a, **k):
+            raise KeyError("surprise")
+
+        monkeypatch.setattr(sys.modules["handgrad.train.run"], "check_optimizer_tensors", boom)
+        code, err = run_cli(capsys, "train", "--resume", out, "--epochs", "2", "--no-progress")
+        assert code == 1 and "KeyError: 'surprise'" in err and "handgrad-error-" in err  # a temporary file instead
+    assert victim.read_text() == "important"
+
+
+def test_a_failed_resume_leaves_config_json_as_it_was(tmp_path, npz, capsys):
+    """`--resume DIR --data /nope.npz` failed but rewrote config.json, and the run lost its data."""
+    out = tmp_path / "r"
+    assert run_cli(capsys, *train(npz, "--out", out))[0] == 0
+    before = (out / "config.json").read_bytes()
+    assert run_cli(capsys, "train", "--resume", out, "--data", tmp_path / "nope.npz", "--epochs", "2")[0] == 1
+    other = tmp_path / "small.npz"
+    np.savez(other, x_train=np.zeros((20, 10, 10), np.uint8), y_train=np.zeros(20, int))
+    assert run_cli(capsys, "train", "--resume", out, "--data", other, "--epochs", "2")[0] == 1
+    assert (out / "config.json").read_bytes() == before
+    assert run_cli(capsys, "eval", out)[0] == 0
+
+
+def test_a_resumed_run_writes_no_statistics_file(tmp_path, npz, capsys):
+    """config.json's stats named a file outside the run folder, which resume overwrote."""
+    out, stats = tmp_path / "r", tmp_path / "st.png"
+    assert run_cli(capsys, *train(npz, "--out", out, "--stats", stats))[0] == 0
+    stats.write_text("the user's file now")
+    assert run_cli(capsys, "train", "--resume", out, "--epochs", "2", "--no-progress")[0] == 0
+    assert stats.read_text() == "the user's file now"
+
+
+def test_a_failing_replacement_run_does_not_claim_a_checkpoint_it_has_not(tmp_path, npz, capsys):
+    out = tmp_path / "r"
+    assert run_cli(capsys, *train(npz, "--out", out))[0] == 0
+    code, err = run_cli(capsys, *train(npz, "--out", out, "--overwrite", "--lr", "1e6", "--no-check", "--no-fused"))
+    assert code == 1 and "non-finite" in err and "no checkpoint of this run was saved yet" in err, err
+    assert "the last good checkpoint is kept" not in err
+
+
+@pytest.mark.parametrize("env, says", [({"WORLD_SIZE": "2"}, "WORLD_SIZE is 2 but RANK is not set"),
+                                       ({"WORLD_SIZE": "2", "RANK": "5"}, "RANK must be from 0 to WORLD_SIZE - 1"),
+                                       ({"WORLD_SIZE": "2", "RANK": "x"}, "RANK must be an integer, got 'x'")])
+def test_a_bad_distributed_environment_is_one_line(env, says, tmp_path, npz, capsys, monkeypatch):
+    for k, v in env.items():
+        monkeypatch.setenv(k, v)
+    code, err = run_cli(capsys, *train(npz))
+    lines = err.strip().splitlines()
+    assert code == 2 and len(lines) == 1 and says in lines[0], err

@@ -312,7 +312,7 @@ def test_sigterm_to_the_nproc_launcher_stops_its_ranks_first(tmp_path, npz):
 @pytest.mark.skipif(locate("fashion-mnist") is None, reason="Fashion-MNIST not installed")
 def test_bad_distributed_flags():
     bad = subprocess.run([sys.executable, "-m", "handgrad", "train", "--nproc", "0"], capture_output=True, text=True)
-    assert bad.returncode == 2 and bad.stderr.strip() == "handgrad: error: --nproc must be at least 1, got 0"
+    assert bad.returncode == 2 and bad.stderr.strip().startswith("handgrad: error: --nproc must be from 1 to ")
     twin = subprocess.run([sys.executable, "-m", "handgrad", "train", "--nproc", "2", "--torch-twin"],
                           capture_output=True, text=True)
     assert twin.returncode == 2 and "--torch-twin trains in one process" in twin.stderr

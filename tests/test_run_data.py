@@ -267,3 +267,12 @@ def test_renames_are_made_durable_by_syncing_the_folder(tmp_path, monkeypatch):
     monkeypatch.setattr(rf.os, "fsync", spy)
     rf.atomic_write(tmp_path / "a.txt", lambda tmp: Path(tmp).write_text("x"))
     assert synced == [False, True]  # the file, then its folder
+
+
+def test_blank_images_pass_the_first_batch_gradient_check(tmp_path):
+    """All-black images put exactly 0 into the ReLUs: the check used to fail ('max rel err 1.0') because the
+    forward's autograd took the gradient at 0 to be 1 while the hand-written one takes 0."""
+    np.savez(tmp_path / "d.npz", x_train=np.zeros((60, 28, 28), np.uint8), y_train=np.arange(60) % 10)
+    result = run(TrainConfig(dataset="mnist", data=str(tmp_path / "d.npz"), epochs=1, download=False, hidden=[8]),
+                 log=quiet, progress=False)
+    assert result.history

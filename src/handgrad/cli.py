@@ -244,8 +244,9 @@ def _check(args: argparse.Namespace) -> int:
         return _check_target(args)
     from .check import TOLERANCES, builtin_cases, check_module, format_table
 
-    if args.repeats < 1:
-        raise UsageError(f"--repeats must be at least 1, got {args.repeats}")
+    if not 1 <= args.repeats <= 1000:
+        raise UsageError(f"--repeats must be from 1 to 1000, got {args.repeats}")
+    _seed(args.seed)
     reports = []
     for case in builtin_cases(args.seed, args.repeats):
         for dtype in (torch.float64, torch.float32):
@@ -316,6 +317,7 @@ def _trace(args: argparse.Namespace) -> int:
     from .models import cnn, mlp
     from .trace import format_trace, trace
 
+    _seed(args.seed)
     gen = torch.Generator().manual_seed(args.seed)
     if args.target is not None:
         from .check.target import instantiate, load_class, parse_args, parse_shape
@@ -333,6 +335,9 @@ def _trace(args: argparse.Namespace) -> int:
     else:
         if args.bs < 1:
             raise UsageError(f"--bs must be a positive integer, got {args.bs}")
+        from .train.run import check_size
+
+        check_size(TrainConfig(model=args.model, hidden=args.hidden, channels=args.channels, bs=args.bs), 784, 10)
         torch.manual_seed(args.seed)
         model = mlp(784, args.hidden, 10) if args.model == "mlp" else cnn(10, args.channels)
         x, y, source = _first_batch(args.dataset, args.bs, gen)
@@ -352,6 +357,11 @@ def _first_batch(dataset: str, bs: int, gen: torch.Generator) -> tuple[torch.Ten
             data = load_dataset(name, allow_download=False).normalized()
             return data.x_train[:bs], data.y_train[:bs], f"the first {bs} {name} training images"
     return torch.randn(bs, 784, generator=gen), torch.randint(0, 10, (bs,), generator=gen), "random images"
+
+
+def _seed(seed: int) -> None:
+    if not 0 <= seed < 2**63:
+        raise UsageError(f"--seed must be from 0 to 2**63 - 1, got {seed}")
 
 
 def _derive(args: argparse.Namespace) -> int:
@@ -383,6 +393,9 @@ def _bench(args: argparse.Namespace) -> int:
         raise UsageError(f"unknown bench config {unknown[0]!r}: expected one of {', '.join(CONFIGS)}")
     if args.rounds < 1:
         raise UsageError(f"--rounds must be at least 1, got {args.rounds}")
+    for flag, where in (("--json", args.json), ("--plot", args.plot)):
+        if where is not None and not Path(where).absolute().parent.is_dir():
+            raise UsageError(f"{flag} {where}: no folder {Path(where).absolute().parent}")
     device = resolve_device(args.device)
     impls = IMPLS if args.compile else tuple(i for i in IMPLS if i != "compile")
     print(f"one training step, {device}, {torch.get_num_threads()} threads, median of {args.rounds} rounds")
@@ -453,8 +466,11 @@ def _unexpected(e: BaseException, args: argparse.Namespace | None = None) -> Non
     where = "no traceback file could be written"
     for folder in [getattr(args, k, None) for k in ("resume", "out", "run")]:
         if isinstance(folder, str) and (Path(folder) / MARKER).is_file() and not Path(folder).is_symlink():
-            try:
-                (Path(folder) / ERROR_LOG).write_text(text)
+            try:  # never through a symbolic link planted in the folder
+                fd = os.open(Path(folder) / ERROR_LOG, os.O_WRONLY | os.O_CREAT | os.O_TRUNC |
+                             getattr(os, "O_NOFOLLOW", 0), 0o644)
+                with os.fdopen(fd, "w") as f:
+                    f.write(text)
                 where = f"traceback in {Path(folder) / ERROR_LOG}"
                 break
             except OSError:

@@ -37,7 +37,7 @@ import torch
 import torch.distributed as dist
 from torch import Tensor
 
-from .errors import TrainingError
+from .errors import TrainingError, UsageError
 from .calls import Call
 from .module import Module, Parameter
 
@@ -156,13 +156,28 @@ def _store(rank: int, world_size: int, timeout: float) -> dist.Store:
     return dist.PrefixStore(f"handgrad/{attempt}/", store)
 
 
+def _env_int(name: str, default: str) -> int:
+    text = os.environ.get(name, default)
+    try:
+        return int(text)
+    except ValueError:
+        raise UsageError(f"the environment variable {name} must be an integer, got {text!r}") from None
+
+
 def init_from_env(device: str = "cpu", timeout: float = DEFAULT_TIMEOUT_S) -> Dist | None:
     """Join the process group described by torchrun's environment (RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR,
     MASTER_PORT); None when this process runs alone."""
-    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    world_size = _env_int("WORLD_SIZE", "1")
     if world_size <= 1:
         return None
-    rank, local_rank = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
+    if "RANK" not in os.environ:
+        raise UsageError(f"WORLD_SIZE is {world_size} but RANK is not set: start data-parallel training with "
+                         "--nproc N or torchrun, which set both")
+    rank, local_rank = _env_int("RANK", "0"), _env_int("LOCAL_RANK", "0")
+    if not 0 <= rank < world_size:
+        raise UsageError(f"RANK must be from 0 to WORLD_SIZE - 1 = {world_size - 1}, got {rank}")
+    if local_rank < 0:
+        raise UsageError(f"LOCAL_RANK must be >= 0, got {local_rank}")
     dev = torch.device(device)
     if dev.type == "cuda":
         dev = torch.device("cuda", local_rank)

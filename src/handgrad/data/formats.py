@@ -282,9 +282,26 @@ def read_array_pickle(path: str | Path) -> object:
     return obj
 
 
+def _check_zip(path: Path) -> None:
+    """A compressed .npz whose arrays would expand more than MAX_GZIP_RATIO times the file is refused before
+    anything is decompressed (the zip directory says how large each array is)."""
+    import zipfile
+
+    try:
+        size = path.stat().st_size
+        with zipfile.ZipFile(path) as z:
+            total = sum(info.file_size for info in z.infolist())
+    except (OSError, zipfile.BadZipFile, ValueError):
+        return  # np.load says what is wrong, below
+    if total > MAX_GZIP_RATIO * size + CHUNK:
+        raise DataError(f"{path}: its arrays would expand to {total:,} bytes, more than {MAX_GZIP_RATIO} times the "
+                        f"file's {size:,} (a decompression bomb?); refusing to read it")
+
+
 def read_npz(path: str | Path) -> dict[str, np.ndarray]:
     """A .npz archive of arrays (never unpickles)."""
     path = Path(path)
+    _check_zip(path)
     try:
         with np.load(path, allow_pickle=False) as f:
             return {k: f[k] for k in f.files}

@@ -52,7 +52,7 @@ class GeneralRelu(Module):
         self.leak, self.sub, self.maxv = leak, sub, maxv
 
     def forward(self, x: Tensor) -> Tensor:
-        y = torch.where(x > 0, x, x * self.leak) if self.leak is not None else x.clamp_min(0.0)
+        y = torch.where(x > 0, x, x * self.leak) if self.leak is not None else torch.relu(x)
         if self.sub is not None:
             y = y - self.sub
         if self.maxv is not None:

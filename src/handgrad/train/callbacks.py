@@ -81,7 +81,8 @@ class NonFiniteGuardCB(Callback):
 
     def _stop(self, learn: Learner, what: str) -> None:
         saver = next((cb for cb in learn.callbacks if type(cb).__name__ == "CheckpointCB"), None)
-        kept = f"; the last good checkpoint is kept in {saver.run.path}" if saver is not None else ""
+        kept = (f"; the last good checkpoint is kept in {saver.run.path}" if saver is not None
+                and saver.run.has_checkpoint() else "; no checkpoint of this run was saved yet" if saver else "")
         raise TrainingError(f"{what} at epoch {learn.epoch + 1}, batch {learn.batch_idx + 1}; lower the learning "
                             f"rate (it was {learn.opt.lr:.3g}){kept}")
 

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-import math
+import os
+import re
 from dataclasses import asdict, dataclass, field, fields
 
 LOSSES = ("cross-entropy", "mse")
@@ -10,6 +11,7 @@ MODELS = ("mlp", "cnn")
 DATASETS = ("auto", "mnist", "fashion-mnist")
 MAX_WIDTH = 1 << 16  # a layer width past this is a typo (the parameter count is checked against memory too)
 MAX_TIMEOUT = 7 * 24 * 3600.0
+INITS = ("kaiming", "randn", "torch")
 OPTIMIZERS = ("sgd", "adam", "adamw")
 SCHEDULES = ("constant", "one-cycle", "cosine", "step")
 
@@ -69,15 +71,22 @@ class TrainConfig:
         check(bool(self.hidden) and all(1 <= h <= MAX_WIDTH for h in self.hidden),
               f"--hidden sizes must be from 1 to {MAX_WIDTH}, got {self.hidden}")
         check(self.momentum is None or 0 <= self.momentum < 1, f"--momentum must be in [0, 1), got {self.momentum}")
-        check(self.weight_decay is None or 0 <= self.weight_decay < math.inf, f"--weight-decay must be a finite "
-              f"number >= 0, got "
+        check(self.weight_decay is None or 0 <= self.weight_decay <= 1e6, f"--weight-decay must be a number from 0 "
+              f"to 1e6, got "
               f"{self.weight_decay}")
         check(self.clip is None or self.clip > 0, f"--clip must be positive, got {self.clip}")
         check(self.patience is None or self.patience >= 1, f"--patience must be at least 1, got {self.patience}")
         check(self.warmup >= 0, f"--warmup must be >= 0, got {self.warmup}")
         check(self.save_every >= 0, f"--save-every must be >= 0, got {self.save_every}")
         check(self.subset is None or self.subset >= 1, f"--subset must be positive, got {self.subset}")
-        check(self.nproc >= 1, f"--nproc must be at least 1, got {self.nproc}")
+        cores = os.cpu_count() or 1
+        check(1 <= self.nproc <= max(cores, 8), f"--nproc must be from 1 to {max(cores, 8)} (this machine has {cores} "
+              f"cores; across machines use torchrun), got {self.nproc}")
+        check(0 <= self.seed < 2**63, f"--seed must be from 0 to 2**63 - 1, got {self.seed}")
+        check(self.init in INITS, f"--init must be one of {', '.join(INITS)}, got {self.init!r}")
+        check(re.fullmatch(r"cpu|cuda(:\d+)?", self.device) is not None,
+              f"--device: expected cpu, cuda or cuda:N, got {self.device!r}")
+        check(self.clip is None or self.clip <= 1e30, f"--clip must be at most 1e30, got {self.clip}")
         check(0 < self.dist_timeout <= MAX_TIMEOUT, f"--dist-timeout must be seconds from 0 to {MAX_TIMEOUT:.0f} "
               f"(a week), got {self.dist_timeout}")
         check(not (self.torch_twin and self.nproc > 1), "--torch-twin trains in one process: leave out --nproc")

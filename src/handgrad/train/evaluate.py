@@ -87,6 +87,8 @@ def load_image(path: str | Path, side: int = 28) -> Tensor:
             with Image.open(path) as im:
                 im.load()
                 a = _gray(im, path)
+    except UsageError:
+        raise
     except FileNotFoundError:
         raise UsageError(f"{path}: no such file") from None
     except IsADirectoryError:

@@ -26,7 +26,7 @@ from .config import TrainConfig
 from .learner import Callback, Learner
 from .loop import EpochStats, make_loss, n_outputs, predict_classes
 from .runfolder import CHECKPOINT, RunFolder
-from .schema import check_model_tensors, check_optimizer_tensors
+from .schema import check_model_tensors, check_optimizer_tensors, check_position
 from .stats import ActivationStats
 from .twin import fit_torch
 
@@ -116,7 +116,7 @@ def prepare_data(cfg: TrainConfig, device: torch.device, log: Callable[[str], No
 def build_model(cfg: TrainConfig, n_in: int, n_classes: int) -> tuple[Module, str]:
     """The model a config describes, initialised from cfg.seed, and its one-line name."""
     n_out = n_outputs(cfg.loss, n_classes)
-    _fits_in_memory(cfg, n_in, n_out)
+    check_size(cfg, n_in, n_out)
     torch.manual_seed(cfg.seed)
     if cfg.model == "cnn":
         side = int(round(n_in ** 0.5))
@@ -136,11 +136,13 @@ def n_parameters(cfg: TrainConfig, n_in: int, n_out: int) -> int:
     return sum((a + 1) * b for a, b in zip(sizes[:-1], sizes[1:]))
 
 
-def _fits_in_memory(cfg: TrainConfig, n_in: int, n_out: int) -> None:
-    """UsageError when the model's parameters, gradients and optimizer state (16 bytes a parameter) would not
-    fit in this machine's memory: one line instead of an allocation failure or the system's OOM killer."""
+def check_size(cfg: TrainConfig, n_in: int, n_out: int) -> None:
+    """UsageError when the widths are out of range, or the model's parameters, gradients and optimizer state
+    (16 bytes a parameter) would not fit in this machine's memory: one line instead of an allocation failure or
+    the system's OOM killer."""
     import os
 
+    cfg.validate()
     n = n_parameters(cfg, n_in, n_out)
     try:
         memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
@@ -211,19 +213,19 @@ def _run(cfg: TrainConfig, d: Dist | None, log: Callable[[str], None], progress:
         for key, value in changed.items():
             setattr(cfg, key, value)
     cfg.validate()
-    if cfg.stats is not None and Path(cfg.stats).exists() and resume is None:
-        raise ValueError(f"--stats {cfg.stats}: the file exists; choose another name or remove it")
+    if cfg.stats is not None and resume is None:  # (a resumed run records no statistics: its file is written)
+        if Path(cfg.stats).exists() or Path(cfg.stats).is_symlink():
+            raise ValueError(f"--stats {cfg.stats}: the file exists; choose another name or remove it")
+        if not Path(cfg.stats).absolute().parent.is_dir():
+            raise ValueError(f"--stats {cfg.stats}: no folder {Path(cfg.stats).absolute().parent}")
     device = resolve_device(cfg.device) if d is None else d.device
     new_folder = None
     if resume is None and cfg.out is not None and main:
         new_folder = RunFolder.prepare(cfg.out, overwrite)  # checked now, touched once the run is ready
     if folder is not None and main:
         folder.lock()
-        if changed:
-            folder.write_config(cfg.to_dict())
-            log("resuming with " + ", ".join(f"{k} {v}" for k, v in changed.items()) + " (config.json updated)")
     try:
-        return _train(cfg, d, log, progress, overwrite, resume, folder, new_folder, device, "data" in changed)
+        return _train(cfg, d, log, progress, overwrite, resume, folder, new_folder, device, changed)
     finally:
         for f in (folder, new_folder):
             if f is not None:
@@ -232,15 +234,14 @@ def _run(cfg: TrainConfig, d: Dist | None, log: Callable[[str], None], progress:
 
 def _train(cfg: TrainConfig, d: Dist | None, log: Callable[[str], None], progress: bool, overwrite: bool,
            resume: str | Path | None, folder: RunFolder | None, new_folder: RunFolder | None,
-           device: torch.device, explicit_data: bool = False) -> RunResult:
+           device: torch.device, changed: dict | None = None) -> RunResult:
     main = d is None or d.is_main
     checkpoint = folder.load_checkpoint() if resume is not None else None
 
     start = time.perf_counter()
+    changed = changed or {}
     fingerprint = cfg.fingerprint
-    data = prepare_data(cfg, device, log, explicit=explicit_data)
-    if folder is not None and main and cfg.fingerprint != fingerprint:  # resumed on data named anew
-        folder.write_config(cfg.to_dict())
+    data = prepare_data(cfg, device, log, explicit="data" in changed)
     n_in, n_classes = data.x_train.shape[1], len(data.classes)
     model, name = build_model(cfg, n_in, n_classes)
     model.to(device)
@@ -284,7 +285,7 @@ def _train(cfg: TrainConfig, d: Dist | None, log: Callable[[str], None], progres
         callbacks.append(ClipGradCB(cfg.clip))
     if cfg.patience is not None:
         callbacks.append(EarlyStoppingCB(cfg.patience, log))
-    stats = ActivationStats(model) if cfg.stats is not None and main else None
+    stats = ActivationStats(model) if cfg.stats is not None and main and checkpoint is None else None
     if stats is not None:
         # recorded after the forward, before the lean backward lets go of the activations
         callbacks.append(LambdaCB("after_loss", lambda learn: stats.record(), order=50))
@@ -298,12 +299,17 @@ def _train(cfg: TrainConfig, d: Dist | None, log: Callable[[str], None], progres
     if checkpoint is not None:
         path = folder.path / CHECKPOINT
         check_model_tensors(checkpoint[0], model.state_dict(), path)
-        check_optimizer_tensors(checkpoint[0], model.parameters(), path)
+        check_optimizer_tensors(checkpoint[0], model.parameters(), path, type(opt).__name__, checkpoint[1]["t"] > 0)
+        check_position(checkpoint[1], path, cfg.epochs, len(train_dl), len(model.parameters()))
         try:
             start_epoch, start_batch = restore(learn, *checkpoint)
         except (KeyError, IndexError, TypeError, ValueError, RuntimeError) as e:
             raise DataError(f"{path}: does not fit this run's model and optimizer ({type(e).__name__}: {e})") \
                 from None
+        if main and (changed or cfg.fingerprint != fingerprint):  # only once the data and checkpoint fit
+            folder.write_config(cfg.to_dict())
+            if changed:
+                log("resuming with " + ", ".join(f"{k} {v}" for k, v in changed.items()) + " (config.json updated)")
         log(f"continuing at epoch {start_epoch + 1}, batch {start_batch} (step {learn.t})")
     learn.fit(cfg.epochs, start_epoch, start_batch)
     history = metrics.history

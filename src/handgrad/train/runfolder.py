@@ -143,9 +143,10 @@ class RunFolder:
         if self._lock_fd is not None or fcntl is None:
             return
         try:
-            fd = os.open(self.path / LOCK, os.O_RDWR | os.O_CREAT, 0o644)
+            fd = os.open(self.path / LOCK, os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0), 0o644)
         except OSError as e:
-            raise UsageError(f"{self.path}: cannot open its lock file ({e.strerror or e})") from None
+            why = "it is a symbolic link" if (self.path / LOCK).is_symlink() else e.strerror or e
+            raise UsageError(f"{self.path}: cannot open its lock file {LOCK} ({why})") from None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:

@@ -5,6 +5,7 @@ are loaded into. Each problem is one DataError line naming the file, the key, wh
 
 from __future__ import annotations
 
+import math
 import types
 import typing
 from pathlib import Path
@@ -93,10 +94,23 @@ def config_from_json(d: object, path: Path) -> TrainConfig:
         cfg.validate()
     except ValueError as e:
         raise DataError(f"{path}: {e}") from None
+    if cfg.fingerprint is not None:
+        check_fingerprint(cfg.fingerprint, path)
     if cfg.dataset == "auto" and cfg.fingerprint is not None:
         raise DataError(f"{path}: key 'dataset': expected the resolved data set (mnist or fashion-mnist) beside "
                         "a fingerprint, got 'auto'")
     return cfg
+
+
+FINGERPRINT = {"files": dict, "n_train": int, "n_valid": int, "n_test": int}
+FILE_DIGEST = {"bytes": int, "sha256": str}
+
+
+def check_fingerprint(fp: dict, path: Path) -> None:
+    """config.json's fingerprint: {"files": {name: {"bytes", "sha256"}}, "n_train", "n_valid", "n_test"}."""
+    check_fields(fp, FINGERPRINT, f"{path} (fingerprint)", required=True)
+    for name, digest in fp["files"].items():
+        check_fields(digest, FILE_DIGEST, f"{path} (fingerprint of {name})", required=True)
 
 
 def check_meta(meta: object, path: Path) -> dict:
@@ -108,7 +122,32 @@ def check_meta(meta: object, path: Path) -> dict:
             raise DataError(f"{path} metadata: key {key!r}: expected a count >= 0, got {meta[key]}")
     if not meta["classes"]:
         raise DataError(f"{path} metadata: key 'classes': expected the class names, got an empty list")
+    for key in ("mean", "std"):
+        if meta[key] is not None and not math.isfinite(meta[key]):
+            raise DataError(f"{path} metadata: key {key!r}: expected a finite number, got {meta[key]}")
+    if meta["std"] is not None and meta["std"] <= 0:
+        raise DataError(f"{path} metadata: key 'std': expected a number > 0, got {meta['std']}")
     return meta
+
+
+CALLBACK_STATE = {"MetricsCB": {"history": list[dict], "loss_sum": float, "seen": int, "seconds": float},
+                  "EarlyStoppingCB": {"best": float | None, "bad_epochs": int}}
+
+
+def check_position(meta: dict, path: Path, epochs: int, batches: int, n_params: int) -> None:
+    """Where the checkpoint says the run stands fits the run: an epoch of its config, a batch of an epoch, one
+    optimizer state per parameter."""
+    if meta["n_params"] != n_params:
+        raise DataError(f"{path} metadata: key 'n_params': the model has {n_params} parameters, got "
+                        f"{meta['n_params']}")
+    if meta["epoch"] > epochs:
+        raise DataError(f"{path} metadata: key 'epoch': expected at most the run's {epochs} epochs, got "
+                        f"{meta['epoch']}")
+    if meta["batch"] > batches:
+        raise DataError(f"{path} metadata: key 'batch': an epoch has {batches} batches, got {meta['batch']}")
+    for name, state in meta["callbacks"].items():
+        if name in CALLBACK_STATE:
+            check_fields(state, CALLBACK_STATE[name], f"{path} metadata (callbacks.{name})", required=True)
 
 
 def check_model_tensors(tensors: dict[str, Tensor], expected: dict[str, Tensor], path: Path,
@@ -137,18 +176,40 @@ def check_rng(tensors: dict[str, Tensor], path: Path) -> None:
         raise DataError(f"{path}: tensor rng.cpu: expected the random generator's state (uint8, 1-d), got {got}")
 
 
-def check_optimizer_tensors(tensors: dict[str, Tensor], params: list[Tensor], path: Path) -> None:
-    """Each `opt.I.NAME` tensor belongs to parameter I: its shape and dtype (or a 0-d count such as Adam's
-    step)."""
+OPTIMIZER_STATE = {"SGD": ({"momentum_buffer"}, set()), "Adam": ({"step", "exp_avg", "exp_avg_sq"},) * 2,
+                   "AdamW": ({"step", "exp_avg", "exp_avg_sq"},) * 2}  # (allowed, required once stepped)
+
+
+def check_optimizer_tensors(tensors: dict[str, Tensor], params: list[Tensor], path: Path, optimizer: str,
+                            stepped: bool) -> None:
+    """Each `opt.I.NAME` tensor belongs to parameter I, NAME one the optimizer keeps, with its parameter's
+    shape and dtype (`step`: a 0-d count >= 0); once the run has stepped (`stepped`) every parameter has what
+    the optimizer needs. Any other tensor is refused."""
+    keys, required = OPTIMIZER_STATE[optimizer]
+    found: list[set[str]] = [set() for _ in params]
     for key, value in tensors.items():
-        if not key.startswith("opt."):
+        if key.startswith(("model.", "rng.")):
             continue
         parts = key.split(".", 2)
-        if len(parts) != 3 or not parts[1].isdigit() or int(parts[1]) >= len(params):
-            raise DataError(f"{path}: tensor {key} names no parameter of this model ({len(params)} parameters)")
-        p = params[int(parts[1])]
-        if value.dim() == 0 and value.is_floating_point():
+        if parts[0] != "opt" or len(parts) != 3 or not parts[1].isdigit() or int(parts[1]) >= len(params):
+            raise DataError(f"{path}: tensor {key} is not the model's, the optimizer's ({len(params)} parameters) "
+                            "or the random generator's")
+        p, name = params[int(parts[1])], parts[2]
+        if name not in keys:
+            raise DataError(f"{path}: tensor {key}: the optimizer keeps {', '.join(sorted(keys)) or 'nothing'} "
+                            f"per parameter, not {name!r}")
+        found[int(parts[1])].add(name)
+        if name == "step":
+            if value.dim() != 0 or not value.is_floating_point() or not (float(value) >= 0):
+                raise DataError(f"{path}: tensor {key}: expected a 0-d count >= 0, got {str(value.dtype)[6:]} "
+                                f"of shape {list(value.shape)}" + (f" = {float(value)}" if value.dim() == 0 else ""))
             continue
         if value.dtype != p.dtype or tuple(value.shape) != tuple(p.shape):
             raise DataError(f"{path}: tensor {key}: expected {str(p.dtype)[6:]} of shape {list(p.shape)} (its "
                             f"parameter's), got {str(value.dtype)[6:]} of shape {list(value.shape)}")
+    if stepped:
+        for i, have in enumerate(found):
+            if required - have:
+                missing = sorted(required - have)[0]
+                raise DataError(f"{path}: tensor opt.{i}.{missing} is missing (the optimizer's state of parameter "
+                                f"{i})")

@@ -69,7 +69,6 @@ class ActivationStats:
             ax.imshow(image, origin="lower", aspect="auto", extent=(0, image.shape[1], 0, RANGE))
             ax.set(title=f"{name} {type(m).__name__}: |activation| histogram", xlabel="batch")
         fig.tight_layout()
-        path.parent.mkdir(parents=True, exist_ok=True)
         from .plots import _save
 
         _save(fig, path, dpi=80)
