@@ -246,9 +246,29 @@ CASES = {
     "checkpoint std 0": (lambda t, n, r: resave(r, meta=lambda m: {**m, "std": 0.0}) or ["eval", r], 1,
                          "key 'std': expected a number > 0"),
     "checkpoint early stopping state a string": (
-        lambda t, n, r: resave(r, meta=lambda m: {**m, "callbacks": {**m["callbacks"], "EarlyStoppingCB": {
-            "best": "x", "bad_epochs": 0}}}) or ["train", "--resume", r, "--epochs", "2"], 1,
+        lambda t, n, r: set_config(r, patience=1) or resave(r, meta=lambda m: {**m, "callbacks": {
+            **m["callbacks"], "EarlyStoppingCB": {"best": "x", "bad_epochs": 0}}}) or
+        ["train", "--resume", r, "--epochs", "2"], 1,
         "(callbacks.EarlyStoppingCB): key 'best'"),
+    "checkpoint early stopping state missing": (
+        lambda t, n, r: set_config(r, patience=1) or ["train", "--resume", r, "--epochs", "2"], 1,
+        "the state of callback EarlyStoppingCB is missing"),
+    "checkpoint early stopping bad epochs negative": (
+        lambda t, n, r: set_config(r, patience=1) or resave(r, meta=lambda m: {**m, "callbacks": {
+            **m["callbacks"], "EarlyStoppingCB": {"best": 1.0, "bad_epochs": -3}}}) or
+        ["train", "--resume", r, "--epochs", "2"], 1, "expected bad_epochs from 0 to 1"),
+    "checkpoint unknown callback": (lambda t, n, r: resave(r, meta=lambda m: {**m, "callbacks": {
+        **m["callbacks"], "Foo": {}}}) or ["train", "--resume", r, "--epochs", "2"], 1,
+        "the state of callback Foo is not one of this run's"),
+    "checkpoint history and epoch disagree": (lambda t, n, r: resave(r, meta=lambda m: {**m, "epoch": 0}) or
+                                              ["train", "--resume", r, "--epochs", "2"], 1,
+                                              "1 epochs of history, but key 'epoch' says 0"),
+    "checkpoint sgd momentum buffer missing": (lambda t, n, r: set_config(r, momentum=0.9) or
+                                               ["train", "--resume", r, "--epochs", "2"], 1,
+                                               "tensor opt.0.momentum_buffer is missing"),
+    "checkpoint adam step past the steps": (
+        lambda t, n, r: set_config(r, opt="adam") or resave(r, **{"opt.0.step": torch.tensor(1e30)}) or
+        ["train", "--resume", r, "--epochs", "2"], 1, "tensor opt.0.step: expected a 0-d count from 0 to"),
     "checkpoint unknown tensor": (lambda t, n, r: resave(r, zzz=torch.zeros(1)) or
                                   ["train", "--resume", r, "--epochs", "2"], 1, "tensor zzz is not the model's"),
     "checkpoint adam state missing": (

@@ -360,8 +360,8 @@ def _first_batch(dataset: str, bs: int, gen: torch.Generator) -> tuple[torch.Ten
 
 
 def _seed(seed: int) -> None:
-    if not 0 <= seed < 2**63:
-        raise UsageError(f"--seed must be from 0 to 2**63 - 1, got {seed}")
+    if not 0 <= seed < 2**32:
+        raise UsageError(f"--seed must be from 0 to 2**32 - 1, got {seed}")
 
 
 def _derive(args: argparse.Namespace) -> int:

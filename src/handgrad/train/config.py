@@ -82,7 +82,7 @@ class TrainConfig:
         cores = os.cpu_count() or 1
         check(1 <= self.nproc <= max(cores, 8), f"--nproc must be from 1 to {max(cores, 8)} (this machine has {cores} "
               f"cores; across machines use torchrun), got {self.nproc}")
-        check(0 <= self.seed < 2**63, f"--seed must be from 0 to 2**63 - 1, got {self.seed}")
+        check(0 <= self.seed < 2**32, f"--seed must be from 0 to 2**32 - 1, got {self.seed}")
         check(self.init in INITS, f"--init must be one of {', '.join(INITS)}, got {self.init!r}")
         check(re.fullmatch(r"cpu|cuda(:\d+)?", self.device) is not None,
               f"--device: expected cpu, cuda or cuda:N, got {self.device!r}")

@@ -299,8 +299,10 @@ def _train(cfg: TrainConfig, d: Dist | None, log: Callable[[str], None], progres
     if checkpoint is not None:
         path = folder.path / CHECKPOINT
         check_model_tensors(checkpoint[0], model.state_dict(), path)
-        check_optimizer_tensors(checkpoint[0], model.parameters(), path, type(opt).__name__, checkpoint[1]["t"] > 0)
-        check_position(checkpoint[1], path, cfg.epochs, len(train_dl), len(model.parameters()))
+        check_optimizer_tensors(checkpoint[0], model.parameters(), path, type(opt).__name__,
+                                checkpoint[1]["opt_steps"], cfg.opt == "sgd" and cfg.sgd_momentum > 0)
+        check_position(checkpoint[1], path, cfg.epochs, len(train_dl), len(model.parameters()),
+                       {type(cb).__name__ for cb in callbacks})
         try:
             start_epoch, start_batch = restore(learn, *checkpoint)
         except (KeyError, IndexError, TypeError, ValueError, RuntimeError) as e:

@@ -134,7 +134,8 @@ CALLBACK_STATE = {"MetricsCB": {"history": list[dict], "loss_sum": float, "seen"
                   "EarlyStoppingCB": {"best": float | None, "bad_epochs": int}}
 
 
-def check_position(meta: dict, path: Path, epochs: int, batches: int, n_params: int) -> None:
+def check_position(meta: dict, path: Path, epochs: int, batches: int, n_params: int,
+                   callbacks: set[str]) -> None:
     """Where the checkpoint says the run stands fits the run: an epoch of its config, a batch of an epoch, one
     optimizer state per parameter."""
     if meta["n_params"] != n_params:
@@ -145,9 +146,20 @@ def check_position(meta: dict, path: Path, epochs: int, batches: int, n_params: 
                         f"{meta['epoch']}")
     if meta["batch"] > batches:
         raise DataError(f"{path} metadata: key 'batch': an epoch has {batches} batches, got {meta['batch']}")
-    for name, state in meta["callbacks"].items():
-        if name in CALLBACK_STATE:
-            check_fields(state, CALLBACK_STATE[name], f"{path} metadata (callbacks.{name})", required=True)
+    saved = meta["callbacks"]
+    for name in sorted(set(saved) ^ (callbacks & set(CALLBACK_STATE))):
+        what = "is not one of this run's" if name in saved else "is missing (this run has it)"
+        raise DataError(f"{path} metadata: the state of callback {name} {what}")
+    for name, state in saved.items():
+        check_fields(state, CALLBACK_STATE[name], f"{path} metadata (callbacks.{name})", required=True)
+    if "MetricsCB" in saved and len(saved["MetricsCB"]["history"]) != meta["epoch"]:
+        raise DataError(f"{path} metadata: {len(saved['MetricsCB']['history'])} epochs of history, but key 'epoch' "
+                        f"says {meta['epoch']} are done")
+    if "EarlyStoppingCB" in saved:
+        best, bad = saved["EarlyStoppingCB"]["best"], saved["EarlyStoppingCB"]["bad_epochs"]
+        if not 0 <= bad <= meta["epoch"] or (best is not None and math.isnan(best)):
+            raise DataError(f"{path} metadata (callbacks.EarlyStoppingCB): expected bad_epochs from 0 to "
+                            f"{meta['epoch']} and a best loss that is a number, got {bad} and {best}")
 
 
 def check_model_tensors(tensors: dict[str, Tensor], expected: dict[str, Tensor], path: Path,
@@ -181,11 +193,14 @@ OPTIMIZER_STATE = {"SGD": ({"momentum_buffer"}, set()), "Adam": ({"step", "exp_a
 
 
 def check_optimizer_tensors(tensors: dict[str, Tensor], params: list[Tensor], path: Path, optimizer: str,
-                            stepped: bool) -> None:
+                            steps: int, momentum: bool = False) -> None:
     """Each `opt.I.NAME` tensor belongs to parameter I, NAME one the optimizer keeps, with its parameter's
-    shape and dtype (`step`: a 0-d count >= 0); once the run has stepped (`stepped`) every parameter has what
-    the optimizer needs. Any other tensor is refused."""
+    shape and dtype (`step`: a 0-d count from 0 to `steps`); once the optimizer has stepped every parameter has
+    what it needs (SGD: a momentum buffer where `momentum`), and every parameter keeps the same kinds of state.
+    Any other tensor is refused."""
     keys, required = OPTIMIZER_STATE[optimizer]
+    if optimizer == "SGD" and momentum:
+        required = {"momentum_buffer"}
     found: list[set[str]] = [set() for _ in params]
     for key, value in tensors.items():
         if key.startswith(("model.", "rng.")):
@@ -200,16 +215,16 @@ def check_optimizer_tensors(tensors: dict[str, Tensor], params: list[Tensor], pa
                             f"per parameter, not {name!r}")
         found[int(parts[1])].add(name)
         if name == "step":
-            if value.dim() != 0 or not value.is_floating_point() or not (float(value) >= 0):
-                raise DataError(f"{path}: tensor {key}: expected a 0-d count >= 0, got {str(value.dtype)[6:]} "
+            if value.dim() != 0 or not value.is_floating_point() or not (0 <= float(value) <= steps):
+                raise DataError(f"{path}: tensor {key}: expected a 0-d count from 0 to {steps}, got {str(value.dtype)[6:]} "
                                 f"of shape {list(value.shape)}" + (f" = {float(value)}" if value.dim() == 0 else ""))
             continue
         if value.dtype != p.dtype or tuple(value.shape) != tuple(p.shape):
             raise DataError(f"{path}: tensor {key}: expected {str(p.dtype)[6:]} of shape {list(p.shape)} (its "
                             f"parameter's), got {str(value.dtype)[6:]} of shape {list(value.shape)}")
-    if stepped:
-        for i, have in enumerate(found):
-            if required - have:
-                missing = sorted(required - have)[0]
-                raise DataError(f"{path}: tensor opt.{i}.{missing} is missing (the optimizer's state of parameter "
-                                f"{i})")
+    kinds = set().union(*found) if found else set()
+    for i, have in enumerate(found):
+        needed = (required if steps > 0 else set()) | (required if have else set()) | kinds
+        if needed - have:
+            missing = sorted(needed - have)[0]
+            raise DataError(f"{path}: tensor opt.{i}.{missing} is missing (the optimizer's state of parameter {i})")
