@@ -594,3 +594,15 @@ def test_a_bad_distributed_environment_is_one_line(env, says, tmp_path, npz, cap
     code, err = run_cli(capsys, *train(npz))
     lines = err.strip().splitlines()
     assert code == 2 and len(lines) == 1 and says in lines[0], err
+
+
+def test_version_and_the_batch_size_spelling():
+    import subprocess
+    import sys
+
+    import handgrad
+
+    out = subprocess.run([sys.executable, "-m", "handgrad", "--version"], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0 and out.stdout.strip() == f"handgrad {handgrad.__version__} (torch {torch.__version__})"
+    args = cli._parser().parse_args(["train", "--batch-size", "32"])
+    assert args.bs == 32 and cli._parser().parse_args(["train", "--bs", "32"]).bs == 32

@@ -43,9 +43,10 @@ def _add_train_args(t: argparse.ArgumentParser, d: TrainConfig) -> None:
                    help="mlp: the seeds' MLP (default); cnn: a small ResNet-style CNN with batch norm")
     t.add_argument("--hidden", type=_hidden, default=d.hidden, help="mlp hidden sizes, e.g. 50 (default) or 100,50")
     t.add_argument("--channels", type=_hidden, default=d.channels, help="cnn widths, e.g. 16,32,64 (default)")
-    t.add_argument("--loss", default=d.loss, choices=LOSSES)
-    t.add_argument("--epochs", type=int, default=d.epochs)
-    t.add_argument("--bs", type=int, default=d.bs, help="batch size (default 64 for the MLP, 128 for the CNN)")
+    t.add_argument("--loss", default=d.loss, choices=LOSSES, help=f"default {d.loss}")
+    t.add_argument("--epochs", type=int, default=d.epochs, help=f"default {d.epochs}")
+    t.add_argument("--bs", "--batch-size", dest="bs", type=int, default=d.bs,
+                   help="batch size (default 64 for the MLP, 128 for the CNN)")
     t.add_argument("--opt", default=d.opt, choices=["sgd", "adam", "adamw"], help="optimizer (default sgd)")
     t.add_argument("--lr", type=float, default=d.lr,
                    help="learning rate, the peak with one-cycle (default: sgd 0.1, 0.01 with mse; adam(w) 0.003)")
@@ -59,7 +60,7 @@ def _add_train_args(t: argparse.ArgumentParser, d: TrainConfig) -> None:
     t.add_argument("--clip", type=float, default=d.clip, help="clip the gradients' global norm to this")
     t.add_argument("--patience", type=int, default=d.patience,
                    help="early stopping: epochs without a better valid loss")
-    t.add_argument("--seed", type=int, default=d.seed)
+    t.add_argument("--seed", type=int, default=d.seed, help=f"default {d.seed}")
     t.add_argument("--device", default=d.device, help="cpu, cuda or cuda:N")
     t.add_argument("--init", default=d.init, choices=["kaiming", "randn", "torch"])
     t.add_argument("--subset", type=int, default=d.subset, metavar="N", help="train on the first N images only")
@@ -72,7 +73,10 @@ def _add_train_args(t: argparse.ArgumentParser, d: TrainConfig) -> None:
 
 
 def _parser() -> argparse.ArgumentParser:
+    from . import __version__
+
     p = _Parser(prog="handgrad", description="Neural networks with hand-written backward passes.")
+    p.add_argument("--version", action="version", version=f"handgrad {__version__} (torch {torch.__version__})")
     sub = p.add_subparsers(dest="command", required=True)
 
     d = TrainConfig()
