@@ -12,7 +12,7 @@ import torch
 
 from ..check import check_module
 from ..data import DataLoader, Dataset, load_dataset, locate
-from ..data.datasets import compare_fingerprints, identify
+from ..data.datasets import compare_fingerprints, identify, load_path
 from ..distributed import Dist, broadcast_module, init_from_env
 from ..errors import DataError, GradientCheckError, TrainingError, UsageError
 from ..interop import to_torch
@@ -67,12 +67,11 @@ def resolve_dataset(cfg: TrainConfig, log: Callable[[str], None]) -> Dataset:
     if cfg.dataset != "auto":
         return load_dataset(cfg.dataset, cfg.data, allow_download=cfg.download)
     if cfg.data is not None:
-        try:
-            data = load_dataset("mnist", cfg.data, allow_download=False)
-        except DataError as e:
-            if "holds no mnist files" not in str(e):
-                raise
-            data = load_dataset("fashion-mnist", cfg.data, allow_download=False)
+        try:  # a folder holding fashion-mnist's files by name has no mnist ones
+            found, as_name = locate("mnist", cfg.data), "mnist"
+        except DataError:
+            found, as_name = locate("fashion-mnist", cfg.data), "fashion-mnist"
+        data = load_path(found, as_name)  # its own errors (a corrupt file) are said as they are
         name = identify(data)  # None: other data, named as found (mnist unless a fashion-mnist file was found)
         return data if name in (None, data.name) else data.renamed(name)
     if locate("mnist") is not None:
