@@ -16,11 +16,12 @@ setup_venv() {
   fi
   # Re-install only when pyproject.toml changed since the last install with these extras.
   local stamp="$VENV/.handgrad-installed${extras:+-$extras}"
-  if [ -f "$stamp" ] && [ "$stamp" -nt "$ROOT/pyproject.toml" ]; then
+  if [ -f "$stamp" ] && [ "$stamp" -nt "$ROOT/pyproject.toml" ] && [ "$stamp" -nt "$ROOT/constraints.txt" ]; then
     return 0
   fi
-  # torch is pinned in pyproject.toml (a loose requirement could pull a multi-GB CUDA build)
-  "$VENV/bin/python" -m pip install --quiet -e "$ROOT${extras:+[$extras]}"
+  # constraints.txt pins the CPU build of torch that set-ups install (a loose requirement could pull
+  # a multi-GB CUDA build); the library itself accepts a range (pyproject.toml)
+  "$VENV/bin/python" -m pip install --quiet -c "$ROOT/constraints.txt" -e "$ROOT${extras:+[$extras]}"
   touch "$stamp"
 }
 
@@ -51,4 +52,26 @@ ensure_data() {
     return 0
   fi
   ensure_fashion_mnist
+}
+
+ensure_graphviz() {
+  # Debian's graphviz: the `dot` program that `handgrad graph` and `hg.draw` render with
+  command -v dot >/dev/null 2>&1 && return 0
+  if apt_usable; then
+    echo "installing Debian's graphviz with apt-get ..."
+    as_root apt-get update -qq >/dev/null
+    as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq graphviz >/dev/null
+  fi
+  command -v dot >/dev/null 2>&1
+}
+
+ensure_words() {
+  # Debian's wamerican word list: the notebooks' character-level data
+  [ -f /usr/share/dict/american-english ] && return 0
+  if apt_usable; then
+    echo "installing Debian's wamerican with apt-get ..."
+    as_root apt-get update -qq >/dev/null
+    as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wamerican >/dev/null
+  fi
+  [ -f /usr/share/dict/american-english ]
 }
