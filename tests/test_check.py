@@ -274,3 +274,39 @@ class IntOut(hg.Module):
     assert main(["check", f"{tmp_path / 'int_out.py'}:IntOut", "--input-shape", "4:int:3"]) == 2
     assert "IntOut.forward returned a torch.int64 tensor on an input of shape [4] int64 in [0, 3), expected a " \
            "floating-point tensor" in capsys.readouterr().err
+
+
+SEEDS_LAYERS = '''
+import torch
+from handgrad import Module
+
+class Relu(Module):
+    def forward(self, inp): return inp.clamp_min(0.)
+    def bwd(self, out, inp): inp.g = (inp > 0).float() * out.g
+
+class Lin(Module):
+    def __init__(self, n_in=6, n_out=4):
+        self.w, self.b = torch.randn(n_in, n_out), torch.zeros(n_out)
+    def forward(self, inp): return inp @ self.w + self.b
+    def bwd(self, out, inp):
+        inp.g = out.g @ self.w.t()
+        self.w.g = inp.t() @ out.g
+        self.b.g = out.g.sum(0)
+
+class LinTransposed(Lin):
+    def bwd(self, out, inp):
+        inp.g = out.g @ self.w.t()
+        self.w.g = (out.g.t() @ inp).reshape(self.w.shape)
+        self.b.g = out.g.sum(0)
+'''
+
+
+@pytest.mark.parametrize("cls, code, verdict", [("Relu", 0, "all 1 gradients match"), ("Lin", 0, "all 3 gradients"),
+                                                ("LinTransposed", 1, "FAILED: 1 of 3")])
+def test_cli_check_a_seeds_form_layer(tmp_path, capsys, cls, code, verdict):
+    """A layer written as the seeds wrote it, bwd(self, out, inp) assigning .g, is checked from the command line."""
+    path = tmp_path / "seeds_layers.py"
+    path.write_text(SEEDS_LAYERS)
+    assert main(["check", f"{path}:{cls}", "--input-shape", "8,6", "--args", '{"n_in": 6, "n_out": 6}'
+                 if cls != "Relu" else "{}"]) == code
+    assert verdict in capsys.readouterr().out

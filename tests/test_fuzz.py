@@ -820,7 +820,7 @@ MUTANTS = {
     "tanh-backward-float32": (lambda mp: _scale_output(mp, hg.Tanh, "bwd"),
                               lambda: check_module_paths(replace(MLP, dtype=torch.float32), paths=("plain",)),
                               "plain: gradient of input 0"),
-    "relu-in-place-backward-only-in-lean": (lambda mp: _scale_output(mp, activation, "relu_grad_"),
+    "relu-in-place-backward-only-in-lean": (lambda mp: _scale_output(mp, activation, "relu_grads_"),
                                             lambda: check_module_paths(LN_RELU, paths=("lean",)), "lean: gradient"),
     "bias-gradient-only": (lambda mp: _after(mp, _linear, "accumulate_sum", lambda a, out: a[0].g.mul_(1.001)),
                            lambda: check_module_paths(MLP, paths=("plain",)), ".bias: max |got - ref|"),

@@ -72,5 +72,7 @@ def test_first_layer_can_skip_the_input_gradient():
     assert lin.weight.g is not None
 
 
-def test_aliases_are_the_course_names():
-    assert hg.Lin is hg.Linear and hg.Relu is hg.ReLU and hg.Mse is hg.MSELoss
+def test_the_course_names_are_the_layers():
+    assert issubclass(hg.Lin, hg.Linear) and hg.Relu is hg.ReLU and hg.Mse is hg.MSELoss
+    lin = hg.Lin(4, 3)  # the torch.nn-style arguments too
+    assert lin.w is lin.weight and tuple(lin.weight.shape) == (4, 3)

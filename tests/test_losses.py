@@ -156,9 +156,9 @@ def test_functional_losses_match_torch_for_each_reduction(reduction):
     loss = HF.mse(out, t, reduction)
     assert loss.shape == ref.shape
     torch.testing.assert_close(loss, ref)
-    torch.testing.assert_close(HF.mse_grad(out, t, reduction, dloss), ref_g)
+    torch.testing.assert_close(HF.mse_grads(out, t, reduction, dloss), ref_g)
     _, ref_g1 = _autograd(lambda x: F.mse_loss(x, t, reduction=reduction), out, torch.ones_like(dloss))
-    torch.testing.assert_close(HF.mse_grad(out, t, reduction), ref_g1)
+    torch.testing.assert_close(HF.mse_grads(out, t, reduction), ref_g1)
 
 
 def test_mse_none_follows_the_seeds_for_n1_against_n():
@@ -194,7 +194,7 @@ def test_functional_loss_grads_reject_a_dloss_of_the_wrong_shape(reduction):
         HF.cross_entropy_grad(logits, y, m, logsum, reduction, bad)
     want = r"\[5, 4\]" if reduction == "none" else r"\[\]"
     with pytest.raises(ValueError, match=rf"expected dloss of shape {want}.*got \[3\]"):
-        HF.mse_grad(logits, logits.flip(0), reduction, bad)
+        HF.mse_grads(logits, logits.flip(0), reduction, bad)
 
 
 @pytest.mark.parametrize("bad", ["avg", "Mean", "", "elementwise_mean", None, 1])
@@ -206,7 +206,7 @@ def test_unknown_reduction_is_rejected_by_classes_and_functions(bad):
     calls = [
         lambda: hg.MSELoss(reduction=bad), lambda: hg.CrossEntropyLoss(reduction=bad),
         lambda: hg.NLLLoss(reduction=bad),
-        lambda: HF.mse(logits, logits, bad), lambda: HF.mse_grad(logits, logits, bad),
+        lambda: HF.mse(logits, logits, bad), lambda: HF.mse_grads(logits, logits, bad),
         lambda: HF.nll(logits, y, bad), lambda: HF.nll_grad(logits, y, bad),
         lambda: HF.cross_entropy(logits, y, bad), lambda: HF.cross_entropy_grad(logits, y, m, logsum, bad),
     ]

@@ -84,3 +84,215 @@ def test_seeds_loss_is_large_with_randn_weights(seeds_pickle):
     w1, b1, w2, b2 = seeds_weights(torch.float32)
     loss = mse(lin(relu(lin(ds.x_train, w1, b1)), w2, b2), ds.y_train.float())
     assert loss.item() > 100
+
+
+# ------------------------------------------------------------------ the seeds' code, as they wrote it
+# The cells below are the lesson's own class code and checks, run unchanged against handgrad's names
+# (Lin, Relu, Mse, Model, Module): only the imports differ.
+
+def _seeds_data():
+    """The seeds' first cell: ./data/mnist.pkl.gz read with pickle, mapped to tensors."""
+    from pathlib import Path
+    from torch import tensor
+
+    path_data = Path('data')
+    path_gz = path_data/'mnist.pkl.gz'
+    with gzip.open(path_gz, 'rb') as f:
+        ((x_train, y_train), (x_valid, y_valid), _) = pickle.load(f, encoding='latin-1')
+    x_train, y_train, x_valid, y_valid = map(tensor, [x_train, y_train, x_valid, y_valid])
+    return x_train, y_train, x_valid, y_valid
+
+
+def _seeds_reference(x_train, y_train):
+    """The seeds' functional path and their saved gradients (w1g, w2g, b1g, b2g, ig)."""
+    from handgrad.functional import lin_grad
+
+    torch.manual_seed(42)
+    n, m = x_train.shape
+    nh = 50
+    w1 = torch.randn(m, nh)
+    b1 = torch.zeros(nh)
+    w2 = torch.randn(nh, 1)
+    b2 = torch.zeros(1)
+
+    def forward_and_backward(inp, targ):
+        l1 = lin(inp, w1, b1)
+        l2 = relu(l1)
+        out = lin(l2, w2, b2)
+        diff = out[:, 0] - targ
+        loss = diff.pow(2).mean()
+        out.g = 2. * diff[:, None] / inp.shape[0]
+        lin_grad(l2, out, w2, b2)
+        l1.g = (l1 > 0).float() * l2.g
+        lin_grad(inp, l1, w1, b1)
+
+    forward_and_backward(x_train, y_train)
+
+    def get_grad(x): return x.g.clone()
+    chks = w1, w2, b1, b2, x_train
+    grads = tuple(map(get_grad, chks))
+    return (w1, b1, w2, b2), grads
+
+
+def test_the_seeds_classes_as_written(seeds_pickle):
+    from handgrad import Lin, Model, Mse, Relu  # noqa: F401 - the names the seeds' cells use
+
+    x_train, y_train, x_valid, y_valid = _seeds_data()
+    (w1, b1, w2, b2), (w1g, w2g, b1g, b2g, ig) = _seeds_reference(x_train, y_train)
+
+    # the seeds' cells, unchanged
+    model = Model(w1, b1, w2, b2)
+    loss = model(x_train, y_train)
+    assert model.preds.shape == (1000, 1) and model.final_loss is loss
+    model.backward()
+    test_close(w2g, w2.g, eps=0.01)
+    test_close(b2g, b2.g, eps=0.01)
+    test_close(w1g, w1.g, eps=0.01)
+    test_close(b1g, b1.g, eps=0.01)
+    test_close(ig, x_train.g, eps=0.01)
+    assert model.layers[0].w.shape == model.layers[0].w.g.shape == (784, 50)
+
+    # the layers one by one, as the seeds' Model.backward runs them
+    layers = [Lin(w1, b1), Relu(), Lin(w2, b2)]
+    loss_fn = Mse()
+    x = x_train
+    for l in layers:
+        x = l(x)
+    loss_fn(x, y_train)
+    loss_fn.backward()
+    for l in reversed(layers):
+        l.backward()
+    test_close(w1g, w1.g, eps=0.01)
+    test_close(ig, x_train.g, eps=0.01)
+
+    # the other seed's order, Model(w1, w2, b1, b2), and its torch.nn-style Model(n_in, nh, n_out)
+    model = Model(w1, w2, b1, b2)
+    model(x_train, y_train)
+    model.backward()
+    test_close(w1g, w1.g, eps=0.01)
+    test_close(b2g, b2.g, eps=0.01)
+    assert Model(784, 50, 1)(x_valid, y_valid).dim() == 0
+
+
+def test_the_seeds_module_subclasses_as_written(seeds_pickle):
+    """The seeds' Module-style layers, subclassing handgrad's Module: bwd(self, out, inp) assigning .g."""
+    from handgrad import Module
+
+    x_train, y_train, _, _ = _seeds_data()
+    (w1, b1, w2, b2), (w1g, w2g, b1g, b2g, ig) = _seeds_reference(x_train, y_train)
+
+    class Relu(Module):
+        def forward(self, inp): return inp.clamp_min(0.)
+        def bwd(self, out, inp):
+            inp.g = (inp>0).float() * out.g
+
+    class Lin(Module):
+        def __init__(self, w, b): self.w,self.b = w,b
+        def forward(self, inp):
+            return inp@self.w + self.b
+        def bwd(self, out, inp):
+            inp.g = self.out.g @ self.w.t()
+            self.w.g = inp.t() @ self.out.g
+            self.b.g = self.out.g.sum(0)
+
+    class Mse(Module):
+        def forward (self, inp, targ):
+            self.diff = (inp.squeeze() - targ)
+            return self.diff.pow(2).mean()
+        def bwd(self, out, inp, targ):
+            inp.g = 2*(self.diff).unsqueeze(-1) / targ.shape[0]
+
+    class Model():
+        def __init__(self, w1, b1, w2, b2):
+            self.layers = [Lin(w1,b1), Relu(), Lin(w2,b2)]
+            self.loss = Mse()
+        def __call__(self, x, targ):
+            for l in self.layers:
+                x = l(x)
+            self.preds = x
+            self.final_loss = self.loss(x, targ)
+            return self.final_loss
+        def backward(self):
+            self.loss.backward()
+            for l in reversed(self.layers):
+                l.backward()
+
+    model = Model(w1, b1, w2, b2)
+    loss = model(x_train, y_train)
+    model.backward()
+    test_close(w2g, w2.g, eps=0.01)
+    test_close(b2g, b2.g, eps=0.01)
+    test_close(w1g, w1.g, eps=0.01)
+    test_close(b1g, b1.g, eps=0.01)
+    test_close(ig, x_train.g, eps=0.01)
+
+    # the plain tensors such a layer is given are its parameters: checked, and summed when the layer is reused
+    from handgrad.check import check_module
+
+    lin = Lin(torch.randn(6, 4), torch.randn(4))
+    assert [n for n, _ in lin.named_parameters()] == ["w", "b"]
+    report = check_module(lin, torch.randn(5, 6))
+    assert report.passed and [t.name for t in report.tensors] == ["input", "w", "b"]
+    assert check_module(Relu(), torch.randn(5, 6)).passed
+
+    class Twice(Module):  # one seeds'-form layer called twice: its weight's .g is the sum of both calls
+        def __init__(self): self.lin = Lin(torch.randn(4, 4, dtype=torch.float64), torch.zeros(4, dtype=torch.float64))
+        def forward(self, x): return self.lin(self.lin(x))
+
+    report = check_module(Twice(), torch.randn(3, 4))
+    assert report.passed and [t.name for t in report.tensors] == ["input", "lin.w", "lin.b"]
+
+
+def test_a_wrong_seeds_form_layer_is_caught():
+    """The seeds' form is checked like any other: a transposed weight gradient or a missing 1/N fails."""
+    from handgrad import Module
+    from handgrad.check import check_module
+
+    class BadLin(Module):
+        def __init__(self, w, b): self.w, self.b = w, b
+        def forward(self, inp): return inp @ self.w + self.b
+        def bwd(self, out, inp):
+            inp.g = out.g @ self.w.t()
+            self.w.g = (out.g.t() @ inp).t() * 1.01
+            self.b.g = out.g.sum(0)
+
+    report = check_module(BadLin(torch.randn(5, 5), torch.randn(5)), torch.randn(4, 5))
+    assert [t.name for t in report.failures()] == ["w"]
+
+    class Returns(Module):
+        def forward(self, inp): return inp * 2
+        def bwd(self, out, inp):
+            inp.g = 2 * out.g
+            return inp.g
+
+    with pytest.raises(TypeError, match="seeds' form"):
+        m = Returns()
+        m(torch.randn(3))
+        m.backward(torch.ones(3))
+
+    class MisNamed(Module):  # the seeds' body under another first name: told how to fix it
+        def forward(self, inp): return inp * 2
+        def bwd(self, o, inp):
+            inp.g = 2 * o.g
+
+    m = MisNamed()
+    m(torch.randn(3))
+    with pytest.raises(AttributeError, match="name it `out`"):
+        m.backward(torch.ones(3))
+
+
+def test_the_seeds_functional_grads_assign_g():
+    from handgrad.functional import lin_grad, mse_grad, relu_grad
+
+    x = torch.randn(8, 5)
+    w, b = torch.randn(5, 1), torch.zeros(1)
+    targ = torch.randn(8)
+    l1 = lin(x, w, b)
+    l2 = relu(l1)
+    mse_grad(l2, targ)
+    relu_grad(l1, l2)
+    lin_grad(x, l1, w, b)
+    xa, wa, ba = (t.clone().requires_grad_() for t in (x, w, b))
+    mse(relu(lin(xa, wa, ba)), targ).backward()
+    for h, a in [(x.g, xa.grad), (w.g, wa.grad), (b.g, ba.grad)]:
+        torch.testing.assert_close(h, a)

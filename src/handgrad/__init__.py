@@ -1,7 +1,7 @@
 """handgrad: neural networks whose every backward pass is written by hand, on PyTorch tensors."""
 
 from . import check, functional, init, interop, models
-from .aliases import Lin, Mse, Relu
+from .course import Lin, LinearLayer, Model, Mse, Relu
 from .layers import (GELU, AdaptiveAvgPool2d, AvgPool2d, BatchNorm1d, BatchNorm2d, Conv2d, Dropout, Embedding, Flatten,
                      GeneralRelu, LayerNorm, LeakyReLU, Linear, LogSoftmax, MaxPool2d, ReLU, Residual, Sigmoid, SiLU,
                      Softmax, Tanh, TiedLinear, Unflatten, conv_bn, res_block)
@@ -18,7 +18,7 @@ __all__ = [
     "Flatten", "GeneralRelu", "LayerNorm", "LeakyReLU", "MaxPool2d", "Residual", "Sigmoid", "SiLU", "Softmax", "Tanh",
     "TiedLinear",
     "Unflatten", "conv_bn", "res_block",
-    "CrossEntropyLoss", "Lin", "Linear", "LogSoftmax", "MSELoss", "Module", "Mse", "NLLLoss", "Parameter",
+    "CrossEntropyLoss", "Lin", "Linear", "LinearLayer", "Model", "LogSoftmax", "MSELoss", "Module", "Mse", "NLLLoss", "Parameter",
     "ReLU", "Relu", "SGD", "Sequential", "WithLoss", "add_grad", "check", "functional", "init", "interop", "models",
     "Adam", "AdamW", "FusedStep", "keep_freed_memory", "lean", "training_step",
 ]

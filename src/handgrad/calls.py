@@ -39,10 +39,11 @@ class Freed:
     the reference to the tensor, so its memory goes as soon as nothing else (a view, the caller) holds it.
     """
 
-    __slots__ = ("shape", "dtype", "device", "g", "_stride", "_offset")
+    __slots__ = ("shape", "dtype", "device", "g", "_g_pass", "_stride", "_offset")
 
     def __init__(self, t: Tensor) -> None:
         self.shape, self.dtype, self.device, self.g = t.shape, t.dtype, t.device, getattr(t, "g", None)
+        self._g_pass = getattr(t, "_g_pass", None)
         self._stride, self._offset = t.stride(), t.storage_offset()  # where it sat, for the views of it
 
     def stride(self) -> tuple[int, ...]:

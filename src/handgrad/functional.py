@@ -45,7 +45,7 @@ def relu(x: Tensor) -> Tensor:
     return torch.relu(x)
 
 
-def relu_grad(dy: Tensor, y: Tensor) -> Tensor:
+def relu_grads(dy: Tensor, y: Tensor) -> Tensor:
     """dX = dY * (X > 0), the mask read from the output: Y >= 0, so sign(Y) is exactly the 0/1 mask (Y > 0).
 
     (sign then a float multiply is several times faster than multiplying by a bool mask.)
@@ -53,9 +53,14 @@ def relu_grad(dy: Tensor, y: Tensor) -> Tensor:
     return dy * y.sign()
 
 
-def relu_grad_(dy: Tensor, y: Tensor) -> Tensor:
-    """relu_grad written into Y's own storage (Y becomes dX): for lean backward, where Y is not needed again."""
+def relu_grads_(dy: Tensor, y: Tensor) -> Tensor:
+    """relu_grads written into Y's own storage (Y becomes dX): for lean backward, where Y is not needed again."""
     return torch.mul(dy, y.sign_(), out=y)
+
+
+def relu_grad(inp: Tensor, out: Tensor) -> None:
+    """The seeds' `relu_grad`: inp.g = (inp > 0) * out.g   (assigned; relu_grads returns it instead)."""
+    inp.g = (inp > 0).to(out.g.dtype) * out.g
 
 
 # ------------------------------------------------------------------- reductions
@@ -104,7 +109,7 @@ def mse(output: Tensor, target: Tensor, reduction: str = "mean") -> Tensor:
     return sq.mean() if reduction == "mean" else sq.sum() if reduction == "sum" else sq
 
 
-def mse_grad(output: Tensor, target: Tensor, reduction: str = "mean", dloss: Tensor | None = None) -> Tensor:
+def mse_grads(output: Tensor, target: Tensor, reduction: str = "mean", dloss: Tensor | None = None) -> Tensor:
     """dL/doutput = 2 (output - target) / N * dloss   (N = number of elements; 1 with 'sum' or 'none').
 
     dloss: the upstream gradient, of the loss's shape (a scalar; per element with 'none'); None means 1.
@@ -116,6 +121,11 @@ def mse_grad(output: Tensor, target: Tensor, reduction: str = "mean", dloss: Ten
         return (diff * scale).reshape(output.shape)
     check_dloss(dloss, diff.shape if reduction == "none" else (), reduction)
     return diff.mul_(dloss * scale).reshape(output.shape)  # diff is our own temporary: scaled in place
+
+
+def mse_grad(inp: Tensor, targ: Tensor) -> None:
+    """The seeds' `mse_grad`: inp.g = 2 (inp - targ) / N   (assigned; mse_grads returns it instead)."""
+    inp.g = mse_grads(inp, targ)
 
 
 # --------------------------------------------------------------- (log-)softmax
@@ -250,8 +260,8 @@ def forward_and_backward(inp: Tensor, targ: Tensor, w1: Tensor, b1: Tensor, w2: 
     l2 = relu(l1)  # (N, nh)
     out = lin(l2, w2, b2)  # (N, 1)
     loss = mse(out, targ)
-    out.g = mse_grad(out, targ)  # (N, 1)
+    mse_grad(out, targ)  # out.g: (N, 1)
     lin_grad(l2, out, w2, b2)
-    l1.g = relu_grad(l2.g, l2)
+    relu_grad(l1, l2)
     lin_grad(inp, l1, w1, b1)
     return loss

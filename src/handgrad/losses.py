@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from torch import Tensor
 
-from .functional import REDUCTIONS, check_reduction, cross_entropy, cross_entropy_grad, mse, mse_grad, nll, nll_grad
+from .functional import REDUCTIONS, check_reduction, cross_entropy, cross_entropy_grad, mse, mse_grads, nll, nll_grad
 from .module import Module
 
 
@@ -34,7 +34,7 @@ class MSELoss(_Loss):
 
     def bwd(self, dloss: Tensor, output: Tensor, target: Tensor) -> tuple[Tensor, Tensor | None]:
         """dL/doutput = 2 (output - target) / N * dloss,  dL/dtarget = -dL/doutput (for a float target)."""
-        doutput = mse_grad(output, target, self.reduction, dloss)
+        doutput = mse_grads(output, target, self.reduction, dloss)
         dtarget = -doutput.reshape(target.shape) if target.is_floating_point() else None
         return doutput, dtarget
 

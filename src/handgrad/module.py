@@ -28,6 +28,7 @@ How gradients flow (the seeds' `.g` convention, made to add up):
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -96,8 +97,11 @@ def add_grad(t: Tensor, g: Tensor) -> None:
             t.g = t.grad_buffer().copy_(g) if g.shape == t.shape else g.detach().clone()
         else:
             current.add_(g)
-    elif current is None:
+    elif current is None or getattr(t, "_g_pass", None) != Module.forward_pass:
+        # the first gradient since the latest forward: it replaces what an earlier computation left in `.g`
+        # (the seeds assign `.g`, and run the functional version and the classes on the same x_train)
         t.g = g
+        t._g_pass = Module.forward_pass
     else:
         t.g = current + g
 
@@ -134,6 +138,9 @@ class Module:
 
     training: bool = True
     lean: bool = False  # True inside handgrad.lean(): release saved tensors after backward
+    # Counts top-level forwards. A tensor's `.g` (a parameter's aside) is the sum of what the backward of the
+    # latest forward sent into it: the first gradient after a new forward replaces the old `.g` (see add_grad).
+    forward_pass: int = 0
     _call_log: list[list[Call]] = []  # filled only inside handgrad.trace.recording()
     _post_backward_hooks: list = []  # called with each module as a call's backward finishes (gradient all-reduce)
     # True for containers whose forward does nothing but call sub-modules (Sequential, WithLoss): their
@@ -145,12 +152,25 @@ class Module:
 
     def __setattr__(self, name: str, value: Any) -> None:
         object.__setattr__(self, name, value)
-        saved = self.__dict__.get("_saving")
+        d = self.__dict__
+        saved = d.get("_saving")
         if saved is not None:  # set by a forward: part of that call's context
             saved[name] = value
+        elif "_last" not in d and type(self).seeds_form():
+            # the seeds' layers keep plain tensors (`self.w, self.b = w, b`): those given before the first call
+            # are its parameters, kept as they are so that the caller's own tensors get their `.g`
+            plain = d.setdefault("_plain_params", [])
+            if is_tensor(value) and isinstance(value, Tensor) and not isinstance(value, Parameter) and \
+                    value.is_floating_point() and name not in ("args", "out"):
+                if name not in plain:
+                    plain.append(name)
+            elif name in plain:
+                plain.remove(name)
 
     # ----------------------------------------------------------------- calling
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        if not calls.STACK and not calls.SCOPES:
+            Module.forward_pass += 1
         call = Call(self, args)
         call.kwargs = kwargs  # options (a mask, a flag): forward sees them; backward gets the positional inputs
         d = self.__dict__
@@ -196,6 +216,25 @@ class Module:
     def writes_no_bwd(cls) -> bool:
         """True for modules differentiated through their sub-calls (no `bwd` of their own)."""
         return cls.bwd is Module.bwd
+
+    @classmethod
+    def seeds_form(cls) -> bool:
+        """True when `bwd` is written as the seeds wrote it, `bwd(self, out, *inputs)` (or `bwd(self, _, ...)`):
+        it receives the call's output, reads the incoming gradient from `out.g`, assigns `.g` to its inputs and
+        parameters, and returns nothing. handgrad takes each `.g` it assigns and adds it in, so a layer called
+        twice or a tied weight still sums its gradients. Any other first parameter (`dout`, `dy`, `grad`) is the
+        gradient itself, and `bwd` returns the inputs' gradients."""
+        d = cls.__dict__
+        if "_seeds_form" not in d:
+            value = False
+            if cls.bwd is not Module.bwd:
+                try:
+                    names = list(inspect.signature(cls.bwd).parameters)
+                except (TypeError, ValueError):
+                    names = []
+                value = len(names) >= 2 and names[1] in ("out", "_")
+            type.__setattr__(cls, "_seeds_form", value)
+        return cls.__dict__["_seeds_form"]
 
     def backward(self, grad: Tensor | None = None, *, needs_input_grad: bool = True) -> Tensor | None:
         """Run the backward of this module's pending call (see the module docstring).
@@ -264,6 +303,11 @@ class Module:
     def _own_parameters(self) -> Iterator[tuple[str, Parameter]]:
         for name, value in vars(self).items():
             if isinstance(value, Parameter):
+                yield name, value
+        d = self.__dict__
+        for name in d.get("_plain_params", ()):  # a seeds'-form layer's plain tensors (see __setattr__)
+            value = d.get(name)
+            if isinstance(value, Tensor) and not isinstance(value, Parameter) and name not in self.buffer_names():
                 yield name, value
 
     def named_parameters(self, prefix: str = "", remove_duplicate: bool = True) -> Iterator[tuple[str, Parameter]]:
@@ -425,7 +469,19 @@ def run_backward(call: Call, grad: Tensor | None = None, needs_input_grad: bool 
     m.needs_input_grad = needs_input_grad
     calls.SCOPES.append(call)
     try:
-        grads = _replay(call, needs_input_grad) if m.writes_no_bwd() else m.bwd(grad, *call.args)
+        if m.writes_no_bwd():
+            grads = _replay(call, needs_input_grad)
+        elif m.seeds_form():
+            grads = _seeds_bwd(call, needs_input_grad)
+        else:
+            try:
+                grads = m.bwd(grad, *call.args)
+            except AttributeError as e:
+                if "attribute 'g'" not in str(e):
+                    raise
+                raise AttributeError(f"{e} in {name}.bwd: bwd's first parameter receives the gradient itself; to "
+                                     "read `out.g` and assign `.g` as the seeds do, name it `out`: "
+                                     "bwd(self, out, inp)") from e
     finally:
         calls.SCOPES.pop()
     if isinstance(grads, Tensor):
@@ -447,6 +503,37 @@ def run_backward(call: Call, grad: Tensor | None = None, needs_input_grad: bool 
     if last is not None and last is not call:
         last.restore()  # m.out, m.args and the rest show the last call again
     return first_g
+
+
+def _seeds_bwd(call: Call, needs_input_grad: bool) -> None:
+    """The seeds' form of `bwd(self, out, *inputs)`: it assigns `.g` to the inputs and the parameters. Each `.g`
+    is cleared before it runs and put back after; what it assigned is then added in with `add_grad`, as a returned
+    gradient would be (so a tensor with two consumers, a reused layer or a tied weight sums every path)."""
+    m = call.module
+    targets: list[Any] = []
+    keep: list[bool] = []  # whether what bwd assigns to it is taken (an input's only when its gradient is wanted)
+    for t, is_input in [(a, True) for a in call.args if is_tensor(a)] + [(p, False) for _, p in m._own_parameters()]:
+        if not any(t is u for u in targets):
+            targets.append(t)
+            keep.append(needs_input_grad or not is_input or isinstance(t, Parameter))
+    olds = [getattr(t, "g", None) for t in targets]
+    for t in targets:
+        t.g = None
+    try:
+        result = m.bwd(call.out, *call.args)
+    finally:
+        assigned = [getattr(t, "g", None) for t in targets]
+        for t, old in zip(targets, olds):
+            t.g = old
+    if result is not None:
+        raise TypeError(f"{type(m).__name__}.bwd(self, out, ...) is the seeds' form, which assigns .g to the inputs "
+                        f"and parameters and returns nothing, but it returned a {type(result).__name__}; to return "
+                        "the inputs' gradients instead, name bwd's first parameter for the gradient: bwd(self, dout, "
+                        "x)")
+    for t, g, k in zip(targets, assigned, keep):
+        if g is not None and k:
+            add_grad(t, g)
+    return None
 
 
 def _trusted(cls: type) -> bool:

@@ -47,7 +47,9 @@ class Optimizer:
             plist = self._param_list(group["params"], where, lone_ok=True)
             unique = []
             for j, p in enumerate(plist):
-                if not isinstance(p, Parameter):
+                if not isinstance(p, Parameter) and not (isinstance(p, torch.Tensor) and p.is_floating_point()
+                                                          and not p.requires_grad):
+                    # (a plain floating tensor is a seeds'-form layer's parameter: `self.w = w`)
                     raise ValueError(f"{where}, entry {j}: expected a handgrad Parameter, got {type(p).__name__}")
                 first = seen.get(id(p))
                 if first is None:

@@ -269,6 +269,7 @@ def _check_accumulation(m: Module, xs: list[Tensor], dy: Tensor, seeded: Callabl
     prefill = [torch.randn(p.shape, generator=gen, dtype=torch.float64).to(p) for p in params]
     for p, f in zip(params, prefill):
         p.g = f.clone()
+        p._g_pass = Module.forward_pass  # a plain tensor's .g counts as this forward's (see handgrad.add_grad)
     try:
         m.backward(dy)
     except Exception:  # noqa: BLE001 - a gradient of the wrong shape cannot be added: already reported

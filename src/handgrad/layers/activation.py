@@ -7,7 +7,7 @@ import math
 import torch
 from torch import Tensor
 
-from ..functional import log_softmax, log_softmax_grad, relu, relu_grad, relu_grad_
+from ..functional import log_softmax, log_softmax_grad, relu, relu_grads, relu_grads_
 from ..module import Module
 
 
@@ -23,7 +23,7 @@ class ReLU(Module):
     def bwd(self, dy: Tensor, x: Tensor) -> Tensor:
         """dX = dY * (Y > 0)  (the mask read from the saved output; inside `lean()`, where nothing else reads
         the output any more, dX overwrites it)."""
-        return relu_grad_(dy, self.out) if self.lean and self.out_private else relu_grad(dy, self.out)
+        return relu_grads_(dy, self.out) if self.lean and self.out_private else relu_grads(dy, self.out)
 
 
 class LeakyReLU(Module):
