@@ -227,7 +227,9 @@ def _ps(n=3):
     (lambda p: hg.SGD([{"params": p[:1]}, {"lr": 0.1}], lr=0.1),
      r"^SGD parameter group 1: expected a dict with 'params' and optional lr, momentum, weight_decay, nesterov, "
      r"got keys \['lr'\]$"),
-    (lambda p: hg.SGD([{"params": [p[0], torch.zeros(2)]}], lr=0.1),
+    (lambda p: hg.SGD([{"params": [p[0], torch.zeros(2, dtype=torch.long)]}], lr=0.1),
+     r"^SGD parameter group 0, entry 1: expected a handgrad Parameter, got Tensor$"),
+    (lambda p: hg.SGD([{"params": [p[0], torch.zeros(2, requires_grad=True)]}], lr=0.1),
      r"^SGD parameter group 0, entry 1: expected a handgrad Parameter, got Tensor$"),
     (lambda p: hg.SGD([p[0], torch.nn.Parameter(torch.zeros(2))], lr=0.1),
      r"^SGD parameter group 0, entry 1: expected a handgrad Parameter, got Parameter$"),
@@ -266,6 +268,7 @@ def _ps(n=3):
      r"^Adam parameter group 0: learning rate must be positive, got -1.0$"),
 ])
 def test_bad_param_groups(make, match):
+    """(A plain floating tensor is accepted: the parameters of a layer written in the seeds' form, `self.w = w`.)"""
     with pytest.raises(ValueError, match=match):
         make(_ps())
 
@@ -405,3 +408,25 @@ def test_load_old_format_that_does_not_fit():
         opt.load_state_dict({"steps": 1, "hyper": {"lr": 0.1, "momentum": 0.0}, "state": [{}, {}]})
     with pytest.raises(ValueError, match=r"^optimizer state sets 'beta2', expected groups or some of lr, momentum$"):
         opt.load_state_dict({"steps": 1, "hyper": {"lr": 0.1, "beta2": 0.9}, "state": [{}, {}, {}]})
+
+
+def test_sgd_steps_a_seeds_form_layers_plain_tensors():
+    """A seeds'-form layer keeps plain tensors as its parameters: handgrad's SGD steps them in place."""
+    class Lin(hg.Module):
+        def __init__(self, w, b): self.w, self.b = w, b
+        def forward(self, inp): return inp @ self.w + self.b
+        def bwd(self, out, inp):
+            inp.g = out.g @ self.w.t()
+            self.w.g = inp.t() @ out.g
+            self.b.g = out.g.sum(0)
+
+    w, b = torch.randn(3, 2), torch.zeros(2)
+    lin = Lin(w, b)
+    opt = hg.SGD(lin.parameters(), lr=0.1)
+    x = torch.randn(4, 3)
+    lin(x)
+    lin.backward(torch.ones(4, 2))
+    expected_w = w - 0.1 * (x.t() @ torch.ones(4, 2))
+    opt.step()
+    torch.testing.assert_close(lin.w, expected_w)
+    assert lin.w is w  # the caller's own tensor, changed in place
