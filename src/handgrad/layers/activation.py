@@ -105,6 +105,9 @@ class GELU(Module):
 class Sigmoid(Module):
     """Y = 1 / (1 + exp(-X))."""
 
+    def backward_reads_input(self) -> bool:
+        return False  # the derivative comes from the output
+
     def forward(self, x: Tensor) -> Tensor:
         return torch.sigmoid(x)
 
@@ -116,6 +119,9 @@ class Sigmoid(Module):
 
 class Tanh(Module):
     """Y = tanh(X)."""
+
+    def backward_reads_input(self) -> bool:
+        return False  # the derivative comes from the output
 
     def forward(self, x: Tensor) -> Tensor:
         return torch.tanh(x)
@@ -145,6 +151,9 @@ class Softmax(Module):
         super().__init__()
         self.dim = dim
 
+    def backward_reads_input(self) -> bool:
+        return False  # the derivative comes from the output
+
     def forward(self, x: Tensor) -> Tensor:
         return log_softmax(x, self.dim).exp()
 
@@ -163,6 +172,9 @@ class LogSoftmax(Module):
     def __init__(self, dim: int = -1) -> None:
         super().__init__()
         self.dim = dim
+
+    def backward_reads_input(self) -> bool:
+        return False  # the derivative comes from the output
 
     def forward(self, x: Tensor) -> Tensor:
         return log_softmax(x, self.dim)

@@ -14,6 +14,12 @@ class Flatten(Module):
         super().__init__()
         self.start_dim, self.end_dim = start_dim, end_dim
 
+    def backward_reads_input(self) -> bool:
+        return False  # only its shape
+
+    def backward_reads_output(self) -> bool:
+        return False
+
     def forward(self, x: Tensor) -> Tensor:
         return x.flatten(self.start_dim, self.end_dim)
 
@@ -31,6 +37,12 @@ class Unflatten(Module):
     def __init__(self, dim: int, sizes: tuple[int, ...]) -> None:
         super().__init__()
         self.dim, self.sizes = dim, tuple(sizes)
+
+    def backward_reads_input(self) -> bool:
+        return False  # only its shape
+
+    def backward_reads_output(self) -> bool:
+        return False
 
     def forward(self, x: Tensor) -> Tensor:
         n = 1
