@@ -182,6 +182,44 @@ class NLLNoMean(NLL):
 class Indices(hg.Module):
     def forward(self, idx):
         return idx + 1
+
+
+class ScaledShift(hg.Module):
+    """forward(a, b) = a * b + w: b of shape [C] broadcast over a's rows [N, C]."""
+
+    def __init__(self, n=5):
+        super().__init__()
+        self.w = hg.Parameter(torch.randn(n))
+
+    def forward(self, a, b):
+        return a * b + self.w
+
+    def bwd(self, dy, a, b):
+        hg.add_grad(self.w, dy.sum(0))
+        return dy * b, (dy * a).sum(0)
+
+
+class ScaledShiftUnreduced(ScaledShift):
+    def bwd(self, dy, a, b):
+        hg.add_grad(self.w, dy.sum(0))
+        return dy * b, dy * a  # b's gradient not summed over the rows it was broadcast to
+
+
+class PickRows(hg.Module):
+    """forward(idx, x): rows of x at int64 idx (the int input first), scaled by w."""
+
+    def __init__(self, d=4):
+        super().__init__()
+        self.w = hg.Parameter(torch.randn(d))
+
+    def forward(self, idx, x):
+        return x[idx] * self.w
+
+    def bwd(self, dy, idx, x):
+        hg.add_grad(self.w, (dy * x[idx]).sum(0))
+        dx = torch.zeros_like(x)
+        dx.index_add_(0, idx, dy * self.w)
+        return None, dx
 '''
 
 
@@ -227,6 +265,27 @@ def test_cli_check_loss_with_logits_and_int_labels(tmp_path, capsys):
     assert "NLL: all 1 gradients match" in capsys.readouterr().out
     assert check_cli(tmp_path, "NLLNoMean", "--input-shape", "8,5", "--input-shape", "8:int:5") == 1
     assert "diagnosis: input: off by a constant factor 8 = N (batch size 8)" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+def test_cli_check_two_inputs_logits_and_labels_and_two_floats_broadcast(tmp_path, capsys, dtype):
+    """forward(logits, labels) with --input-shape 8,10 --input-shape 8:int:10; forward(a, b) with b broadcast
+    over a's rows and a parameter; forward(idx, x) with the int input first."""
+    both = " and finite differences" if dtype == "float64" else ""
+    assert check_cli(tmp_path, "NLL", "--input-shape", "8,10", "--input-shape", "8:int:10", "--dtype", dtype) == 0
+    assert f"NLL: all 1 gradients match autograd{both}" in capsys.readouterr().out
+    assert check_cli(tmp_path, "ScaledShift", "--input-shape", "8,5", "--input-shape", "5", "--dtype", dtype) == 0
+    out = capsys.readouterr().out
+    assert "input[0]  [8, 5]" in out and "input[1]  [5]" in out and "ScaledShift: all 3 gradients match" in out
+    assert check_cli(tmp_path, "PickRows", "--input-shape", "9:int:6", "--input-shape", "6,4", "--dtype", dtype) == 0
+    assert "PickRows: all 2 gradients match" in capsys.readouterr().out
+
+
+def test_cli_check_a_broadcast_input_whose_gradient_is_not_summed_back_fails(tmp_path, capsys):
+    assert check_cli(tmp_path, "ScaledShiftUnreduced", "--input-shape", "8,5", "--input-shape", "5") == 1
+    out = capsys.readouterr().out
+    assert "input[1]" in out and "gradient has shape [8, 5], expected [5]" in out
+    assert "FAILED: 1 of 3 gradients of ScaledShiftUnreduced are wrong" in out
 
 
 @pytest.mark.parametrize("cls, specs, message", [
@@ -310,3 +369,36 @@ def test_cli_check_a_seeds_form_layer(tmp_path, capsys, cls, code, verdict):
     assert main(["check", f"{path}:{cls}", "--input-shape", "8,6", "--args", '{"n_in": 6, "n_out": 6}'
                  if cls != "Relu" else "{}"]) == code
     assert verdict in capsys.readouterr().out
+
+
+STALE_LAYERS = '''
+import torch
+from handgrad import Module
+
+class ReluMaskOnce(Module):  # the mask computed on the first call only
+    def forward(self, inp):
+        if not hasattr(self, "mask"):
+            self.mask = (inp > 0).double()
+        return inp.clamp_min(0.)
+    def bwd(self, out, inp): inp.g = self.mask * out.g
+
+class LinStaleWT(Module):  # keeps w.t() from construction: stale once an optimizer moves w
+    def __init__(self, n_in=6, n_out=4):
+        self.w, self.b = torch.randn(n_in, n_out), torch.randn(n_out)
+        self.wt = self.w.t().clone()
+    def forward(self, inp): return inp @ self.w + self.b
+    def bwd(self, out, inp):
+        inp.g = out.g @ self.wt
+        self.w.g = inp.t() @ out.g
+        self.b.g = out.g.sum(0)
+'''
+
+
+@pytest.mark.parametrize("cls", ["ReluMaskOnce", "LinStaleWT"])
+def test_cli_check_catches_what_is_kept_from_an_earlier_call(tmp_path, capsys, cls):
+    """A second call, with shuffled rows, moved weights and another dY, catches a backward right only once."""
+    path = tmp_path / "stale_layers.py"
+    path.write_text(STALE_LAYERS)
+    assert main(["check", f"{path}:{cls}", "--input-shape", "8,6"]) == 1
+    out = capsys.readouterr().out
+    assert "diagnosis: input: right on the first call, wrong on a second call" in out

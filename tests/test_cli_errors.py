@@ -145,6 +145,53 @@ def in_sub(t):
     return t
 
 
+USER_CLASSES = '''
+import torch
+import handgrad as hg
+
+
+class Seq(hg.Sequential):
+    """The built-in MLP as a class of one's own: its tensors have the built-in MLP's names."""
+
+    def __init__(self, width=50):
+        super().__init__(hg.Linear(784, width), hg.ReLU(), hg.Linear(width, 10))
+
+
+class Five(hg.Module):
+    def __init__(self):
+        super().__init__()
+        self.fc = hg.Linear(784, 5)
+
+    def forward(self, x):
+        return self.fc(x)
+
+
+class Total(hg.Module):
+    def forward(self, x):
+        return x.sum()
+
+    def bwd(self, dy, x):
+        return dy.expand_as(x)
+'''
+
+
+def user_class(t, name):
+    """`t/mine.py:name`, a class of USER_CLASSES."""
+    (t / "mine.py").write_text(USER_CLASSES)
+    return f"{t / 'mine.py'}:{name}"
+
+
+def gray_png(t):
+    from PIL import Image
+
+    Image.fromarray(np.full((28, 28), 128, np.uint8)).save(t / "gray.png")
+    return t / "gray.png"
+
+
+def lr_find_cmd(t, n, *extra):
+    return ["lr-find", "--data", n, "--dataset", "mnist", "--plot", t / "p.png", *extra]
+
+
 NO_CUDA = not torch.cuda.is_available()
 u8 = np.uint8
 
@@ -360,6 +407,17 @@ CASES = {
     "check repeats zero": (lambda t, n, r: ["check", "--repeats", "0"], 2, "--repeats must be from 1 to 1000"),
     "trace bs zero": (lambda t, n, r: ["trace", "--bs", "0"], 2, "--bs must be a positive integer"),
     "trace target without a shape": (lambda t, n, r: ["trace", "handgrad.layers:Tanh"], 2, "--input-shape is needed"),
+    "graph into a .jpg": (lambda t, n, r: ["graph", "--out", t / "g.jpg"], 2, "g.jpg: expected a .svg or .png file"),
+    "graph format against the suffix": (lambda t, n, r: ["graph", "--out", t / "g.svg", "--format", "png"], 2,
+                                        "g.svg does not end in .png"),
+    "graph into no folder": (lambda t, n, r: ["graph", "--out", t / "none" / "g.svg"], 2, "no folder"),
+    "graph of no file": (lambda t, n, r: ["graph", f"{t / 'none.py'}:Model", "--input-shape", "4,3"], 2,
+                         "none.py: no such file"),
+    "graph target without a shape": (lambda t, n, r: ["graph", "handgrad.layers:Tanh"], 2, "--input-shape is needed"),
+    "graph of a model that rejects its input": (lambda t, n, r: [
+        "graph", "handgrad.layers:Linear", "--args", '{"in_features": 4, "out_features": 2}', "--input-shape", "3,5"],
+        2, "Linear failed on an input of shape [3, 5]"),
+    "graph bs zero": (lambda t, n, r: ["graph", "--bs", "0"], 2, "--bs must be a positive integer"),
     "derive unknown": (lambda t, n, r: ["derive", "bogus"], 2, "unknown activation 'bogus'"),
     "bench unknown config": (lambda t, n, r: ["bench", "--configs", "bogus"], 2, "unknown bench config 'bogus'"),
     "bench json into no folder": (lambda t, n, r: ["bench", "--json", t / "none" / "b.json"], 2, "no folder"),
@@ -371,6 +429,73 @@ CASES = {
         np.full((28, 28), 1000.0, np.float32), mode="F").save(t / "big.tiff") or ["predict", r, t / "big.tiff"], 2,
         "big.tiff: float pixels from 1000 to 1000"),
     "bench rounds zero": (lambda t, n, r: ["bench", "--rounds", "0"], 2, "--rounds must be at least 1"),
+    # a model class of one's own (train TARGET --args JSON), recorded in the run folder
+    "train a model class of no file": (lambda t, n, r: train(n, f"{t / 'none.py'}:Net"), 2, "none.py: no such file"),
+    "train a model class of the wrong output shape": (
+        lambda t, n, r: train(n, user_class(t, "Five")), 2,
+        "Five must map a batch of images [N, 784] to [N, 10] logits (one per class); on a batch [2, 784] it "
+        "returned float32 of shape [2, 5]"),
+    "train a model class with --hidden": (lambda t, n, r: train(n, user_class(t, "Seq"), "--hidden", "30"), 2,
+                                          "--hidden is for the built-in models"),
+    "train a model class with the torch twin": (lambda t, n, r: train(n, user_class(t, "Seq"), "--torch-twin"), 2,
+                                                "--torch-twin needs a built-in model"),
+    "train a model class with arguments it does not take": (
+        lambda t, n, r: train(n, user_class(t, "Seq"), "--args", '{"depth": 3}'), 2, "cannot construct Seq"),
+    "train args that are not a JSON object": (lambda t, n, r: train(n, "--args", "[1]"), 2,
+                                              "argument --args: must be a JSON object"),
+    "train args without a model class": (lambda t, n, r: train(n, "--args", "{}"), 2,
+                                         "--args are the constructor arguments of a model class of your own"),
+    "resume with a model class": (lambda t, n, r: ["train", user_class(t, "Seq"), "--resume", r], 2,
+                                  "cannot be given with --resume"),
+    "eval of a run whose model file is gone": (
+        lambda t, n, r: set_config(r, model=f"{t / 'gone.py'}:Seq") or ["eval", r], 1, "gone.py: no such file"),
+    "predict with a model class that no longer fits the checkpoint": (
+        lambda t, n, r: set_config(r, model=user_class(t, "Seq"), model_args={"width": 30}) or
+        ["predict", r, gray_png(t)], 1,
+        "tensor model.0.weight: expected float32 of shape [30, 784], got float32 of shape [50, 784]"),
+    "resume with a model class whose output changed": (
+        lambda t, n, r: set_config(r, model=user_class(t, "Five")) or ["train", "--resume", r, "--epochs", "2"], 1,
+        "must map a batch of images [N, 784] to [N, 10] logits"),
+    "config model_args a list": (lambda t, n, r: set_config(r, model_args=[1]) or ["eval", r], 1,
+                                 "key 'model_args': expected an object or null, got [1] (a list)"),
+    "config model_args for the mlp": (lambda t, n, r: set_config(r, model_args={"w": 1}) or ["eval", r], 1,
+                                      "--args are the constructor arguments"),
+    # predict --top-k, lr-find --start-lr / --end-lr
+    "predict top-k zero": (lambda t, n, r: ["predict", r, gray_png(t), "--top-k", "0"], 2,
+                           "--top-k must be at least 1, got 0"),
+    "predict top-k past the classes": (lambda t, n, r: ["predict", r, gray_png(t), "--top-k", "11"], 2,
+                                       "--top-k must be from 1 to 10 (the run's classes), got 11"),
+    "lr-find start above end": (lambda t, n, r: lr_find_cmd(t, n, "--start-lr", "1", "--end-lr", "0.1"), 2,
+                                "--start-lr must be below --end-lr"),
+    "lr-find start zero": (lambda t, n, r: lr_find_cmd(t, n, "--start-lr", "0"), 2,
+                           "--start-lr must be a positive number up to 1e6"),
+    "lr-find end infinite": (lambda t, n, r: lr_find_cmd(t, n, "--end-lr", "inf"), 2,
+                             "--end-lr must be a positive number up to 1e6 (as --lr), got inf"),
+    "lr-find end past 1e6": (lambda t, n, r: lr_find_cmd(t, n, "--end-lr", "1e7"), 2, "--end-lr must be a positive"),
+    "lr-find start nan": (lambda t, n, r: lr_find_cmd(t, n, "--start-lr", "nan"), 2, "got nan"),
+    "lr-find run with a model class": (lambda t, n, r: ["lr-find", "--run", r, user_class(t, "Seq")], 2,
+                                       "cannot be given here: with --run"),
+    # derive --expr FORMULA, derive TARGET
+    "derive expression of another symbol": (lambda t, n, r: ["derive", "--expr", "x*y"], 2, "'y' is unknown"),
+    "derive expression that is no formula": (lambda t, n, r: ["derive", "--expr", "x +"], 2, "not a formula"),
+    "derive expression reaching into Python": (lambda t, n, r: ["derive", "--expr", "x.__class__.__mro__"], 2,
+                                               "is not allowed (numbers, x, pi, E"),
+    "derive expression running code": (lambda t, n, r: ["derive", "--expr", '__import__("os").system("touch pwned")'],
+                                       2, "unknown function"),
+    "derive expression of a string": (lambda t, n, r: ["derive", "--expr", "'x'"], 2, "is not a finite number"),
+    "derive expression of an unknown function": (lambda t, n, r: ["derive", "--expr", "gamma(x)"], 2,
+                                                 "unknown function 'gamma'"),
+    "derive expression with a huge power": (lambda t, n, r: ["derive", "--expr", "x*9**9**9"], 2,
+                                            "a power of numbers takes a number as its base"),
+    "derive expression nowhere finite": (lambda t, n, r: ["derive", "--expr", "log(-x-100)"], 2,
+                                         "finite at any of 2001 points"),
+    "derive expression too long": (lambda t, n, r: ["derive", "--expr", "x+" * 600 + "x"], 2, "at most 1000"),
+    "derive a name and an expression": (lambda t, n, r: ["derive", "gelu", "--expr", "x"], 2, "not both"),
+    "derive args without a layer": (lambda t, n, r: ["derive", "--args", "{}"], 2, "--args are TARGET's"),
+    "derive a layer that is not elementwise": (lambda t, n, r: ["derive", user_class(t, "Total")], 2,
+                                               "derive checks elementwise layers"),
+    "derive a layer of no file": (lambda t, n, r: ["derive", f"{t / 'none.py'}:Swish", "--expr", "x"], 2,
+                                  "none.py: no such file"),
 }
 
 
@@ -419,7 +544,8 @@ def test_the_table_holds_sixty_inputs_across_every_subcommand():
 
     assert len(CASES) >= 60
     sources = [inspect.getsource(make) for make, _, _ in CASES.values()]
-    for sub in ("train(", '"lr-find"', '"eval"', '"predict"', '"check"', '"trace"', '"derive"', '"bench"', '"data"',
+    for sub in ("train(", '"lr-find"', '"eval"', '"predict"', '"check"', '"trace"', '"graph"', '"derive"', '"bench"',
+                '"data"',
                 '"--resume"'):
         assert any(sub in src for src in sources), sub
 

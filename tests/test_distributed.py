@@ -140,10 +140,35 @@ def test_nproc_2_trains_like_one_process_and_only_rank_0_writes(tmp_path, npz):
     assert abs(final_accuracy(one.stdout) - final_accuracy(two.stdout)) <= 0.005
     tensors, meta = RunFolder.open(tmp_path / "run").load_checkpoint()
     assert meta["epoch"] == 2
+    # each batch's loss is the mean over the global batch (both ranks' slices), their weighted mean the epoch's
+    n = int(re.search(r"(\d+) train", two.stdout).group(1))
+    sizes = [64] * (n // 64) + ([n % 64] if n % 64 else [])
+    for row in RunFolder(tmp_path / "run").read_metrics():
+        assert len(row["batch_losses"]) == len(sizes)
+        mean = sum(loss * size for loss, size in zip(row["batch_losses"], sizes)) / n
+        assert abs(mean - row["train_loss"]) < 1e-9 * row["train_loss"]
     # and every rank resumes from the folder rank 0 wrote
     resumed = subprocess.run([sys.executable, "-m", "handgrad", "train", "--resume", str(tmp_path / "run"),
                               "--nproc", "2", "--no-progress"], capture_output=True, text=True, timeout=180)
     assert resumed.returncode == 0, resumed.stderr
+
+
+def test_nproc_2_trains_and_resumes_a_model_class_of_ones_own(tmp_path, npz):
+    """Every rank loads the class named on the command line (a path relative to where it was started)."""
+    (tmp_path / "net.py").write_text(
+        "import handgrad as hg\n\n\nclass Net(hg.Sequential):\n    def __init__(self, width=8):\n"
+        "        super().__init__(hg.Linear(784, width), hg.ReLU(), hg.Linear(width, 10))\n")
+    two = subprocess.run(train_argv(npz, "net.py:Net", "--args", '{"width": 12}', "--epochs", "1", "--nproc", "2",
+                                    "--subset", "1000", "--out", "run"),
+                         cwd=tmp_path, capture_output=True, text=True, timeout=180)
+    assert two.returncode == 0, two.stderr
+    assert "data-parallel over 2 processes (gloo)" in two.stdout and two.stdout.count("done:") == 1
+    assert RunFolder.open(tmp_path / "run").read_config().model == f"{tmp_path / 'net.py'}:Net"
+    resumed = subprocess.run([sys.executable, "-m", "handgrad", "train", "--resume", str(tmp_path / "run"),
+                              "--epochs", "2", "--nproc", "2", "--no-progress"],
+                             capture_output=True, text=True, timeout=180)
+    assert resumed.returncode == 0, resumed.stderr
+    assert RunFolder.open(tmp_path / "run").load_checkpoint()[1]["epoch"] == 2
 
 
 def descendant_with_rank(parent, rank, timeout=60):

@@ -67,6 +67,9 @@ def test_sigkill_mid_epoch_then_resume_gives_bit_identical_weights(tmp_path):
         assert torch.equal(a[k], b[k]), k  # identical bits
     ref_metrics = RunFolder(tmp_path / "ref").read_metrics()
     assert [m["epoch"] for m in RunFolder(tmp_path / "killed").read_metrics()] == [m["epoch"] for m in ref_metrics]
+    for ref, killed in zip(ref_metrics, RunFolder(tmp_path / "killed").read_metrics()):  # every loss, bit for bit
+        assert {k: v for k, v in killed.items() if k != "seconds"} == {k: v for k, v in ref.items() if k != "seconds"}
+    assert all(len(m["batch_losses"]) == len(ref_metrics[0]["batch_losses"]) > 7 for m in ref_metrics)
 
 
 def _meta(epoch):
@@ -338,3 +341,138 @@ def test_early_stopping_saves_the_epoch_it_stops_at_and_a_resume_trains_no_more(
     resumed = run(cfg, log=logs.append, progress=False, resume=str(out))
     assert len(resumed.history) == ran and any("stopped already" in line for line in logs), logs
     assert [m["epoch"] for m in folder.read_metrics()] == list(range(1, ran + 1))
+
+
+# ------------------------------------------------------------ handgrad train path/to/file.py:Class
+USER_NET = '''
+import handgrad as hg
+
+
+class Net(hg.Module):
+    """A model of one's own: its own forward, the backward replayed from its layers. Dropout draws random
+    numbers, so an exact resume needs the random state too."""
+
+    def __init__(self, width=32):
+        super().__init__()
+        self.fc1, self.act, self.drop = hg.Linear(784, width), hg.ReLU(), hg.Dropout(0.2)
+        self.fc2 = hg.Linear(width, 10)
+
+    def forward(self, x):
+        return self.fc2(self.drop(self.act(self.fc1(x))))
+'''
+
+
+def test_a_model_class_of_ones_own_resumes_mid_epoch_with_bit_identical_weights(tmp_path, monkeypatch):
+    from handgrad.train import callbacks
+
+    data = make_data(tmp_path, n=1200)
+    (tmp_path / "net.py").write_text(USER_NET)
+
+    def cfg(out):
+        return TrainConfig(dataset="mnist", data=str(data), model=f"{tmp_path / 'net.py'}:Net",
+                           model_args={"width": 24}, epochs=2, bs=32, opt="adamw", schedule="one-cycle",
+                           save_every=7, download=False, out=str(tmp_path / out))
+
+    logs = []
+    run(cfg("ref"), log=logs.append, progress=False)
+    assert logs[0].startswith(f"training Net ({tmp_path / 'net.py'}:Net) (19090 parameters)"), logs[0]
+
+    class Stop(Exception):
+        """The process dies here, in the second epoch, just after a checkpoint."""
+
+    save = callbacks.CheckpointCB.save
+
+    def save_then_stop(self, learn, epoch, batch):
+        save(self, learn, epoch, batch)
+        if (epoch, batch) == (1, 14):
+            raise Stop
+
+    monkeypatch.setattr(callbacks.CheckpointCB, "save", save_then_stop)
+    with pytest.raises(Stop):
+        run(cfg("cut"), log=lambda s: None, progress=False)
+    monkeypatch.undo()
+    logs.clear()
+    run(cfg("unused"), log=logs.append, progress=False, resume=str(tmp_path / "cut"))  # its own config is used
+    assert "continuing at epoch 2, batch 14" in "\n".join(logs)
+    a, b = final_weights(tmp_path / "ref"), final_weights(tmp_path / "cut")
+    assert sorted(a) == ["model.fc1.bias", "model.fc1.weight", "model.fc2.bias", "model.fc2.weight"]
+    for k in a:
+        assert torch.equal(a[k], b[k]), k  # identical bits
+    recorded = RunFolder(tmp_path / "cut").read_config()
+    assert (recorded.model, recorded.model_args) == (f"{tmp_path / 'net.py'}:Net", {"width": 24})
+
+
+def test_cli_trains_a_model_class_evaluates_and_predicts_with_it_and_refuses_once_its_file_is_gone(tmp_path):
+    from PIL import Image
+
+    data = make_data(tmp_path, n=1200)
+    work = tmp_path / "work"
+    work.mkdir()
+    (work / "net.py").write_text(USER_NET)
+    proc = subprocess.run([sys.executable, "-m", "handgrad", "train", "net.py:Net", "--args", '{"width": 16}',
+                           "--data", str(data), "--out", "r", "--epochs", "1", "--no-download", "--no-progress"],
+                          cwd=work, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert "gradient check on the first batch (float64): input and 4 parameters match" in proc.stdout
+    config = RunFolder(work / "r").read_config()
+    assert config.model == f"{work / 'net.py'}:Net" and config.model_args == {"width": 16}  # absolute path
+
+    import json
+
+    run_dir = str(work / "r")  # used from another folder: the class is found by its recorded path
+    proc = cli("eval", run_dir, "--json")
+    assert proc.returncode == 0, proc.stderr
+    result = json.loads(proc.stdout)  # one JSON object, nothing else
+    assert set(result) == {"run", "split", "n", "accuracy", "loss", "per_class"}
+    assert result["split"] == "valid" and result["n"] == 200 and result["accuracy"] > 0.5
+    assert [c["class"] for c in result["per_class"]] == [str(i) for i in range(10)]
+    assert sum(c["n"] for c in result["per_class"]) == 200
+
+    Image.fromarray(np.full((28, 28), 128, np.uint8)).save(tmp_path / "gray.png")
+    proc = cli("predict", run_dir, str(tmp_path / "gray.png"), "--top-k", "2", "--json")
+    assert proc.returncode == 0, proc.stderr
+    top = json.loads(proc.stdout)["predictions"][0]["top"]
+    assert len(top) == 2 and top[0]["probability"] >= top[1]["probability"] > 0
+
+    (work / "net.py").rename(work / "moved.py")
+    one_line(cli("eval", run_dir), 1, f"{work / 'r' / 'config.json'}: key 'model'", f"{work / 'net.py'}: no such file")
+    one_line(cli("train", "--resume", run_dir, "--epochs", "2"), 1, f"{work / 'net.py'}: no such file")
+
+
+def test_eval_json_and_predict_top_k(finished_run, tmp_path):
+    import json
+
+    from PIL import Image
+
+    tmp, centers = finished_run
+    proc = cli("eval", str(tmp / "run"), "--json")
+    assert proc.returncode == 0, proc.stderr
+    result = json.loads(proc.stdout)
+    assert result["split"] == "test" and result["n"] == 300 and result["accuracy"] > 0.9
+    assert result["per_class"][1]["class"] == "Trouser" and 0 <= result["per_class"][1]["accuracy"] <= 1
+    text = cli("eval", str(tmp / "run")).stdout.splitlines()[0]
+    assert f"accuracy {result['accuracy']:.4f}" in text  # the same numbers as the text form
+
+    img = np.clip(centers[1] + 128, 0, 255).astype(np.uint8).reshape(28, 28)  # class 1: Trouser
+    Image.fromarray(img).save(tmp_path / "t.png")
+    for k in (1, 10):
+        proc = cli("predict", str(tmp / "run"), str(tmp_path / "t.png"), "--top-k", str(k))
+        assert proc.returncode == 0, proc.stderr
+        entries = proc.stdout.strip().split(": ", 1)[1].split(", ")
+        assert len(entries) == k and entries[0].startswith("Trouser ")
+    proc = cli("predict", str(tmp / "run"), str(tmp_path / "t.png"), str(tmp_path / "t.png"), "--json")
+    predictions = json.loads(proc.stdout)["predictions"]
+    assert [p["image"] for p in predictions] == [str(tmp_path / "t.png")] * 2
+    assert all(len(p["top"]) == 3 and p["top"][0]["class"] == "Trouser" for p in predictions)
+
+
+def test_lr_find_takes_its_range_from_start_lr_and_end_lr(tmp_path):
+    from handgrad.train.evaluate import lr_find
+
+    data = make_data(tmp_path, n=1200)
+    logs = []
+    lr_find(TrainConfig(dataset="mnist", data=str(data), download=False), tmp_path / "lr.png", log=logs.append,
+            start_lr=1e-3, end_lr=1.0)
+    assert "lr 1.0e-03 .. " in logs[-1] and (tmp_path / "lr.png").is_file()
+    upto = float(logs[-1].split(" .. ")[1].split(";")[0])
+    assert 1e-3 < upto <= 1.0

@@ -296,3 +296,120 @@ def test_the_seeds_functional_grads_assign_g():
     mse(relu(lin(xa, wa, ba)), targ).backward()
     for h, a in [(x.g, xa.grad), (w.g, wa.grad), (b.g, ba.grad)]:
         torch.testing.assert_close(h, a)
+
+
+# ------------------------------------------------------------------ Lin(w, b) and seeds'-form layers, attacked
+
+def _torch_grads(fn, *tensors):
+    ts = [t.detach().clone().requires_grad_() for t in tensors]
+    fn(*ts).backward()
+    return [t.grad for t in ts]
+
+
+def test_two_lins_given_one_w_sum_its_gradient():
+    torch.manual_seed(0)
+    w, b1, b2 = torch.randn(4, 4, dtype=torch.float64), torch.randn(4, dtype=torch.float64), \
+        torch.randn(4, dtype=torch.float64)
+    model = hg.Sequential(hg.Lin(w, b1), hg.Relu(), hg.Lin(w, b2))
+    x = torch.randn(5, 4, dtype=torch.float64)
+    out = model(x)
+    model.backward(torch.ones_like(out))
+    ref = _torch_grads(lambda w_, x_: (relu(x_ @ w_ + b1) @ w_ + b2).sum(), w, x)
+    torch.testing.assert_close(w.g, ref[0])
+    torch.testing.assert_close(x.g, ref[1])
+    assert sum(1 for _ in model.parameters()) == 3  # w once, b1, b2
+
+
+def test_lin_given_a_layers_parameters_is_tied_to_it():
+    """Lin(L.weight, L.bias) uses L's Parameters themselves: one SGD step moves them once, as torch's."""
+    torch.manual_seed(0)
+    first = hg.Linear(4, 4, dtype=torch.float64)
+    model = hg.Sequential(first, hg.Relu(), hg.Lin(first.weight, first.bias))
+    w0, b0 = first.weight.detach().clone(), first.bias.detach().clone()
+    x = torch.randn(6, 4, dtype=torch.float64)
+    opt = hg.SGD(model.parameters(), lr=0.1)
+    out = model(x)
+    model.backward(torch.ones_like(out))
+    opt.step()
+    gw, gb = _torch_grads(lambda w_, b_: (relu(x @ w_ + b_) @ w_ + b_).sum(), w0, b0)
+    torch.testing.assert_close(first.weight.detach(), w0 - 0.1 * gw)
+    torch.testing.assert_close(first.bias.detach(), b0 - 0.1 * gb)
+    assert sorted(model[2].state_dict()) == ["bias", "weight"]
+
+
+def test_a_hand_written_loop_over_model_matches_torch():
+    """The lesson's own update, p -= lr * p.g, over Model(w1, b1, w2, b2), step for step with torch."""
+    torch.manual_seed(0)
+    ws = [torch.randn(6, 5, dtype=torch.float64) * 0.3, torch.zeros(5, dtype=torch.float64),
+          torch.randn(5, 1, dtype=torch.float64) * 0.3, torch.zeros(1, dtype=torch.float64)]
+    ts = [w.clone().requires_grad_() for w in ws]
+    x, y = torch.randn(16, 6, dtype=torch.float64), torch.randn(16, dtype=torch.float64)
+    model = hg.Model(*ws)
+    for _ in range(3):
+        loss = model(x, y)
+        model.backward()
+        with torch.no_grad():
+            for p in ws:
+                p -= 0.1 * p.g
+        loss_t = mse(lin(relu(lin(x, ts[0], ts[1])), ts[2], ts[3]), y)
+        loss_t.backward()
+        with torch.no_grad():
+            for t in ts:
+                t -= 0.1 * t.grad
+                t.grad = None
+        torch.testing.assert_close(loss, loss_t.detach())
+    for w, t in zip(ws, ts):
+        torch.testing.assert_close(w, t.detach())
+
+
+def test_seeds_form_layers_in_torch_through_wrap_and_to_torch():
+    from handgrad.interop import to_torch, wrap
+
+    class Lin(hg.Module):
+        def __init__(self, w, b): self.w, self.b = w, b
+        def forward(self, inp): return inp @ self.w + self.b
+        def bwd(self, out, inp):
+            inp.g = out.g @ self.w.t()
+            self.w.g = inp.t() @ out.g
+            self.b.g = out.g.sum(0)
+
+    layer = wrap(Lin(torch.randn(4, 3, dtype=torch.float64), torch.randn(3, dtype=torch.float64)))
+    assert torch.autograd.gradcheck(layer, (torch.randn(5, 4, dtype=torch.float64, requires_grad=True),))
+    twin = to_torch(hg.Sequential(hg.Lin(torch.randn(4, 3), torch.randn(3)), hg.Relu()))
+    assert isinstance(twin[0], torch.nn.Linear)
+
+
+def test_seeds_form_misuse_is_one_clear_error():
+    class Add(hg.Module):
+        def forward(self, a, c): return a + c
+        def bwd(self, out, a, c):
+            a.g = out.g
+            c.g = out.g
+
+    h = torch.randn(3)
+    add = Add()
+    add(h, h)
+    with pytest.raises(TypeError, match="same tensor as two of its inputs"):
+        add.backward(torch.ones(3))
+    with pytest.raises(ValueError, match=r"^Lin\(w, b\) expects w a 2-d floating-point tensor"):
+        hg.Lin(torch.ones(4, 3, dtype=torch.long), torch.zeros(3, dtype=torch.long))
+    with pytest.raises(ValueError, match=r"^Lin\(w, b\) expects b of shape \[3\] with w's dtype"):
+        hg.Lin(torch.randn(4, 3), torch.zeros(3, dtype=torch.float64))
+    with pytest.raises(ValueError, match=r"^SGD: parameter 1 \(shape \[3\]\) has a gradient of shape \[\]"):
+        lin = hg.Lin(torch.randn(4, 3), torch.zeros(3))
+        opt = hg.SGD(lin.parameters(), lr=0.1)
+        lin.weight.g, lin.bias.g = torch.zeros(4, 3), torch.tensor(1.0)  # a bias gradient not summed
+        opt.step()
+
+
+def test_a_one_element_loss_starts_backward_like_a_scalar():
+    """The third seed's loss, `.mean(dim=0)` of an (N, 1) difference, has shape [1]: backward starts from 1."""
+    class Mse(hg.Module):
+        def forward(self, inp, targ): return (inp - targ).pow(2).mean(dim=0)
+        def bwd(self, output, inp, targ): inp.g = 2 * (inp - targ) / inp.shape[0] * output.g
+
+    inp, targ = torch.randn(5, 1), torch.randn(5, 1)
+    loss = Mse()
+    loss(inp, targ)
+    loss.backward()
+    torch.testing.assert_close(inp.g, 2 * (inp - targ) / 5)

@@ -104,8 +104,11 @@ def test_twin_on_a_fashion_mnist_subset_ends_within_half_a_point():
     result = run(cfg, log=lambda s: None, progress=False)
     assert result.valid_acc > 0.75
     assert abs(result.valid_acc - result.twin_history[-1].valid_acc) <= 0.005
+    # float32 rounding differs between handgrad's kernels and torch's and drifts over 250 SGD steps by an amount
+    # that depends on the CPU's kernels (2.1e-3 on one machine, under 1e-3 on another); step for step in float64
+    # the two agree to 1e-10 (test_optim's twins, test_fuzz's)
     for a, b in zip(result.history, result.twin_history):
-        assert a.train_loss == pytest.approx(b.train_loss, rel=1e-3)
+        assert a.train_loss == pytest.approx(b.train_loss, rel=5e-3)
 
 
 @needs_fashion

@@ -78,6 +78,9 @@ def _peak_mb(fresh: Callable[[], Callable[[], None]], device: torch.device) -> f
         return (torch.cuda.max_memory_allocated(device) - base) / 2**20
     from torch.profiler import ProfilerActivity, profile
 
+    # drop what the timing left (gradients, buffers) before the profiler starts: a block allocated before it and
+    # freed during it counts for nothing, and makes torch warn on stderr
+    fresh()
     with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
         fn = fresh()
         fn()
@@ -215,18 +218,48 @@ def format_table(rows: list[Row]) -> str:
     return "\n".join(lines)
 
 
-def plot(rows: list[Row], path: Path) -> Path:
+IMPL_LABELS = {"handgrad": "handgrad\n(hand-written\nbackward)", "eager": "torch eager\n(autograd)",
+               "compile": "torch.compile\n(autograd)", "gemm_floor": "GEMM floor\n(its matmuls\nalone)"}
+IMPL_COLOURS = {"handgrad": "tab:green", "eager": "tab:blue", "compile": "tab:orange", "gemm_floor": "tab:gray"}
+
+
+def plot(rows: list[Row], path: Path, about: str = "") -> Path:
+    """A bar chart per config: milliseconds per training step (top) and peak memory (below) of each
+    implementation, the ratio to torch eager on each bar; an implementation that failed says so in its place.
+    `about` (device, threads, rounds) goes under the title."""
     from .train.plots import _pyplot, _save
 
     plt = _pyplot()
     configs = list(dict.fromkeys(r.config for r in rows))
-    fig, axes = plt.subplots(1, len(configs), figsize=(5 * len(configs), 4))
-    for ax, cfg in zip(axes if len(configs) > 1 else [axes], configs):
-        sub = [r for r in rows if r.config == cfg and r.step_ms is not None]
-        ax.bar([r.impl for r in sub], [r.step_ms for r in sub], color=["tab:green", "tab:blue", "tab:orange",
-                                                                         "tab:gray"][:len(sub)])
-        ax.set(title=cfg, ylabel="ms per training step")
-    fig.tight_layout()
+    fig, axes = plt.subplots(2, len(configs), figsize=(4.8 * len(configs) + 0.6, 7.5), layout="constrained",
+                             squeeze=False)
+    for col, cfg in enumerate(configs):
+        sub = [r for r in rows if r.config == cfg]
+        eager = next((r for r in sub if r.impl == "eager"), None)
+        for ax, key, unit in ((axes[0, col], "step_ms", "ms per training step"),
+                              (axes[1, col], "peak_mb", "peak MB beyond weights and batch")):
+            names = [IMPL_LABELS.get(r.impl, r.impl) for r in sub]
+            values = [getattr(r, key) for r in sub]
+            bars = ax.bar(names, [v or 0.0 for v in values], color=[IMPL_COLOURS.get(r.impl, "tab:purple")
+                                                                    for r in sub])
+            base = getattr(eager, key) if eager is not None else None
+            for bar, r, v in zip(bars, sub, values):
+                if v is None:  # the floor's memory is not measured (it keeps no state); a failure says so
+                    text = "failed" if r.note.startswith("failed") else "not measured"
+                elif base:
+                    text = f"{v:.3g}\n({v / base:.2f}x eager)"
+                else:
+                    text = f"{v:.3g}"
+                ax.annotate(text, (bar.get_x() + bar.get_width() / 2, bar.get_height()), textcoords="offset points",
+                            xytext=(0, 3), ha="center", va="bottom", fontsize=8)
+            ax.set_ylim(0, max([v for v in values if v is not None] or [1.0]) * 1.3)  # room for the labels
+            ax.set(ylabel=unit)
+            ax.tick_params(axis="x", labelsize=8)
+            ax.grid(axis="y", color="0.92")
+            ax.set_axisbelow(True)
+        axes[0, col].set_title(f"{cfg}: time per step (lower is faster)", fontsize=10)
+        axes[1, col].set_title(f"{cfg}: peak memory (lower is leaner)", fontsize=10)
+    fig.suptitle("one training step (forward, loss, backward, SGD update)" + (f"\n{about}" if about else ""))
     return _save(fig, path)
 
 

@@ -18,7 +18,7 @@ import torch
 
 from .allocator import keep_freed_memory
 from .errors import DataError, GradientCheckError, TrainingError, UsageError
-from .train.config import LOSSES, TrainConfig
+from .train.config import LOSSES, LR_FIND_END, LR_FIND_START, TrainConfig
 
 
 def _hidden(text: str) -> list[int]:
@@ -34,8 +34,24 @@ def _hidden(text: str) -> list[int]:
     return sizes
 
 
+def _model_args(text: str) -> dict:
+    """--args of train / lr-find: a JSON object (argparse says a bad one in one line)."""
+    from .check.target import parse_args
+
+    try:
+        return parse_args(text)
+    except UsageError as e:
+        raise argparse.ArgumentTypeError(str(e).removeprefix("--args ")) from None
+
+
 def _add_train_args(t: argparse.ArgumentParser, d: TrainConfig) -> None:
     """The options `train` and `lr-find` share: data, model, optimizer and schedule."""
+    t.add_argument("target", nargs="?", default=None, metavar="TARGET",
+                   help="a model class of your own instead of --model: path/to/file.py:ClassName or "
+                        "package.module:ClassName, a handgrad Module mapping a batch of images [N, 784] to [N, 10] "
+                        "logits (the run folder records it, by absolute path, and its --args)")
+    t.add_argument("--args", dest="model_args", type=_model_args, default=None, metavar="JSON",
+                   help="TARGET's constructor arguments as a JSON object, e.g. '{\"width\": 64}'")
     t.add_argument("--dataset", default=d.dataset, choices=["auto", "mnist", "fashion-mnist"],
                    help="auto: MNIST where it can be found or downloaded, else Fashion-MNIST (default)")
     t.add_argument("--data", default=d.data, metavar="PATH", help="a data file or folder to read instead of searching")
@@ -62,7 +78,7 @@ def _add_train_args(t: argparse.ArgumentParser, d: TrainConfig) -> None:
                    help="early stopping: epochs without a better valid loss")
     t.add_argument("--seed", type=int, default=d.seed, help=f"default {d.seed}")
     t.add_argument("--device", default=d.device, help="cpu, cuda or cuda:N")
-    t.add_argument("--init", default=d.init, choices=["kaiming", "randn", "torch"])
+    t.add_argument("--init", default=d.init, choices=["kaiming", "randn", "torch"], help="mlp weight initialisation")
     t.add_argument("--subset", type=int, default=d.subset, metavar="N", help="train on the first N images only")
     t.add_argument("--no-check", dest="check", action="store_false", help="skip the first-batch gradient check")
     t.add_argument("--no-download", dest="download", action="store_false", help="never try to download data")
@@ -80,7 +96,8 @@ def _parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True)
 
     d = TrainConfig()
-    t = sub.add_parser("train", help="train an MLP or a CNN on MNIST or Fashion-MNIST with hand-written gradients")
+    t = sub.add_parser("train", help="train an MLP, a CNN or a model class of your own on MNIST or Fashion-MNIST "
+                                     "with hand-written gradients")
     _add_train_args(t, d)
     t.add_argument("--torch-twin", action="store_true",
                    help="also train the same model in torch.nn with autograd and compare")
@@ -106,16 +123,28 @@ def _parser() -> argparse.ArgumentParser:
                     "with --run)")
     lf.add_argument("--run", default=None, metavar="DIR",
                     help="test the configuration and data of this run folder (its config.json), saving the plot in it")
+    lf.add_argument("--start-lr", type=float, default=LR_FIND_START, metavar="LR",
+                    help="the learning rate of the first batch (0 < start < end, up to 1e6)")
+    lf.add_argument("--end-lr", type=float, default=LR_FIND_END, metavar="LR",
+                    help="the learning rate the test grows to (exponentially, over at most 100 batches; it stops "
+                         "early once the loss explodes)")
 
     ev = sub.add_parser("eval", help="accuracy, loss and per-class accuracy of a run on the test split")
     ev.add_argument("run", metavar="DIR")
     ev.add_argument("--data", default=None, metavar="PATH",
                     help="evaluate on this data instead of the run's own (found by its path, checked by its "
                          "fingerprint)")
+    ev.add_argument("--json", action="store_true",
+                    help="print one JSON object instead: split, n, accuracy, loss, per_class (class, accuracy, n)")
 
-    pr = sub.add_parser("predict", help="top-3 classes with probabilities for image files, from a run")
+    pr = sub.add_parser("predict", help="the top classes (3 by default) with probabilities for image files, "
+                                        "from a run")
     pr.add_argument("run", metavar="DIR")
     pr.add_argument("images", nargs="+", metavar="IMAGE")
+    pr.add_argument("--top-k", type=int, default=3, metavar="K", help="classes per image, from 1 to the run's number "
+                    "of classes")
+    pr.add_argument("--json", action="store_true",
+                    help="print one JSON object instead: the run and, per image, its top classes and probabilities")
 
     c = sub.add_parser("check", help="verify a layer's hand-written backward against autograd and finite "
                                      "differences (default: every built-in layer)")
@@ -129,30 +158,61 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("--dtype", default=None, choices=["float64", "float32"],
                    help="TARGET: float64 (default; adds finite differences) or float32")
     c.add_argument("--args", default=None, help="TARGET's constructor arguments as JSON, e.g. '{\"n_in\": 16}'")
-    c.add_argument("--seed", type=int, default=0)
+    c.add_argument("--seed", type=int, default=0, help="random inputs and upstream gradients")
     c.add_argument("--repeats", type=int, default=2, help="built-in layers: random shapes per layer")
 
     tr = sub.add_parser("trace", help="one forward and backward: every layer's shapes, statistics and gradients")
     tr.add_argument("target", nargs="?", default=None,
                     help="your model: path/to/file.py:ClassName or package.module:ClassName (default: --model)")
     tr.add_argument("--model", default="mlp", choices=["mlp", "cnn"], help="built-in model (default: the seeds' MLP)")
-    tr.add_argument("--hidden", type=_hidden, default=d.hidden)
-    tr.add_argument("--channels", type=_hidden, default=d.channels)
+    tr.add_argument("--hidden", type=_hidden, default=d.hidden, help="mlp hidden sizes")
+    tr.add_argument("--channels", type=_hidden, default=d.channels, help="cnn widths")
     tr.add_argument("--input-shape", default=None, help="TARGET: input shape, e.g. 64,784")
     tr.add_argument("--args", default=None, help="TARGET's constructor arguments as JSON")
     tr.add_argument("--bs", type=int, default=64, help="built-in model: batch size")
-    tr.add_argument("--dataset", default="auto", choices=["auto", "mnist", "fashion-mnist"])
-    tr.add_argument("--seed", type=int, default=0)
+    tr.add_argument("--dataset", default="auto", choices=["auto", "mnist", "fashion-mnist"],
+                    help="built-in model: the batch's data set, where it can be found (else random images)")
+    tr.add_argument("--seed", type=int, default=0, help="weights and random inputs")
 
-    dv = sub.add_parser("derive", help="sympy's derivative of an activation, checked against its hand-written backward")
-    dv.add_argument("name", nargs="?", default=None, help="relu, leaky_relu, gelu, ... (none: all of them)")
+    gr = sub.add_parser("graph", help="draw one batch's forward/backward graph: a node per layer call with "
+                                      "statistics, gradients and the bytes kept for backward vs torch autograd")
+    gr.add_argument("target", nargs="?", default=None,
+                    help="your model: path/to/file.py:ClassName or package.module:ClassName (default: --model)")
+    gr.add_argument("--model", default="mlp", choices=["mlp", "cnn"], help="built-in model (default: the seeds' MLP)")
+    gr.add_argument("--hidden", type=_hidden, default=d.hidden, help="mlp hidden sizes")
+    gr.add_argument("--channels", type=_hidden, default=d.channels, help="cnn widths")
+    gr.add_argument("--input-shape", default=None, help="TARGET: input shape, e.g. 64,784")
+    gr.add_argument("--args", default=None, help="TARGET's constructor arguments as JSON")
+    gr.add_argument("--bs", type=int, default=64, help="built-in model: batch size")
+    gr.add_argument("--dataset", default="auto", choices=["auto", "mnist", "fashion-mnist"],
+                    help="built-in model: the batch's data set, where it can be found (else random images)")
+    gr.add_argument("--seed", type=int, default=0, help="weights and random inputs")
+    gr.add_argument("--out", default=None, metavar="FILE", help="the picture: .svg or .png (default graph.svg, or "
+                    "graph.png with --format png)")
+    gr.add_argument("--format", default=None, choices=["svg", "png"], help="default: from --out's suffix")
+    gr.add_argument("--rankdir", default="auto", choices=["auto", "TB", "LR"],
+                    help="top to bottom or left to right (auto: left to right for up to 6 layer calls)")
+
+    dv = sub.add_parser("derive", help="sympy's derivative of an activation, checked against its hand-written "
+                                       "backward; of a formula (--expr), checked against autograd; or your "
+                                       "elementwise layer's backward, checked against either")
+    dv.add_argument("name", nargs="?", default=None, metavar="NAME|TARGET",
+                    help="a built-in activation: relu, leaky_relu, gelu, ... (none, and no --expr: all of them); "
+                         "or your elementwise layer: path/to/file.py:ClassName or package.module:ClassName, its "
+                         "backward compared with sympy's derivative of --expr, or without --expr with autograd of "
+                         "its forward")
+    dv.add_argument("--expr", default=None, metavar="FORMULA",
+                    help="a formula of x, e.g. 'x*sigmoid(x)': numbers, x, pi, E, + - * / ** ^ and the functions "
+                         "exp, log, sqrt, sin, cos, tanh, erf, abs, max, min, sigmoid, softplus, relu, ...; alone, "
+                         "sympy's derivative is printed and checked against autograd at 2001 points in [-6, 6]")
+    dv.add_argument("--args", default=None, metavar="JSON", help="TARGET's constructor arguments as JSON")
 
     bn = sub.add_parser("bench", help="training-step time and peak memory: handgrad vs torch eager, "
                                       "torch.compile and the GEMM floor")
     bn.add_argument("--configs", nargs="+", default=None,
                     help="mlp-784-50-10-bs64, mlp-784-1024-1024-10-bs256, cnn-bs128 (default: all)")
-    bn.add_argument("--device", default="cpu")
-    bn.add_argument("--rounds", type=int, default=5)
+    bn.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
+    bn.add_argument("--rounds", type=int, default=5, help="timed rounds per measurement (the median is shown)")
     bn.add_argument("--no-compile", dest="compile", action="store_false", help="skip torch.compile")
     bn.add_argument("--no-time-to-accuracy", dest="tta", action="store_false",
                     help="skip the time to 0.85 Fashion-MNIST validation accuracy (handgrad vs eager)")
@@ -171,6 +231,8 @@ def _train(args: argparse.Namespace) -> int:
 
     from .train.run import run
 
+    if args.resume is not None and args.target is not None:
+        raise UsageError(f"TARGET {args.target} cannot be given with --resume: the run's config.json names its model")
     cfg = _config(args)
     if cfg.nproc > 1 and "WORLD_SIZE" not in os.environ:  # the launcher: start the ranks, each runs this command
         cfg.validate()
@@ -203,16 +265,35 @@ def _resume_changes(args: argparse.Namespace) -> dict:
 
 
 def _config(args: argparse.Namespace) -> TrainConfig:
+    """The TrainConfig the flags describe; a TARGET becomes its model, recorded by absolute path."""
     d = TrainConfig()
-    return TrainConfig(**{f.name: getattr(args, f.name, getattr(d, f.name)) for f in fields(TrainConfig)})
+    cfg = TrainConfig(**{f.name: getattr(args, f.name, getattr(d, f.name)) for f in fields(TrainConfig)})
+    target = getattr(args, "target", None)
+    if target is not None:
+        given = {tok.split("=", 1)[0] for tok in args.argv if tok.startswith("--")}
+        for flag in ("--model", "--hidden", "--channels", "--init"):
+            if flag in given:
+                raise UsageError(f"{flag} is for the built-in models: TARGET {target} builds its own (its sizes go "
+                                 "in --args)")
+        if target in ("mlp", "cnn"):
+            raise UsageError(f"TARGET is a model class of your own (path/to/file.py:ClassName); for the built-in "
+                             f"{target}, give --model {target}")
+        from .train.usermodel import resolve_target
+
+        cfg.model = resolve_target(target)
+    return cfg
 
 
 def _lr_find(args: argparse.Namespace) -> int:
     from .train.evaluate import lr_find
 
     if args.run is not None:
-        _given_only(args.argv, {"--run", "--plot", "--data"}, "with --run, lr-find uses the run's config.json")
-    lr_find(_config(args), args.plot, run=args.run, data_path=args.data if args.run is not None else None)
+        why = "with --run, lr-find uses the run's config.json"
+        _given_only(args.argv, {"--run", "--plot", "--data", "--start-lr", "--end-lr"}, why)
+        if args.target is not None:
+            raise UsageError(f"TARGET {args.target} cannot be given here: {why}, which names its model")
+    lr_find(_config(args), args.plot, run=args.run, data_path=args.data if args.run is not None else None,
+            start_lr=args.start_lr, end_lr=args.end_lr)
     return 0
 
 
@@ -227,8 +308,14 @@ def _given_only(argv: list[str], allowed: set[str], why: str) -> None:
 def _eval(args: argparse.Namespace) -> int:
     from .train.evaluate import evaluate_run
 
-    ev = evaluate_run(args.run, data_path=args.data)
-    print(f"{args.run}: {ev.split} split, {ev.n} images: accuracy {ev.accuracy:.4f}, loss {ev.loss:.4f}")
+    import json
+
+    ev = evaluate_run(args.run, data_path=args.data, log=_stderr if args.json else print)
+    if args.json:  # stdout holds the object alone: notes went to stderr
+        print(json.dumps({"run": args.run, **ev.to_dict()}))
+        return 0
+    split = ev.split if ev.split == "test" else f"{ev.split} (this data set has no test split)"
+    print(f"{args.run}: {split} split, {ev.n} images: accuracy {ev.accuracy:.4f}, loss {ev.loss:.4f}")
     width = max(len(name) for name, _, _ in ev.per_class)
     for name, acc, n in ev.per_class:
         print(f"  {name:{width}s}  {acc:.4f}  ({n} images)")
@@ -238,9 +325,23 @@ def _eval(args: argparse.Namespace) -> int:
 def _predict(args: argparse.Namespace) -> int:
     from .train.evaluate import predict_images
 
-    for image, top in predict_images(args.run, args.images):
+    import json
+
+    if args.top_k < 1:
+        raise UsageError(f"--top-k must be at least 1, got {args.top_k}")
+    predictions = predict_images(args.run, args.images, args.top_k)
+    if args.json:
+        print(json.dumps({"run": args.run, "predictions": [
+            {"image": image, "top": [{"class": name, "probability": p} for name, p in top]}
+            for image, top in predictions]}))
+        return 0
+    for image, top in predictions:
         print(f"{image}: " + ", ".join(f"{name} {p:.3f}" for name, p in top))
     return 0
+
+
+def _stderr(line: str) -> None:
+    print(line, file=sys.stderr)
 
 
 def _check(args: argparse.Namespace) -> int:
@@ -351,6 +452,50 @@ def _trace(args: argparse.Namespace) -> int:
     return 0
 
 
+def _graph(args: argparse.Namespace) -> int:
+    from .graph import backprop_graph, output_path, to_dot, write
+
+    out, fmt = output_path(args.out or f"graph.{args.format or 'svg'}", args.format)  # before any work
+    model, x, y, about = _model_and_batch(args)
+    try:
+        graph = backprop_graph(model, x, y, seed=args.seed, name=about)
+    except Exception as e:
+        if y is not None:  # a built-in model: not the user's to fix
+            raise
+        raise UsageError(f"{type(model).__name__} failed on an input of shape {list(x.shape)}: "
+                         f"{type(e).__name__}: {e}") from None
+    write(to_dot(graph, args.rankdir), out, fmt)
+    print(f"wrote {out}: {len(graph.nodes)} layer calls; kept for backward: handgrad "
+          f"{graph.handgrad_total.activations:,} bytes, torch autograd {graph.autograd_total.activations:,} bytes "
+          f"({graph.autograd_how})")
+    return 0
+
+
+def _model_and_batch(args: argparse.Namespace) -> tuple:
+    """TARGET with a random input (and no target), or the built-in --model with the first batch and its labels;
+    and a few words saying which."""
+    from .models import cnn, mlp
+
+    _seed(args.seed)
+    gen = torch.Generator().manual_seed(args.seed)
+    if args.target is not None:
+        from .check.target import instantiate, load_class, parse_args, parse_shape
+
+        model = instantiate(load_class(args.target), parse_args(args.args))
+        if args.input_shape is None:
+            raise UsageError("--input-shape is needed with a TARGET, e.g. --input-shape 64,784")
+        return model, torch.randn(parse_shape(args.input_shape), generator=gen), None, type(model).__name__
+    if args.bs < 1:
+        raise UsageError(f"--bs must be a positive integer, got {args.bs}")
+    from .train.run import check_size
+
+    check_size(TrainConfig(model=args.model, hidden=args.hidden, channels=args.channels, bs=args.bs), 784, 10)
+    torch.manual_seed(args.seed)
+    model = mlp(784, args.hidden, 10) if args.model == "mlp" else cnn(10, args.channels)
+    x, y, source = _first_batch(args.dataset, args.bs, gen)
+    return model, x, y, f"{args.model} on {source}"
+
+
 def _first_batch(dataset: str, bs: int, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor, str]:
     """A real batch where data can be found (no download), else random images and labels."""
     from .data import load_dataset, locate
@@ -369,8 +514,23 @@ def _seed(seed: int) -> None:
 
 
 def _derive(args: argparse.Namespace) -> int:
-    from .derive import ACTIVATIONS, derive
+    from .derive import ACTIVATIONS, derive, derive_expression
+    from .expression import parse_expression
+    from .train.config import is_target
 
+    target = args.name if args.name is not None and is_target(args.name) else None
+    if args.args is not None and target is None:
+        raise UsageError("--args are TARGET's constructor arguments: give your layer as path/to/file.py:ClassName")
+    expr = parse_expression(args.expr) if args.expr is not None else None
+    if target is not None:
+        return _derive_layer(target, args.args, expr)
+    if expr is not None:
+        if args.name is not None:
+            raise UsageError(f"derive takes a built-in activation ({args.name}) or --expr, not both")
+        derivative, result = derive_expression(expr)
+        print(f"{args.expr}:  d/dx {expr}  =  {derivative}")
+        print("    " + result.line())
+        return 0 if result.passed else 1
     names = [args.name] if args.name else list(ACTIVATIONS)
     failed = 0
     for name in names:
@@ -380,6 +540,26 @@ def _derive(args: argparse.Namespace) -> int:
         print(f"    hand-written backward {verdict} it at {d.points} points in [-6, 6]: max abs err "
               f"{d.max_abs_err:.1e} (at x = {d.worst_x:.3f})")
         failed += not d.passed
+    return 1 if failed else 0
+
+
+def _derive_layer(target: str, args_json: str | None, expr: object | None) -> int:
+    """handgrad derive file.py:Layer [--expr FORMULA]: its backward against sympy's derivative or autograd."""
+    from .check.target import instantiate, load_class, parse_args
+    from .derive import derive_layer
+
+    cls = load_class(target)
+    derivative, results = derive_layer(instantiate(cls, parse_args(args_json)), expr)
+    if expr is not None:
+        print(f"{cls.__name__} against --expr:  d/dx {expr}  =  {derivative}")
+    else:
+        print(f"{cls.__name__}: no --expr, so its backward is compared with autograd of its forward (give --expr "
+              "to compare it with sympy's derivative of a formula)")
+    for result in results:
+        print("    " + result.line())
+    failed = [r for r in results if not r.passed]
+    if failed:
+        print(f"FAILED: {cls.__name__}'s {' and '.join(r.what for r in failed)}")
     return 1 if failed else 0
 
 
@@ -419,7 +599,8 @@ def _bench(args: argparse.Namespace) -> int:
     if args.json:
         write_json(rows, Path(args.json), tta)
     if args.plot:
-        plot(rows, Path(args.plot))
+        plot(rows, Path(args.plot), f"{device}, {torch.get_num_threads()} threads, median of {args.rounds} "
+                                    f"round{'s' if args.rounds > 1 else ''}")
     return 0
 
 
@@ -450,8 +631,28 @@ class _UsageExit(Exception):
     """An argparse error, said in one line by main."""
 
 
+class _Formatter(argparse.HelpFormatter):
+    """Each option's help ends with its default, where it has one and the help does not already say it."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        default = action.default
+        if "default" in text or default is None or default is argparse.SUPPRESS or isinstance(default, bool):
+            return text  # nothing to show (store_true / store_false flags say what they do instead)
+        if isinstance(default, (list, tuple)):
+            shown = ",".join(str(v) for v in default)
+        else:
+            shown = f"{default:g}" if isinstance(default, float) else str(default)
+        return f"{text} (default: {shown.replace('%', '%%')})"
+
+
 class _Parser(argparse.ArgumentParser):
-    """argparse, but a usage error is one line (`handgrad: error: handgrad train: ...`), not a usage block."""
+    """argparse, but a usage error is one line (`handgrad: error: handgrad train: ...`), not a usage block;
+    --help shows the defaults (every sub-command's parser is one of these)."""
+
+    def __init__(self, *args, **kwargs) -> None:  # type: ignore[no-untyped-def]
+        kwargs.setdefault("formatter_class", _Formatter)
+        super().__init__(*args, **kwargs)
 
     def error(self, message: str) -> NoReturn:  # type: ignore[override]
         raise _UsageExit(f"{self.prog}: {message} (see {self.prog} --help)")
@@ -500,7 +701,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args.argv = argv
     try:
         commands = {"train": _train, "lr-find": _lr_find, "eval": _eval, "predict": _predict, "check": _check,
-                    "trace": _trace, "derive": _derive, "bench": _bench, "data": _data}
+                    "trace": _trace, "graph": _graph, "derive": _derive, "bench": _bench, "data": _data}
         if args.command in ("train", "lr-find", "bench"):
             keep_freed_memory()  # training loops re-allocate the same buffers each step
         return commands[args.command](args)

@@ -21,35 +21,42 @@ Mse = MSELoss
 class Lin(Linear):
     """Linear under the course's name: `Lin(n_in, n_out)` as Linear, or `Lin(w, b)` with the seeds' tensors.
 
-    `Lin(w, b)` (w: (n_in, n_out), b: (n_out,)) keeps them as `self.w` and `self.b`; its parameters share their
-    memory (an optimizer's step changes `w` too, and a change to `w` shows in the layer), and each backward of
-    the layer sets `w.g` and `b.g` to the parameters' gradients, as the seeds' `Lin.backward` did.
+    `Lin(w, b)` (w: (n_in, n_out), b: (n_out,)) uses the tensors it is given as its weight and bias (also
+    reachable as `.w` and `.b`, the seeds' names): each backward sets `w.g` and `b.g`, an optimizer's step
+    changes `w` itself, and two layers given the same `w` share it (its `.g` sums both). Plain tensors follow
+    the seeds: their `.g` is the gradient of the latest forward (see handgrad.add_grad); given a layer's
+    Parameters (`Lin(other.weight, other.bias)`), the layer is tied to that one.
     """
 
     def __init__(self, *args, **kwargs) -> None:
-        if args and isinstance(args[0], Tensor):
-            if len(args) > 2 or kwargs.keys() - {"b"}:
-                raise TypeError("Lin(w, b) takes the weight (n_in, n_out) and the bias (n_out,) tensors")
-            w, b = args[0], args[1] if len(args) > 1 else kwargs.get("b")
-            if w.dim() != 2 or (b is not None and tuple(b.shape) != (w.shape[1],)):
-                raise ValueError(f"Lin(w, b) expects w of shape (n_in, n_out) and b of shape (n_out,), got "
-                                 f"{list(w.shape)} and {None if b is None else list(b.shape)}")
-            super().__init__(w.shape[0], w.shape[1], bias=b is not None, dtype=w.dtype, device=w.device)
-            self.weight = Parameter(w)  # the same memory as w
-            self.bias = Parameter(b) if b is not None else None
-            self.w, self.b = w, b
-        else:
+        if not (args and isinstance(args[0], Tensor)):
             super().__init__(*args, **kwargs)
-            self.w, self.b = self.weight, self.bias
+            return
+        if len(args) > 2 or kwargs.keys() - {"b"}:
+            raise TypeError("Lin(w, b) takes the weight (n_in, n_out) and the bias (n_out,) tensors")
+        w, b = args[0], args[1] if len(args) > 1 else kwargs.get("b")
+        if not w.is_floating_point() or w.dim() != 2:
+            raise ValueError(f"Lin(w, b) expects w a 2-d floating-point tensor (n_in, n_out), got {w.dtype} of "
+                             f"shape {list(w.shape)}")
+        if b is not None and (not isinstance(b, Tensor) or tuple(b.shape) != (w.shape[1],) or b.dtype != w.dtype
+                              or b.device != w.device):
+            got = f"{b.dtype} {list(b.shape)} on {b.device}" if isinstance(b, Tensor) else type(b).__name__
+            raise ValueError(f"Lin(w, b) expects b of shape [{w.shape[1]}] with w's dtype and device ({w.dtype} on "
+                             f"{w.device}), got {got}")
+        Module.__init__(self)
+        self.in_features, self.out_features = w.shape
+        self.weight, self.bias = w, b
+        # plain tensors are this layer's parameters, as a seeds'-form layer's are (see Module.__setattr__)
+        self.__dict__["_plain_params"] = [n for n, t in (("weight", w), ("bias", b))
+                                          if t is not None and not isinstance(t, Parameter)]
 
-    def bwd(self, dy: Tensor, x: Tensor) -> Tensor | None:
-        """As Linear's; then the seeds' tensors get their `.g` (the parameters' gradients)."""
-        dx = super().bwd(dy, x)
-        if self.w is not self.weight:
-            self.w.g = self.weight.g
-            if self.b is not None:
-                self.b.g = self.bias.g
-        return dx
+    @property
+    def w(self) -> Tensor:
+        return self.weight
+
+    @property
+    def b(self) -> Tensor | None:
+        return self.bias
 
 
 LinearLayer = Lin  # another spelling the course used
@@ -67,7 +74,12 @@ class Model(Module):
     def __init__(self, *args) -> None:
         super().__init__()
         if len(args) == 4 and all(isinstance(a, Tensor) for a in args):
-            w1, b1, w2, b2 = args if args[1].dim() == 1 else (args[0], args[2], args[1], args[3])  # or (w1, w2, b1, b2)
+            w1, b1, w2, b2 = args
+            if args[1].dim() == 2 and args[2].dim() == 1:  # the order (w1, w2, b1, b2)
+                w1, w2, b1, b2 = args
+            if w1.dim() != 2 or w2.dim() != 2 or w2.shape[0] != w1.shape[1]:
+                raise ValueError(f"Model(w1, b1, w2, b2) expects w1 (n_in, nh), b1 (nh,), w2 (nh, n_out), b2 (n_out,), "
+                                 f"got shapes {[list(a.shape) for a in args]}")
             self.layers = [Lin(w1, b1), Relu(), Lin(w2, b2)]
         elif len(args) == 3 and all(isinstance(a, int) for a in args):
             n_in, nh, n_out = args

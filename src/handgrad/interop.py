@@ -107,6 +107,14 @@ _FROM_TORCH: dict[type, Callable[[nn.Module], Module]] = {
 }
 
 
+def _course_names() -> None:
+    from .course import Lin  # the course's name for Linear (Relu and Mse are ReLU and MSELoss themselves)
+
+    _TO_TORCH[Lin] = _TO_TORCH[L.Linear]
+
+
+_course_names()
+
 _MEMO: list[dict[int, object]] = []  # the structure being converted: one twin per module, however often placed
 
 
@@ -259,7 +267,7 @@ class _HandgradFunction(torch.autograd.Function):
                                    f"{t._version}); use an out-of-place operation (e.g. y = y * 2, y = y + skip)")
         params = module.parameters()
         # this call's gradients only, in fresh tensors: the parameters' own .g and buffers are put aside
-        kept = [(p.g, p.__dict__.pop("_gbuf", None)) for p in params]
+        kept = [(getattr(p, "g", None), p.__dict__.pop("_gbuf", None)) for p in params]
         for p in params:
             p.g = None
         try:

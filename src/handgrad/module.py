@@ -69,7 +69,9 @@ class Parameter(torch.nn.Parameter):
 
 def accumulate_mm(p: Parameter, a: Tensor, b: Tensor) -> None:
     """p.g += a @ b, written straight into the parameter's gradient buffer (no temporary)."""
-    if p.g is None:
+    if not isinstance(p, Parameter):  # a plain tensor used as a parameter (the seeds' Lin(w, b))
+        add_grad(p, torch.mm(a, b))
+    elif p.g is None:
         p.g = torch.mm(a, b, out=p.grad_buffer())
     else:
         p.g.addmm_(a, b)
@@ -77,7 +79,9 @@ def accumulate_mm(p: Parameter, a: Tensor, b: Tensor) -> None:
 
 def accumulate_sum(p: Parameter, t: Tensor, dims: int | tuple[int, ...]) -> None:
     """p.g += t.sum(dims), written straight into the parameter's gradient buffer."""
-    if p.g is None:
+    if not isinstance(p, Parameter):
+        add_grad(p, t.sum(dims))
+    elif p.g is None:
         p.g = torch.sum(t, dims, out=p.grad_buffer())
     else:
         p.g.add_(t.sum(dims))
@@ -219,7 +223,7 @@ class Module:
 
     @classmethod
     def seeds_form(cls) -> bool:
-        """True when `bwd` is written as the seeds wrote it, `bwd(self, out, *inputs)` (or `bwd(self, _, ...)`):
+        """True when `bwd` is written as the seeds wrote it, `bwd(self, out, *inputs)` (or `output`, or `_`):
         it receives the call's output, reads the incoming gradient from `out.g`, assigns `.g` to its inputs and
         parameters, and returns nothing. handgrad takes each `.g` it assigns and adds it in, so a layer called
         twice or a tied weight still sums its gradients. Any other first parameter (`dout`, `dy`, `grad`) is the
@@ -232,7 +236,7 @@ class Module:
                     names = list(inspect.signature(cls.bwd).parameters)
                 except (TypeError, ValueError):
                     names = []
-                value = len(names) >= 2 and names[1] in ("out", "_")
+                value = len(names) >= 2 and names[1] in ("out", "output", "_")
             type.__setattr__(cls, "_seeds_form", value)
         return cls.__dict__["_seeds_form"]
 
@@ -453,7 +457,7 @@ def run_backward(call: Call, grad: Tensor | None = None, needs_input_grad: bool 
     if grad is None:
         grad = getattr(out, "g", None)
         if grad is None:
-            if out.dim() != 0:
+            if out.numel() != 1:
                 raise RuntimeError(f"{name}.backward() needs the gradient of its output (shape {list(out.shape)}): "
                                    "pass it, or run the next layer's backward first (at the top level, backward runs "
                                    "the module's latest call: a forward made since the loss's, e.g. for logging, "
@@ -486,6 +490,9 @@ def run_backward(call: Call, grad: Tensor | None = None, needs_input_grad: bool 
         calls.SCOPES.pop()
     if isinstance(grads, Tensor):
         grads = (grads,)
+    if isinstance(grads, (tuple, list)) and len(grads) > len(call.args):
+        raise ValueError(f"{name}.bwd returned {len(grads)} gradients for {len(call.args)} inputs; expected at most "
+                         "one per input of forward, in order (None for an input without one)")
     if grads is not None and needs_input_grad:
         for x, g in zip(call.args, grads):
             if g is not None and is_tensor(x):
@@ -512,7 +519,12 @@ def _seeds_bwd(call: Call, needs_input_grad: bool) -> None:
     m = call.module
     targets: list[Any] = []
     keep: list[bool] = []  # whether what bwd assigns to it is taken (an input's only when its gradient is wanted)
-    for t, is_input in [(a, True) for a in call.args if is_tensor(a)] + [(p, False) for _, p in m._own_parameters()]:
+    inputs = [a for a in call.args if is_tensor(a)]
+    if len({id(a) for a in inputs}) < len(inputs):
+        raise TypeError(f"{type(m).__name__} got the same tensor as two of its inputs: a bwd in the seeds' form, which "
+                        "assigns .g to each input, cannot give it the sum of both; write bwd(self, dout, *inputs) "
+                        "returning one gradient per input instead")
+    for t, is_input in [(a, True) for a in inputs] + [(p, False) for _, p in m._own_parameters()]:
         if not any(t is u for u in targets):
             targets.append(t)
             keep.append(needs_input_grad or not is_input or isinstance(t, Parameter))

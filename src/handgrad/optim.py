@@ -121,6 +121,14 @@ class Optimizer:
 
     @torch.no_grad()
     def step(self) -> None:
+        for k, p in enumerate(self.params):
+            g = getattr(p, "g", None)
+            if g is None:
+                if "g" not in getattr(p, "__dict__", {}) and not isinstance(p, Parameter):
+                    p.g = None  # a plain tensor that has had no gradient yet
+            elif g.shape != p.shape:  # a broadcastable mistake (a bias gradient not summed) must not pass
+                raise ValueError(f"{type(self).__name__}: parameter {k} (shape {list(p.shape)}) has a gradient of "
+                                 f"shape {list(g.shape)}; expected the parameter's shape")
         self.steps += 1
         start = 0
         for group in self.param_groups:

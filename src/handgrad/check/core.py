@@ -184,20 +184,7 @@ def check_module(module: Module, *inputs: Tensor, dtype: torch.dtype = torch.flo
     hand = [getattr(xs[i], "g", None) for i in diff_inputs] + [p.g for _, p in params]
 
     # (2) autograd through the same forward
-    xs_ad = [x.clone().requires_grad_(x.is_floating_point()) for x in xs]
-    wrt = [xs_ad[i] for i in diff_inputs] + [p for _, p in params]
-    try:
-        for _, p in params:
-            p.requires_grad_(True)
-        with torch.enable_grad():
-            out_ad = seeded(lambda: m.forward(*xs_ad))
-            if not out_ad.requires_grad:
-                raise ValueError(f"{report.module}.forward is not differentiable by autograd (output has no grad_fn)")
-            ref = torch.autograd.grad(out_ad, wrt, dy, allow_unused=True)
-    finally:
-        for _, p in params:
-            p.requires_grad_(False)
-    ref = [torch.zeros_like(t) if r is None else r for r, t in zip(ref, wrt)]
+    ref = _autograd(m, xs, diff_inputs, params, dy, seeded, report.module)
 
     # (3) central finite differences of sum(forward * dY)
     fd_targets = [xs[i] for i in diff_inputs] + [p for _, p in params]
@@ -244,43 +231,76 @@ def check_module(module: Module, *inputs: Tensor, dtype: torch.dtype = torch.flo
             fd = compare(h.reshape(-1), numeric, fd_tol, mask)
             fd = dataclasses.replace(fd, worst_index=_unravel(fd.worst_index, shape))
         report.tensors.append(TensorCheck(tname, shape, ad, fd, "", h, ref[k]))
-    _check_accumulation(m, xs, dy, seeded, report, len(diff_inputs), seed)
+    _check_second_call(m, xs, seeded, report, diff_inputs, params, seed)
     return report
 
 
-OVERWRITES = ("overwrites .g instead of adding to it (use handgrad.add_grad): wrong once the layer is called "
-              "twice or its weight is tied")
-
-
-def _check_accumulation(m: Module, xs: list[Tensor], dy: Tensor, seeded: Callable, report: CheckReport,
-                        n_inputs: int, seed: int) -> None:
-    """(4) Parameter gradients must add into `.g` (a module called twice, or a tied weight, sums its calls'
-    gradients): forward and backward again with the parameters' .g already holding random values, which must
-    then hold those values plus the same gradients. A parameter that fails gets the OVERWRITES problem."""
-    rows = report.tensors[n_inputs:]
-    if not rows or not any(r.passed for r in rows):
-        return
-    hands = [r.hand.clone() if r.hand is not None else None for r in rows]
-    xs = [x.clone() for x in xs]  # fresh inputs: the report's input gradients stay as they are
-    gen = stream(seed, "prefill")
-    seeded(lambda: m(*xs))
-    m.zero_grad()
-    params = [p for _, p in m.named_parameters()]
-    prefill = [torch.randn(p.shape, generator=gen, dtype=torch.float64).to(p) for p in params]
-    for p, f in zip(params, prefill):
-        p.g = f.clone()
-        p._g_pass = Module.forward_pass  # a plain tensor's .g counts as this forward's (see handgrad.add_grad)
+def _autograd(m: Module, xs: list[Tensor], diff_inputs: list[int], params: list, dy: Tensor, seeded: Callable,
+              name: str) -> list[Tensor]:
+    """Autograd's gradients of sum(forward(*xs) * dy) for the differentiable inputs and the parameters."""
+    xs_ad = [x.clone().requires_grad_(x.is_floating_point()) for x in xs]
+    wrt = [xs_ad[i] for i in diff_inputs] + [p for _, p in params]
     try:
-        m.backward(dy)
+        for _, p in params:
+            p.requires_grad_(True)
+        with torch.enable_grad():
+            out_ad = seeded(lambda: m.forward(*xs_ad))
+            if not out_ad.requires_grad:
+                raise ValueError(f"{name}.forward is not differentiable by autograd (output has no grad_fn)")
+            ref = torch.autograd.grad(out_ad, wrt, dy, allow_unused=True)
+    finally:
+        for _, p in params:
+            p.requires_grad_(False)
+    return [torch.zeros_like(t) if r is None else r for r, t in zip(ref, wrt)]
+
+
+OVERWRITES = ("overwrites .g instead of adding to it (use handgrad.add_grad): wrong once the layer is called "
+             "twice or its weight is tied")
+STALE = ("right on the first call, wrong on a second call with other inputs, moved weights and another dY: its "
+         "backward uses something kept from an earlier call (a mask, a weight's copy or a gradient computed once?)")
+
+
+def _check_second_call(m: Module, xs: list[Tensor], seeded: Callable, report: CheckReport, diff_inputs: list[int],
+                       params: list, seed: int) -> None:
+    """(4) A second forward and backward, on the inputs with their batch rows shuffled, the parameters moved a
+    little and a fresh dY, while the parameters' .g already hold random values: each parameter's .g must then hold those values plus this
+    call's gradients (a module called twice, or a tied weight, sums its calls'), and each input's .g this call's
+    gradient. A tensor that fails gets the OVERWRITES problem (its .g lost the values it held) or the STALE one
+    (something kept from the first call: a mask or a gradient computed once)."""
+    if not any(r.passed for r in report.tensors):
+        return
+    gen = stream(seed, "second")
+    n = xs[0].shape[0] if xs and xs[0].dim() else 0
+    perm = torch.randperm(n, generator=gen) if n > 1 else None
+    if perm is not None and torch.equal(perm, torch.arange(n)):
+        perm = perm.roll(1)
+    xs2 = [x[perm.to(x.device)].clone() if perm is not None and x.dim() and x.shape[0] == n else x.clone()
+           for x in xs]
+    with torch.no_grad():  # the parameters moved, as an optimizer's step moves them (signs and zeros kept)
+        for _, p in params:
+            p.mul_(1 + 0.25 * (2 * torch.rand(p.shape, generator=gen, dtype=torch.float64) - 1).to(p))
+    try:
+        out = seeded(lambda: m(*xs2))
+        dy2 = draw_dy(out.shape, out.dtype, out.device, xs2, stream(seed, "dy2"))
+        prefill = [torch.randn(p.shape, generator=gen, dtype=torch.float64).to(p) for _, p in params]
+        for (_, p), f in zip(params, prefill):
+            p.g = f.clone()
+            p._g_pass = Module.forward_pass  # a plain tensor's .g counts as this forward's (see handgrad.add_grad)
+        m.backward(dy2)
+        ref2 = _autograd(m, xs2, diff_inputs, params, dy2, seeded, report.module)
     except Exception:  # noqa: BLE001 - a gradient of the wrong shape cannot be added: already reported
         return
-    for k, (row, hand, p, f) in enumerate(zip(rows, hands, params, prefill)):
-        if not row.passed or hand is None or p.g is None or tuple(p.g.shape) != tuple(f.shape):
+    tol = TOLERANCES.get(report.dtype, TOLERANCES[torch.float32])["autograd"]
+    hands2 = [getattr(xs2[i], "g", None) for i in diff_inputs] + \
+             [None if p.g is None else p.g - f for (_, p), f in zip(params, prefill)]
+    for k, (row, h, r) in enumerate(zip(report.tensors, hands2, ref2)):
+        if not row.passed or row.hand is None or h is None or tuple(h.shape) != tuple(r.shape):
             continue
-        added = p.g - f
-        scale = float(f.abs().max()) + float(hand.abs().max()) if f.numel() else 0.0
-        if added.numel() and float((added - hand).abs().max()) > 1e3 * torch.finfo(f.dtype).eps * max(scale, 1.0):
-            report.tensors[n_inputs + k] = dataclasses.replace(row, problem=OVERWRITES)
+        if compare(h, r, tol).passed:
+            continue
+        is_param = k >= len(diff_inputs)
+        lost = is_param and compare(params[k - len(diff_inputs)][1].g, r, tol).passed
+        report.tensors[k] = dataclasses.replace(row, problem=OVERWRITES if lost else STALE)
 
 
 def _unravel(flat_index: tuple[int, ...], shape: tuple[int, ...]) -> tuple[int, ...]:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from .core import CheckReport, TensorCheck
+from .core import STALE, CheckReport, TensorCheck
 
 
 def _close(a: Tensor, b: Tensor, rtol: float = 1e-4) -> bool:
@@ -83,6 +83,9 @@ def diagnose_report(report: CheckReport) -> list[tuple[TensorCheck, str]]:
     """(tensor, diagnosis) for each failing tensor of a report that kept the gradients it compared."""
     out = []
     for t in report.failures():
+        if t.problem == STALE and t.autograd is not None and t.autograd.passed:
+            out.append((t, STALE))
+            continue
         if t.problem and t.autograd is not None and t.autograd.passed:  # right values, wrong bookkeeping
             out.append((t, f"right for one call, but its backward {t.problem.split(' (')[0]}: add to it with "
                            "handgrad.add_grad(p, g), as a layer called twice or a tied weight sums its gradients"))

@@ -33,12 +33,14 @@ def load_class(spec: str) -> type[Module]:
         module = importlib.util.module_from_spec(loader_spec)
         sys.modules[mod_name] = module
         sys.path.insert(0, str(path.parent.resolve()))  # so the file can import its neighbours
+        no_cache, sys.dont_write_bytecode = sys.dont_write_bytecode, True  # no __pycache__ left in their folder
         try:
             loader_spec.loader.exec_module(module)
         except Exception as e:
             raise UsageError(f"{where}: importing it failed ({type(e).__name__}: {e})") from None
         finally:
             sys.path.pop(0)
+            sys.dont_write_bytecode = no_cache
     else:
         try:
             module = importlib.import_module(where)

@@ -99,7 +99,12 @@ class NonFiniteGuardCB(Callback):
 
 
 class MetricsCB(Callback):
-    """Train loss per epoch (averaged over samples), valid loss and accuracy; one logged line per epoch."""
+    """The training loss of every batch and its mean over each epoch (weighted by samples), the validation loss
+    and accuracy after each epoch; one logged line per epoch.
+
+    A batch's loss stays on the device until `flush` (before a checkpoint, and at the end of the epoch), so no
+    batch waits for a copy to the host. The epoch's mean is summed in batch order from the flushed values, so it
+    does not depend on where the flushes fell: a resumed run gets the same bits as one never stopped."""
 
     order = 20
 
@@ -107,56 +112,69 @@ class MetricsCB(Callback):
         self.log = log
         self.history: list[EpochStats] = []
         self.loss_sum, self.seen, self.seconds = 0.0, 0, 0.0
+        # this epoch's per-batch losses so far; None: resumed from a checkpoint older than per-batch losses
+        self.batch_losses: list[float] | None = []
+        self.pending: list[torch.Tensor] = []  # per batch not yet flushed: loss x samples, on the device
+        self.pending_n: list[int] = []  # and its samples (this rank's, data-parallel)
+        self.dist = None
 
     def before_epoch(self, learn: Learner) -> None:
         self.start = time.perf_counter()
         if learn.batch_idx == 0:  # a fresh epoch (not one resumed in the middle)
-            self.loss_sum, self.seen, self.seconds = 0.0, 0, 0.0
-        # loss sum (on the device) and samples not yet folded into loss_sum and seen
-        self.total = torch.zeros((), dtype=torch.float64, device=learn.x_valid.device)
-        self.pending = 0
+            self.loss_sum, self.seen, self.seconds, self.batch_losses = 0.0, 0, 0.0, []
+        elif self.batch_losses is None:
+            self.batch_losses = [math.nan] * learn.batch_idx  # unknown, but in their places
+        self.pending, self.pending_n = [], []
         self.dist = learn.dist
 
     def after_batch(self, learn: Learner) -> None:
-        self.total += learn.loss.detach().double() * learn.xb.shape[0]
-        self.pending += learn.xb.shape[0]
+        self.pending.append(learn.loss.detach().double().reshape(()) * learn.xb.shape[0])
+        self.pending_n.append(learn.xb.shape[0])
 
     def flush(self) -> None:
-        """Fold the running sums into the saved floats (before a checkpoint; data-parallel: on every rank,
-        summed over the ranks)."""
-        sums = torch.stack([self.total, torch.tensor(float(self.pending), dtype=torch.float64,
-                                                     device=self.total.device)])
+        """Fold the pending batches into the per-batch losses and the epoch's sums (before a checkpoint;
+        data-parallel: on every rank, each batch summed over the ranks, all batches in one all_reduce)."""
+        k = len(self.pending)
+        if k == 0:  # the same on every rank: every rank takes every batch
+            return
+        sums = torch.cat([torch.stack(self.pending), torch.tensor(self.pending_n, dtype=torch.float64,
+                                                                  device=self.pending[0].device)])  # (2k,)
         if self.dist is not None:
             self.dist.all_reduce_(sums, "summing the training loss")
-        loss_sum, seen = sums.tolist()
-        self.loss_sum += loss_sum
-        self.seen += int(seen)
-        self.total.zero_()
-        self.pending = 0
+        values = sums.tolist()
+        assert self.batch_losses is not None  # set in before_epoch
+        for loss_sum, n in zip(values[:k], values[k:]):
+            self.loss_sum += loss_sum
+            self.seen += int(n)
+            self.batch_losses.append(loss_sum / n)
+        self.pending, self.pending_n = [], []
 
     def after_epoch(self, learn: Learner) -> None:
         self.flush()
         seconds = self.seconds + time.perf_counter() - self.start
         stats = EpochStats(learn.epoch + 1, self.loss_sum / max(self.seen, 1), learn.valid_loss, learn.valid_acc,
-                           seconds)
+                           seconds, list(self.batch_losses or []))
         self.history.append(stats)
         self.log(stats.line(learn.epochs))
         if not math.isfinite(stats.train_loss):
             raise TrainingError(f"training diverged: the loss became {stats.train_loss} in epoch {stats.epoch}; "
                                 f"try a smaller --lr (it was {learn.opt.lr:.3g})")
-        self.loss_sum, self.seen, self.seconds = 0.0, 0, 0.0
+        self.loss_sum, self.seen, self.seconds, self.batch_losses = 0.0, 0, 0.0, []
 
     def state_dict(self) -> dict:
         return {"history": [vars(h) for h in self.history], "loss_sum": self.loss_sum, "seen": self.seen,
-                "seconds": self.seconds + time.perf_counter() - getattr(self, "start", time.perf_counter())}
+                "seconds": self.seconds + time.perf_counter() - getattr(self, "start", time.perf_counter()),
+                "batch_losses": list(self.batch_losses or [])}
 
     def load_state_dict(self, state: dict) -> None:
         self.history = [EpochStats(**h) for h in state["history"]]
         self.loss_sum, self.seen, self.seconds = state["loss_sum"], state["seen"], state["seconds"]
+        self.batch_losses = state.get("batch_losses")  # absent in checkpoints older than per-batch losses
 
 
 class ProgressCB(Callback):
-    """A progress bar per epoch (tqdm; silent when the output is not a terminal)."""
+    """A progress bar per epoch (tqdm.auto: a widget in Jupyter, with ipywidgets installed; text on a terminal;
+    silent when the output is neither, e.g. a file or a pipe)."""
 
     order = 30
 

@@ -7,13 +7,21 @@ import re
 from dataclasses import asdict, dataclass, field, fields
 
 LOSSES = ("cross-entropy", "mse")
-MODELS = ("mlp", "cnn")
+MODELS = ("mlp", "cnn")  # or a class of the user's own: see is_target
 DATASETS = ("auto", "mnist", "fashion-mnist")
 MAX_WIDTH = 1 << 16  # a layer width past this is a typo (the parameter count is checked against memory too)
 MAX_TIMEOUT = 7 * 24 * 3600.0
+MAX_LR = 1e6  # --lr (and lr-find's range) past this is a typo
+LR_FIND_START, LR_FIND_END = 1e-6, 10.0  # lr-find's default range
 INITS = ("kaiming", "randn", "torch")
 OPTIMIZERS = ("sgd", "adam", "adamw")
 SCHEDULES = ("constant", "one-cycle", "cosine", "step")
+
+
+def is_target(model: str) -> bool:
+    """Whether `model` names a class of the user's own (`file.py:ClassName`, `package.module:ClassName`)."""
+    where, sep, name = model.rpartition(":")
+    return bool(sep and where and name)
 
 
 @dataclass
@@ -22,7 +30,8 @@ class TrainConfig:
 
     dataset: str = "auto"  # mnist | fashion-mnist | auto (mnist where found or downloadable, else fashion-mnist)
     data: str | None = None  # explicit file or folder
-    model: str = "mlp"  # mlp | cnn
+    model: str = "mlp"  # mlp | cnn | a class of your own: /absolute/path/file.py:ClassName or package.module:ClassName
+    model_args: dict | None = None  # that class's constructor arguments (--args, JSON)
     hidden: list[int] = field(default_factory=lambda: [50])  # mlp: the seeds' 784-50-10
     channels: list[int] = field(default_factory=lambda: [16, 32, 64])  # cnn: stem width, then one block per width
     loss: str = "cross-entropy"  # or "mse", as in the seeds: one output regressing the class index
@@ -58,7 +67,13 @@ class TrainConfig:
                 raise ValueError(message)
 
         check(self.dataset in DATASETS, f"--dataset must be one of {', '.join(DATASETS)}, got {self.dataset!r}")
-        check(self.model in MODELS, f"--model must be one of {', '.join(MODELS)}, got {self.model!r}")
+        check(self.model in MODELS or is_target(self.model), f"--model must be one of {', '.join(MODELS)} or a "
+              f"class of your own as path/to/file.py:ClassName or package.module:ClassName, got {self.model!r}")
+        check(self.model_args is None or is_target(self.model), "--args are the constructor arguments of a model "
+              f"class of your own (TARGET); the {self.model} takes none")
+        check(not (self.torch_twin and is_target(self.model)), "--torch-twin needs a built-in model (mlp or cnn): "
+              "its twin is rebuilt from handgrad's layers in torch.nn, and a class of your own has no torch.nn "
+              "counterpart")
         check(bool(self.channels) and all(1 <= c <= MAX_WIDTH for c in self.channels),
               f"--channels must be widths from 1 to {MAX_WIDTH}, got {self.channels}")
         check(self.opt in OPTIMIZERS, f"--opt must be one of {', '.join(OPTIMIZERS)}, got {self.opt!r}")
@@ -67,7 +82,7 @@ class TrainConfig:
         check(self.loss in LOSSES, f"--loss must be one of {', '.join(LOSSES)}, got {self.loss!r}")
         check(self.epochs >= 1, f"--epochs must be at least 1, got {self.epochs}")
         check(self.bs is None or self.bs >= 1, f"--bs must be a positive integer, got {self.bs}")
-        check(self.lr is None or 0 < self.lr <= 1e6, f"--lr must be a positive number up to 1e6, got {self.lr}")
+        check(self.lr is None or 0 < self.lr <= MAX_LR, f"--lr must be a positive number up to 1e6, got {self.lr}")
         check(bool(self.hidden) and all(1 <= h <= MAX_WIDTH for h in self.hidden),
               f"--hidden sizes must be from 1 to {MAX_WIDTH}, got {self.hidden}")
         check(self.momentum is None or 0 <= self.momentum < 1, f"--momentum must be in [0, 1), got {self.momentum}")

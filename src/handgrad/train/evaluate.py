@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -12,11 +13,11 @@ from torch import Tensor
 from ..errors import DataError, TrainingError, UsageError
 from ..module import Module
 from .callbacks import LRFinderCB
-from .config import TrainConfig
+from .config import LR_FIND_END, LR_FIND_START, MAX_LR, TrainConfig
 from .learner import Learner
 from .loop import evaluate, make_loss, predict_classes
 from .run import build_model, build_optimizer, prepare_data, resolve_device
-from .runfolder import CHECKPOINT, LR_FIND, RunFolder
+from .runfolder import CHECKPOINT, CONFIG, LR_FIND, RunFolder
 from .schema import check_model_tensors
 
 
@@ -26,7 +27,7 @@ def load_run(path: str | Path) -> tuple[TrainConfig, Module, dict]:
     folder = RunFolder.open(path)
     cfg = folder.read_config()
     tensors, meta = folder.load_checkpoint()
-    model, _ = build_model(cfg, meta["n_in"], len(meta["classes"]))
+    model, _ = build_model(cfg, meta["n_in"], len(meta["classes"]), folder.path / CONFIG)
     state = check_model_tensors(tensors, model.state_dict(), folder.path / CHECKPOINT)
     model.load_state_dict(state)
     return cfg, model.eval(), meta
@@ -34,11 +35,19 @@ def load_run(path: str | Path) -> tuple[TrainConfig, Module, dict]:
 
 @dataclass
 class Evaluation:
-    split: str
+    split: str  # "test", or "valid" for data without a test split
     n: int
     loss: float
     accuracy: float
     per_class: list[tuple[str, float, int]]  # (class, accuracy, count)
+
+    def to_dict(self) -> dict:
+        """As JSON holds it: a number that is not finite (a class without images) is null."""
+        def number(v: float) -> float | None:
+            return v if math.isfinite(v) else None
+
+        return {"split": self.split, "n": self.n, "accuracy": number(self.accuracy), "loss": number(self.loss),
+                "per_class": [{"class": name, "accuracy": number(acc), "n": n} for name, acc, n in self.per_class]}
 
 
 def evaluate_run(path: str | Path, log: Callable[[str], None] = print, data_path: str | None = None) -> Evaluation:
@@ -56,8 +65,8 @@ def evaluate_run(path: str | Path, log: Callable[[str], None] = print, data_path
                         f"the run's model takes {meta['n_in']} pixels and {len(meta['classes'])} classes")
     model.to(device)
     split, x, y = "test", data.x_test, data.y_test
-    if x is None:
-        split, x, y = "valid (this data set has no test split)", data.x_valid, data.y_valid
+    if x is None:  # said by the caller: "valid (this data set has no test split)"
+        split, x, y = "valid", data.x_valid, data.y_valid
     if normalize and meta["mean"] is not None and meta["std"] is not None:
         x = (x - meta["mean"]) / meta["std"]
     loss_fn = make_loss(cfg.loss)
@@ -125,11 +134,14 @@ def _gray(im, path: str | Path):
 
 
 def predict_images(path: str | Path, images: list[str], k: int = 3) -> list[tuple[str, list[tuple[str, float]]]]:
-    """Top-k classes with probabilities for each image file, from a run's latest weights."""
+    """Top-k classes with probabilities for each image file, from a run's latest weights; UsageError unless
+    1 <= k <= the run's number of classes."""
     cfg, model, meta = load_run(path)
     if cfg.loss != "cross-entropy":
         raise UsageError(f"{path}: predict needs a model trained with cross-entropy (this one used {cfg.loss})")
     classes = meta["classes"]
+    if not 1 <= k <= len(classes):
+        raise UsageError(f"--top-k must be from 1 to {len(classes)} (the run's classes), got {k}")
     side = int(round(meta["n_in"] ** 0.5))
     if side * side != meta["n_in"]:
         raise UsageError(f"{path}: the model takes {meta['n_in']} pixels, not a square image")
@@ -138,16 +150,18 @@ def predict_images(path: str | Path, images: list[str], k: int = 3) -> list[tupl
         x = (x - meta["mean"]) / meta["std"]
     with torch.no_grad():
         probs = model(x).softmax(dim=1)
-    top = probs.topk(min(k, probs.shape[1]), dim=1)
+    top = probs.topk(k, dim=1)
     return [(img, [(classes[int(i)], float(p)) for p, i in zip(ps, idx)])
             for img, ps, idx in zip(images, top.values, top.indices)]
 
 
 def lr_find(cfg: TrainConfig, plot: str | Path | None, log: Callable[[str], None] = print,
-            run: str | Path | None = None, data_path: str | None = None) -> float:
-    """Run the learning-rate range test on a fresh model of `cfg` (or of the run folder `run`: its config, its
-    data checked against its fingerprint, its lock held, the plot saved in it); save the loss-vs-lr plot;
-    return the suggested learning rate."""
+            run: str | Path | None = None, data_path: str | None = None, start_lr: float = LR_FIND_START,
+            end_lr: float = LR_FIND_END) -> float:
+    """Run the learning-rate range test, lr growing from `start_lr` to `end_lr`, on a fresh model of `cfg` (or
+    of the run folder `run`: its config, its data checked against its fingerprint, its lock held, the plot saved
+    in it); save the loss-vs-lr plot; return the suggested learning rate."""
+    check_lr_range(start_lr, end_lr)
     folder = None
     if run is not None:
         folder = RunFolder.open(run)
@@ -163,19 +177,23 @@ def lr_find(cfg: TrainConfig, plot: str | Path | None, log: Callable[[str], None
         folder.lock()
     try:
         data = prepare_data(cfg, device, log, explicit=data_path is not None)
-        model, name = build_model(cfg, data.x_train.shape[1], len(data.classes))
+        model, name = build_model(cfg, data.x_train.shape[1], len(data.classes),
+                                  folder.path / CONFIG if folder is not None else None)
         model.to(device)
         from ..data import DataLoader
 
-        finder = LRFinderCB()
+        finder = LRFinderCB(start_lr, end_lr)
         dl = DataLoader(data.x_train, data.y_train, cfg.batch_size, shuffle=True, seed=cfg.seed)
-        learn = Learner(model, make_loss(cfg.loss), build_optimizer(cfg, model), dl, data.x_valid, data.y_valid,
-                        len(data.classes), [finder])
-        learn.fit(1)
+        # the test needs no validation (an empty set: nothing evaluated after each epoch), and as many epochs as
+        # its steps take, so that a small training split does not end it before the lr is high
+        learn = Learner(model, make_loss(cfg.loss), build_optimizer(cfg, model), dl, data.x_valid[:0],
+                        data.y_valid[:0], len(data.classes), [finder])
+        learn.fit(-(-finder.steps // len(dl)) if len(dl) else 1)
         if not finder.lrs:
             raise TrainingError("lr-find: no batch ran (the training split is empty)")
         suggestion = finder.suggestion()
-        _plot_lr(finder, suggestion, plot, f"{name}, {cfg.opt}, bs {cfg.batch_size}")
+        where = f"run {folder.path.resolve().name}: " if folder is not None else ""
+        _plot_lr(finder, suggestion, plot, f"{where}{name} on {data.name}, {cfg.opt}, bs {cfg.batch_size}")
     finally:
         if folder is not None:
             folder.close()
@@ -184,14 +202,41 @@ def lr_find(cfg: TrainConfig, plot: str | Path | None, log: Callable[[str], None
     return suggestion
 
 
+def check_lr_range(start: float, end: float) -> None:
+    """UsageError unless 0 < start < end <= MAX_LR, both finite."""
+    for flag, value in (("--start-lr", start), ("--end-lr", end)):
+        if not (math.isfinite(value) and 0 < value <= MAX_LR):
+            raise UsageError(f"{flag} must be a positive number up to 1e6 (as --lr), got {value}")
+    if start >= end:
+        raise UsageError(f"--start-lr must be below --end-lr (the lr grows from one to the other), got {start:g} "
+                         f"and {end:g}")
+
+
 def _plot_lr(finder: LRFinderCB, suggestion: float, path: Path, title: str) -> None:
+    """The smoothed training loss against the learning rate (log scale), the lowest point and the suggestion
+    marked, and why the test stopped."""
     from .plots import _pyplot, _save
 
     plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(6, 4))
-    ax.plot(finder.lrs, finder.losses)
-    ax.axvline(suggestion, color="tab:red", linestyle="--", label=f"suggested {suggestion:.1e}")
-    ax.set(xscale="log", xlabel="learning rate", ylabel="loss (smoothed)", title=f"lr-find: {title}")
-    ax.legend()
-    fig.tight_layout()
+    points = [(lr, loss) for lr, loss in zip(finder.lrs, finder.losses) if math.isfinite(loss)]
+    fig, ax = plt.subplots(figsize=(8, 4.8), layout="constrained")
+    if points:
+        ax.plot(*zip(*points), color="tab:blue", label="training loss of each batch, smoothed (0.9 x the last "
+                "point + 0.1 x this batch's)")
+    best = min(range(len(finder.losses)), key=finder.losses.__getitem__)
+    ax.plot(finder.lrs[best], finder.losses[best], "o", color="black",
+            label=f"lowest loss, at lr {finder.lrs[best]:.1e}")
+    ax.axvline(suggestion, color="tab:red", linestyle="--",
+               label=f"suggested lr {suggestion:.1e} (a tenth of the lowest loss's)")
+    if len(finder.lrs) >= finder.steps:
+        stop = f"all {finder.steps} steps taken"
+    else:
+        stop = "stopped: the loss passed 4x its lowest"
+    ax.set(xscale="log", xlabel="learning rate (log scale; it grows with every batch)",
+           ylabel="training loss (smoothed)",
+           title=f"learning-rate range test: {title}\n{len(finder.lrs)} batches, lr {finder.lrs[0]:.0e} to "
+                 f"{finder.lrs[-1]:.1e}; {stop}")
+    ax.title.set_fontsize(10)
+    ax.grid(color="0.92")
+    ax.legend(fontsize="small")
     _save(fig, path)

@@ -5,7 +5,7 @@ No autograd anywhere: forward, loss, hand-written backward, in-place optimizer s
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor
@@ -16,11 +16,15 @@ from ..module import Module
 
 @dataclass
 class EpochStats:
+    """One epoch: its number (from 1), the mean training loss, the validation loss and accuracy after it, and
+    the training loss of each of its batches (the mean over the global batch, in the order they ran)."""
+
     epoch: int
     train_loss: float
     valid_loss: float
     valid_acc: float
     seconds: float
+    batch_losses: list[float] = field(default_factory=list)
 
     def line(self, epochs: int) -> str:
         return (f"epoch {self.epoch}/{epochs}  train_loss {self.train_loss:.4f}  valid_loss {self.valid_loss:.4f}  "

@@ -22,13 +22,14 @@ from ..optim import SGD, Adam, AdamW, Optimizer
 from ..schedules import make_schedule
 from .callbacks import (CheckpointCB, ClipGradCB, EarlyStoppingCB, LambdaCB, MetricsCB, NonFiniteGuardCB, ProgressCB,
                         ScheduleCB, restore)
-from .config import TrainConfig
+from .config import TrainConfig, is_target
 from .learner import Callback, Learner
 from .loop import EpochStats, make_loss, n_outputs, predict_classes
-from .runfolder import CHECKPOINT, RunFolder
+from .runfolder import CHECKPOINT, CONFIG, RunFolder
 from .schema import check_model_tensors, check_optimizer_tensors, check_position
 from .stats import ActivationStats
 from .twin import fit_torch
+from .usermodel import build_user_model
 
 
 OPT_NAMES = {"sgd": "SGD", "adam": "Adam", "adamw": "AdamW"}
@@ -112,10 +113,14 @@ def prepare_data(cfg: TrainConfig, device: torch.device, log: Callable[[str], No
     return data.to(device)
 
 
-def build_model(cfg: TrainConfig, n_in: int, n_classes: int) -> tuple[Module, str]:
-    """The model a config describes, initialised from cfg.seed, and its one-line name."""
+def build_model(cfg: TrainConfig, n_in: int, n_classes: int, recorded: Path | None = None) -> tuple[Module, str]:
+    """The model a config describes, initialised from cfg.seed, and its one-line name. `recorded`: the
+    config.json the config was read from (its path names a user's model class that no longer loads or fits)."""
     n_out = n_outputs(cfg.loss, n_classes)
     check_size(cfg, n_in, n_out)
+    if is_target(cfg.model):
+        torch.manual_seed(cfg.seed)
+        return build_user_model(cfg.model, cfg.model_args, n_in, n_out, recorded)
     torch.manual_seed(cfg.seed)
     if cfg.model == "cnn":
         side = int(round(n_in ** 0.5))
@@ -142,6 +147,8 @@ def check_size(cfg: TrainConfig, n_in: int, n_out: int) -> None:
     import os
 
     cfg.validate()
+    if is_target(cfg.model):  # a class of the user's own: its size is known once it is built
+        return
     n = n_parameters(cfg, n_in, n_out)
     try:
         memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
@@ -242,7 +249,7 @@ def _train(cfg: TrainConfig, d: Dist | None, log: Callable[[str], None], progres
     fingerprint = cfg.fingerprint
     data = prepare_data(cfg, device, log, explicit="data" in changed)
     n_in, n_classes = data.x_train.shape[1], len(data.classes)
-    model, name = build_model(cfg, n_in, n_classes)
+    model, name = build_model(cfg, n_in, n_classes, folder.path / CONFIG if checkpoint is not None else None)
     model.to(device)
     loss_fn = make_loss(cfg.loss)
     n_params = sum(p.numel() for p in model.parameters())
@@ -321,9 +328,12 @@ def _train(cfg: TrainConfig, d: Dist | None, log: Callable[[str], None], progres
         log(f"done: {data.name} {name} {cfg.loss}, {len(history)} epochs in {sum(h.seconds for h in history):.1f}s "
             f"-> valid_acc {last.valid_acc:.4f}, valid_loss {last.valid_loss:.4f}")
     if stats is not None:
-        log(f"activation statistics of {len(stats.layers)} layers over {len(stats)} batches: {stats.plot(cfg.stats)}")
+        about = f"{name} on {data.name}" + (f", run {Path(cfg.out).resolve().name}" if cfg.out else "")
+        log(f"activation statistics of {len(stats.layers)} layers over {len(stats)} batches: "
+            f"{stats.plot(cfg.stats, about, batches_per_epoch=len(train_dl))}")
     if folder is not None and history and main:
-        log(f"run folder {folder.path}: " + ", ".join(p.name for p in write_plots(learn, history, data, folder)))
+        log(f"run folder {folder.path}: " + ", ".join(p.name for p in write_plots(learn, history, data, folder,
+                                                                                    name, cfg.loss)))
 
     if twin is not None:
         twin_dl = DataLoader(data.x_train, data.y_train, bs, shuffle=True, seed=cfg.seed)
@@ -335,12 +345,16 @@ def _train(cfg: TrainConfig, d: Dist | None, log: Callable[[str], None], progres
     return result
 
 
-def write_plots(learn: Learner, history: list[EpochStats], data: Dataset, folder: RunFolder) -> list[Path]:
+def write_plots(learn: Learner, history: list[EpochStats], data: Dataset, folder: RunFolder, model_name: str = "",
+                loss: str = "loss") -> list[Path]:
+    """The run folder's pictures, each titled with the run (the folder's name), the model and the data set."""
     from .plots import plot_confusion, plot_curves, plot_samples
 
+    about = f"run {folder.path.resolve().name}: {model_name + ' on ' if model_name else ''}{data.name}"
     pred = predict_classes(learn.predict(data.x_valid), len(data.classes))
-    paths = plot_curves(history, folder.path)
-    paths.append(plot_confusion(pred, data.y_valid, data.classes, folder.path / "confusion.png"))
+    paths = plot_curves(history, folder.path, about, loss, n_valid=data.x_valid.shape[0])
+    paths.append(plot_confusion(pred, data.y_valid, data.classes, folder.path / "confusion.png", about))
     x_show = data.x_valid[:24] * data.std + data.mean if data.std is not None else data.x_valid[:24]
-    paths.append(plot_samples(x_show, pred[:24], data.y_valid[:24], data.classes, folder.path / "samples.png"))
+    paths.append(plot_samples(x_show, pred[:24], data.y_valid[:24], data.classes, folder.path / "samples.png",
+                              about=about))
     return paths

@@ -1,7 +1,7 @@
 """Run folders: the config a run used, its metrics, its checkpoint and its pictures.
 
     runs/NAME/config.json          the TrainConfig
-    runs/NAME/metrics.jsonl        one line per epoch
+    runs/NAME/metrics.jsonl        one line per epoch (with the training loss of each of its batches)
     runs/NAME/checkpoint.safetensors  weights, optimizer state, RNG states, position (latest)
     runs/NAME/*.png                loss and accuracy curves, confusion matrix, validation samples
     runs/NAME/lr_find.png          `handgrad lr-find --run NAME`'s plot
@@ -196,8 +196,22 @@ class RunFolder:
         atomic_write(self.path / METRICS, lambda tmp: Path(tmp).write_text(text))
 
     def read_metrics(self) -> list[dict]:
+        """The epochs so far (none before the first ends), each line checked (DataError naming the line and key)."""
+        from .schema import check_epochs
+
         path = self.path / METRICS
-        return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.exists() else []
+        if not path.exists():
+            return []
+        rows = []
+        try:
+            for number, line in enumerate(path.read_text().splitlines(), 1):
+                if line.strip():
+                    rows.append(json.loads(line))
+        except (OSError, UnicodeDecodeError, RecursionError) as e:
+            raise DataError(f"{path}: unreadable ({getattr(e, 'strerror', None) or e})") from None
+        except json.JSONDecodeError as e:
+            raise DataError(f"{path}: line {number} is not JSON ({e.msg})") from None
+        return check_epochs(rows, str(path))
 
     # ------------------------------------------------------------------------ checkpoint
     def save_checkpoint(self, tensors: dict[str, Tensor], meta: dict) -> None:

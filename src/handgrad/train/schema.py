@@ -68,8 +68,10 @@ def _came(value: object) -> str:
     return f"{_shown(value)} ({kind})"
 
 
-def check_fields(d: object, schema: dict[str, Any], where: str, required: bool) -> dict:
-    """`d` a JSON object whose keys are in `schema` with values of its types (every key, when required)."""
+def check_fields(d: object, schema: dict[str, Any], where: str, required: bool,
+                 optional: tuple[str, ...] = ()) -> dict:
+    """`d` a JSON object whose keys are in `schema` with values of its types (when required, every key but the
+    `optional` ones: keys added later, which older files lack)."""
     if not isinstance(d, dict):
         raise DataError(f"{where}: expected a JSON object, got {_came(d)}")
     for key, value in d.items():
@@ -78,7 +80,7 @@ def check_fields(d: object, schema: dict[str, Any], where: str, required: bool) 
         if not fits(value, schema[key]):
             raise DataError(f"{where}: key {key!r}: expected {type_name(schema[key])}, got {_came(value)}")
     if required:
-        missing = [k for k in schema if k not in d]
+        missing = [k for k in schema if k not in d and k not in optional]
         if missing:
             raise DataError(f"{where}: missing key {missing[0]!r} ({type_name(schema[missing[0]])})")
     return d
@@ -130,8 +132,25 @@ def check_meta(meta: object, path: Path) -> dict:
     return meta
 
 
-CALLBACK_STATE = {"MetricsCB": {"history": list[dict], "loss_sum": float, "seen": int, "seconds": float},
+CALLBACK_STATE = {"MetricsCB": {"history": list[dict], "loss_sum": float, "seen": int, "seconds": float,
+                                "batch_losses": list[float]},
                   "EarlyStoppingCB": {"best": float | None, "bad_epochs": int}}
+# keys a run folder written before they existed lacks (its per-batch losses are then unknown)
+OPTIONAL_STATE = ("batch_losses",)
+# one epoch of MetricsCB's history, and one line of metrics.jsonl
+EPOCH_STATS = {"epoch": int, "train_loss": float, "valid_loss": float, "valid_acc": float, "seconds": float,
+               "batch_losses": list[float]}
+
+
+def check_epochs(rows: list, where: str) -> list[dict]:
+    """Epoch statistics (metrics.jsonl's lines, or the history in a checkpoint): typed, numbered 1, 2, ... in
+    order."""
+    for i, row in enumerate(rows):
+        check_fields(row, EPOCH_STATS, f"{where} (epoch {i + 1})", required=True, optional=OPTIONAL_STATE)
+        if row["epoch"] != i + 1:
+            raise DataError(f"{where} (epoch {i + 1}): key 'epoch': expected {i + 1} (the epochs in order), got "
+                            f"{_came(row['epoch'])}")
+    return rows
 
 
 def check_position(meta: dict, path: Path, epochs: int, batches: int, n_params: int,
@@ -151,10 +170,19 @@ def check_position(meta: dict, path: Path, epochs: int, batches: int, n_params: 
         what = "is not one of this run's" if name in saved else "is missing (this run has it)"
         raise DataError(f"{path} metadata: the state of callback {name} {what}")
     for name, state in saved.items():
-        check_fields(state, CALLBACK_STATE[name], f"{path} metadata (callbacks.{name})", required=True)
-    if "MetricsCB" in saved and len(saved["MetricsCB"]["history"]) != meta["epoch"]:
-        raise DataError(f"{path} metadata: {len(saved['MetricsCB']['history'])} epochs of history, but key 'epoch' "
-                        f"says {meta['epoch']} are done")
+        check_fields(state, CALLBACK_STATE[name], f"{path} metadata (callbacks.{name})", required=True,
+                     optional=OPTIONAL_STATE)
+    if "MetricsCB" in saved:
+        metrics = saved["MetricsCB"]
+        if len(metrics["history"]) != meta["epoch"]:
+            raise DataError(f"{path} metadata: {len(metrics['history'])} epochs of history, but key 'epoch' says "
+                            f"{meta['epoch']} are done")
+        # (not checked against this run's batches per epoch: a run resumed on other data, on purpose, changes them)
+        check_epochs(metrics["history"], f"{path} metadata (callbacks.MetricsCB.history)")
+        if "batch_losses" in metrics and len(metrics["batch_losses"]) != meta["batch"]:
+            raise DataError(f"{path} metadata (callbacks.MetricsCB): key 'batch_losses': expected one loss for each "
+                            f"of the {meta['batch']} batches done in this epoch (key 'batch'), got "
+                            f"{len(metrics['batch_losses'])}")
     if "EarlyStoppingCB" in saved:
         best, bad = saved["EarlyStoppingCB"]["best"], saved["EarlyStoppingCB"]["bad_epochs"]
         if not 0 <= bad <= meta["epoch"] or (best is not None and math.isnan(best)):

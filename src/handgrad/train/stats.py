@@ -41,35 +41,57 @@ class ActivationStats:
     def __len__(self) -> int:
         return len(self.means[0]) if self.layers else 0
 
-    def plot(self, path: str | Path) -> Path:
-        """A PNG: means and stds per layer over batches, and each layer's histogram image over batches.
+    def plot(self, path: str | Path, about: str = "", batches_per_epoch: int | None = None) -> Path:
+        """A PNG: each layer's mean and std over the batches (top), and each layer's histogram of |activation|
+        over the batches as an image (below: one column per batch, colour the share of the layer's outputs in
+        each bin, on a log scale, with its colour bar). `about` goes under the title; `batches_per_epoch` marks
+        the epochs' ends.
 
         Written to a temporary file and renamed, so a failure never leaves half a picture.
         """
-        import matplotlib
+        from matplotlib.colors import LogNorm
 
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
+        from .plots import _pyplot, _save
 
+        plt = _pyplot()
         path = Path(path)
-        n = max(len(self.layers), 2)  # grid columns: one histogram per layer; means and stds share the top row
-        fig = plt.figure(figsize=(max(10, 3 * n), 8))
-        grid = fig.add_gridspec(2, n)
-        ax_mean, ax_std = fig.add_subplot(grid[0, : n // 2]), fig.add_subplot(grid[0, n // 2:])
+        per_row = 4  # histograms in a row, at most
+        n_layers = len(self.layers)
+        hist_rows = max(-(-n_layers // per_row), 1)
+        cols = max(min(n_layers, per_row), 1)  # each row of histograms spans the figure
+        fig = plt.figure(figsize=(max(10, 3.4 * cols), 3.6 + 3.0 * hist_rows), layout="constrained")
+        grid = fig.add_gridspec(1 + hist_rows, 2 * cols)  # a histogram spans two columns, means and stds half
+        ax_mean, ax_std = fig.add_subplot(grid[0, :cols]), fig.add_subplot(grid[0, cols:])
+        epoch_ends = list(range(batches_per_epoch, len(self), batches_per_epoch)) if batches_per_epoch else []
         for (name, m), means, stds in zip(self.layers, self.means, self.stds):
-            label = f"{name} {type(m).__name__}"
+            label = f"layer {name} ({type(m).__name__})"
             ax_mean.plot(torch.stack(means).cpu().numpy(), label=label)
             ax_std.plot(torch.stack(stds).cpu().numpy(), label=label)
-        ax_mean.set(title="activation means", xlabel="batch")
-        ax_std.set(title="activation stds", xlabel="batch")
-        ax_mean.legend(fontsize="small")
+        for ax, what in ((ax_mean, "mean"), (ax_std, "standard deviation")):
+            for end in epoch_ends:
+                ax.axvline(end, color="0.6", linewidth=0.8, linestyle=":")
+            ax.set(title=f"activation {what}, per layer", xlabel="batch (training step)", ylabel=what,
+                   xlim=(0, max(len(self) - 1, 1)))
+            ax.grid(color="0.92")
+        ax_std.legend(fontsize="small", title="dotted: end of an epoch" if epoch_ends else None,
+                      title_fontsize="small", loc="best")
+        norm = LogNorm(vmin=1e-4, vmax=1.0)  # shares below 1e-4 (and empty bins) are drawn as the lowest colour
+        image = None
+        hist_axes = []
         for i, ((name, m), hists) in enumerate(zip(self.layers, self.hists)):
-            ax = fig.add_subplot(grid[1, i])
-            image = torch.stack(hists).t().float().log1p().cpu().numpy()  # (bins, batches)
-            ax.imshow(image, origin="lower", aspect="auto", extent=(0, image.shape[1], 0, RANGE))
-            ax.set(title=f"{name} {type(m).__name__}: |activation| histogram", xlabel="batch")
-        fig.tight_layout()
-        from .plots import _save
-
+            row, col = 1 + i // per_row, i % per_row
+            ax = fig.add_subplot(grid[row, 2 * col: 2 * col + 2])
+            shares = torch.stack(hists).t().float().clamp(min=1e-4).cpu().numpy()  # (bins, batches)
+            image = ax.imshow(shares, origin="lower", aspect="auto", norm=norm, cmap="viridis",
+                              extent=(0, shares.shape[1], 0, RANGE))
+            for end in epoch_ends:
+                ax.axvline(end, color="white", linewidth=0.8, linestyle=":")
+            ax.set(title=f"layer {name} ({type(m).__name__}):\nhistogram of |activation|", xlabel="batch",
+                   ylabel="|activation|")
+            hist_axes.append(ax)
+        if image is not None:
+            fig.colorbar(image, ax=hist_axes, label=f"share of the layer's outputs in the bin\n({BINS} bins "
+                         f"from 0 to {RANGE:g}; log scale)", shrink=0.9)
+        fig.suptitle(f"activation statistics over {len(self)} training batches" + (f"\n{about}" if about else ""))
         _save(fig, path, dpi=80)
         return path
