@@ -59,6 +59,23 @@ class UserScale(hg.Module):
         return dy * self.w * (1 - self.t * self.t) + dy * self.c
 
 
+class SeedsScale(hg.Module):
+    """UserScale written as the seeds wrote layers: plain tensors for parameters, bwd(self, out, x) assigning .g."""
+
+    def __init__(self, n: int) -> None:
+        self.w, self.c = torch.randn(n), torch.randn(n)
+
+    def forward(self, x: Tensor) -> Tensor:
+        self.t = torch.tanh(x)
+        return self.t * self.w + x * self.c
+
+    def bwd(self, out: Tensor, x: Tensor) -> None:
+        lead = tuple(range(out.dim() - 1))
+        self.w.g = (out.g * self.t).sum(lead)
+        self.c.g = (out.g * x).sum(lead)
+        x.g = out.g * self.w * (1 - self.t * self.t) + out.g * self.c
+
+
 class UserAdd(hg.Module):
     """Y = A + B: a user layer with two differentiable inputs."""
 
@@ -175,7 +192,7 @@ class Opaque(hg.Module):
         return torch.cat([y[:, :1], y[:, 1:]], 1)
 
 
-USER_TYPES = (UserScale, UserAdd, UserView, ReplayView, LoopCell, FanOut, UserChain, Opaque)
+USER_TYPES = (UserScale, SeedsScale, UserAdd, UserView, ReplayView, LoopCell, FanOut, UserChain, Opaque)
 
 
 # -------------------------------------------------------------------------------------------------- building
@@ -252,7 +269,7 @@ def build_op(op: tuple, ctx: dict) -> hg.Module:
     if kind == "tiedout":  # an output projection sharing the Embedding's table
         return hg.TiedLinear(ctx["emb"].weight, bias=op[1])
     if kind == "user_scale":
-        return UserScale(op[1])
+        return SeedsScale(op[1]) if op[2:] == ("seeds",) else UserScale(op[1])
     if kind == "user_view":
         return UserView(op[1], op[2])
     if kind == "replay_view":
@@ -553,7 +570,7 @@ def op_for(draw, shape: tuple, depth: int, preserve: bool, user: bool, ctx: dict
         ops, out = draw(chain(shape, depth + 1, preserve, user, ctx, max_len=3, in_composite=True))
         return ("userchain", ops), out
     if choice == "user_scale":
-        return ("user_scale", _last(shape)), shape
+        return ("user_scale", _last(shape), draw(st.sampled_from(["handgrad", "seeds"]))), shape
     if choice == "user_view":
         cls = draw(st.sampled_from(["user_view", "replay_view"]))
         options = ["return", "view_same"]
