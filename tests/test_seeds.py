@@ -402,8 +402,10 @@ def test_seeds_form_misuse_is_one_clear_error():
         opt.step()
 
 
-def test_a_one_element_loss_starts_backward_like_a_scalar():
-    """The third seed's loss, `.mean(dim=0)` of an (N, 1) difference, has shape [1]: backward starts from 1."""
+def test_a_one_element_loss_needs_its_gradient_said():
+    """The third seed's loss, `.mean(dim=0)` of an (N, 1) difference, has shape [1], not a scalar: backward says so
+    in one line (a [1, 1] output is also what a later one-sample forward leaves, which must not pass for a loss),
+    and runs from the gradient given."""
     class Mse(hg.Module):
         def forward(self, inp, targ): return (inp - targ).pow(2).mean(dim=0)
         def bwd(self, output, inp, targ): inp.g = 2 * (inp - targ) / inp.shape[0] * output.g
@@ -411,5 +413,7 @@ def test_a_one_element_loss_starts_backward_like_a_scalar():
     inp, targ = torch.randn(5, 1), torch.randn(5, 1)
     loss = Mse()
     loss(inp, targ)
-    loss.backward()
+    with pytest.raises(RuntimeError, match=r"needs the gradient of its output \(shape \[1\]\)"):
+        loss.backward()
+    loss.backward(torch.ones(1))
     torch.testing.assert_close(inp.g, 2 * (inp - targ) / 5)

@@ -457,7 +457,7 @@ def run_backward(call: Call, grad: Tensor | None = None, needs_input_grad: bool 
     if grad is None:
         grad = getattr(out, "g", None)
         if grad is None:
-            if out.numel() != 1:
+            if out.dim() != 0:  # not numel() == 1: a later one-sample forward must not pass for a loss
                 raise RuntimeError(f"{name}.backward() needs the gradient of its output (shape {list(out.shape)}): "
                                    "pass it, or run the next layer's backward first (at the top level, backward runs "
                                    "the module's latest call: a forward made since the loss's, e.g. for logging, "
