@@ -146,8 +146,14 @@ def in_sub(t):
 
 
 USER_CLASSES = '''
+import sys
 import torch
 import handgrad as hg
+
+
+class Quits(hg.Module):  # sys.exit(0) in __init__ is no success
+    def __init__(self):
+        sys.exit(0)
 
 
 class Seq(hg.Sequential):
@@ -466,12 +472,16 @@ CASES = {
     "predict top-k past the classes": (lambda t, n, r: ["predict", r, gray_png(t), "--top-k", "11"], 2,
                                        "--top-k must be from 1 to 10 (the run's classes), got 11"),
     "lr-find start above end": (lambda t, n, r: lr_find_cmd(t, n, "--start-lr", "1", "--end-lr", "0.1"), 2,
-                                "--start-lr must be below --end-lr"),
+                                "--start-lr must be at most a tenth of --end-lr"),
+    "lr-find range under a decade": (lambda t, n, r: lr_find_cmd(t, n, "--start-lr", "1e-5", "--end-lr", "1.0000001e-5"),
+                                     2, "--start-lr must be at most a tenth of --end-lr"),
+    "lr-find start subnormal": (lambda t, n, r: lr_find_cmd(t, n, "--start-lr", "5e-324"), 2,
+                                "--start-lr must be a number from 1e-12 to 1e6 (as --lr), got 5e-324"),
     "lr-find start zero": (lambda t, n, r: lr_find_cmd(t, n, "--start-lr", "0"), 2,
-                           "--start-lr must be a positive number up to 1e6"),
+                           "--start-lr must be a number from 1e-12 to 1e6"),
     "lr-find end infinite": (lambda t, n, r: lr_find_cmd(t, n, "--end-lr", "inf"), 2,
-                             "--end-lr must be a positive number up to 1e6 (as --lr), got inf"),
-    "lr-find end past 1e6": (lambda t, n, r: lr_find_cmd(t, n, "--end-lr", "1e7"), 2, "--end-lr must be a positive"),
+                             "--end-lr must be a number from 1e-12 to 1e6 (as --lr), got inf"),
+    "lr-find end past 1e6": (lambda t, n, r: lr_find_cmd(t, n, "--end-lr", "1e7"), 2, "--end-lr must be a number from 1e-12"),
     "lr-find start nan": (lambda t, n, r: lr_find_cmd(t, n, "--start-lr", "nan"), 2, "got nan"),
     "lr-find run with a model class": (lambda t, n, r: ["lr-find", "--run", r, user_class(t, "Seq")], 2,
                                        "cannot be given here: with --run"),
@@ -490,6 +500,19 @@ CASES = {
     "derive expression nowhere finite": (lambda t, n, r: ["derive", "--expr", "log(-x-100)"], 2,
                                          "finite at any of 2001 points"),
     "derive expression too long": (lambda t, n, r: ["derive", "--expr", "x+" * 600 + "x"], 2, "at most 1000"),
+    "derive expression of a look-alike x": (lambda t, n, r: ["derive", "--expr", "\uff58**2"], 2,
+                                            "only ASCII characters, got"),
+    "derive expression nested deeply": (lambda t, n, r: ["derive", "--expr", "exp(" * 150 + "x" + ")" * 150], 2,
+                                        "nested too deeply (at most 60"),
+    "derive expression of a max of many": (lambda t, n, r: ["derive", "--expr", "max(" + ",".join(["x"] * 30) + ")"],
+                                           2, "max() takes at most 4 arguments here, got 30"),
+    "derive expression calling Heaviside": (lambda t, n, r: ["derive", "--expr", "Heaviside(x)"], 2,
+                                            "unknown function 'Heaviside'"),
+    "train a model that calls sys.exit": (lambda t, n, r: ["train", user_class(t, "Quits"), "--data", n], 2,
+                                          "cannot construct Quits(**{}): SystemExit: 0"),
+    "train args nested thousands deep": (lambda t, n, r: ["train", user_class(t, "Total"), "--args",
+                                                          '{"e": ' + "[" * 20000 + "]" * 20000 + "}"], 2,
+                                         "nested at most 32 deep, got 20001 levels"),
     "derive a name and an expression": (lambda t, n, r: ["derive", "gelu", "--expr", "x"], 2, "not both"),
     "derive args without a layer": (lambda t, n, r: ["derive", "--args", "{}"], 2, "--args are TARGET's"),
     "derive a layer that is not elementwise": (lambda t, n, r: ["derive", user_class(t, "Total")], 2,

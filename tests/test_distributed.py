@@ -164,10 +164,12 @@ def test_nproc_2_trains_and_resumes_a_model_class_of_ones_own(tmp_path, npz):
     assert two.returncode == 0, two.stderr
     assert "data-parallel over 2 processes (gloo)" in two.stdout and two.stdout.count("done:") == 1
     assert RunFolder.open(tmp_path / "run").read_config().model == f"{tmp_path / 'net.py'}:Net"
+    # without --nproc, the resumed run keeps its own 2 processes (config.json's), not the flag's default of 1
     resumed = subprocess.run([sys.executable, "-m", "handgrad", "train", "--resume", str(tmp_path / "run"),
-                              "--epochs", "2", "--nproc", "2", "--no-progress"],
+                              "--epochs", "2", "--no-progress"],
                              capture_output=True, text=True, timeout=180)
     assert resumed.returncode == 0, resumed.stderr
+    assert "data-parallel over 2 processes (gloo)" in resumed.stdout
     assert RunFolder.open(tmp_path / "run").load_checkpoint()[1]["epoch"] == 2
 
 

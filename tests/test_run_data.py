@@ -276,3 +276,18 @@ def test_blank_images_pass_the_first_batch_gradient_check(tmp_path):
     result = run(TrainConfig(dataset="mnist", data=str(tmp_path / "d.npz"), epochs=1, download=False, hidden=[8]),
                  log=quiet, progress=False)
     assert result.history
+
+
+@pytest.mark.parametrize("name, other", [("fashion-mnist", "mnist"), ("mnist", "fashion-mnist")])
+def test_handgrad_data_holding_one_set_is_not_found_as_the_other(tmp_path, monkeypatch, name, other):
+    """$HANDGRAD_DATA pointing at Fashion-MNIST's IDX files (named as MNIST's) was found, and recorded, as MNIST."""
+    from handgrad.data import datasets as ds_mod
+    from handgrad.data.datasets import locate
+
+    folder = fashion_like_idx(tmp_path / "files", FIRST_LABELS[name])
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("HANDGRAD_DATA", str(folder))
+    monkeypatch.setattr(ds_mod, "cache_dir", lambda: tmp_path / "cache")
+    monkeypatch.setattr(ds_mod, "SYSTEM_DIR", tmp_path / "system")
+    assert locate(name) == folder
+    assert locate(other) is None

@@ -250,6 +250,27 @@ def test_resume_bad_inputs(tmp_path):
              "shape [50, 784]")
 
 
+def test_a_checkpoint_with_nan_weights_is_refused(tmp_path):
+    """Training never saves NaN weights (the non-finite guard keeps the last good checkpoint): a checkpoint with them
+    was edited or damaged, and eval would print accuracy 0.1 and predict 'nan' without it."""
+    from safetensors.torch import save_file
+
+    data = make_data(tmp_path, n=600)
+    proc = cli("train", "--data", str(data), "--out", str(tmp_path / "r"), "--epochs", "1", "--no-download",
+               "--no-progress")
+    assert proc.returncode == 0, proc.stderr
+    ckpt = tmp_path / "r" / "checkpoint.safetensors"
+    tensors = load_file(ckpt)
+    from safetensors import safe_open
+
+    with safe_open(str(ckpt), "pt") as f:
+        metadata = f.metadata()
+    tensors["model.2.bias"][3] = float("nan")
+    save_file(tensors, str(ckpt), metadata=metadata)
+    one_line(cli("eval", str(tmp_path / "r")), 1, "checkpoint.safetensors: tensor model.2.bias holds NaN or infinite")
+    one_line(cli("train", "--resume", str(tmp_path / "r"), "--epochs", "2"), 1, "tensor model.2.bias holds NaN")
+
+
 @pytest.mark.parametrize("args, piece", [(["--lr", "0"], "--lr must be a positive number up to 1e6, got 0.0"),
                                          (["--bs", "-3"], "--bs must be a positive integer, got -3"),
                                          (["--lr", "-0.1", "--opt", "adamw"], "--lr must be a positive number")])
@@ -433,6 +454,14 @@ def test_cli_trains_a_model_class_evaluates_and_predicts_with_it_and_refuses_onc
     assert proc.returncode == 0, proc.stderr
     top = json.loads(proc.stdout)["predictions"][0]["top"]
     assert len(top) == 2 and top[0]["probability"] >= top[1]["probability"] > 0
+
+    original = (work / "net.py").read_text()  # an edited file would read the weights into another model: refused
+    (work / "net.py").write_text(original.replace("hg.ReLU()", "hg.Tanh()"))
+    assert "hg.Tanh()" in (work / "net.py").read_text()
+    one_line(cli("eval", run_dir), 1, f"{work / 'r' / 'config.json'}: key 'model_source'", "changed since the run")
+    one_line(cli("train", "--resume", run_dir, "--epochs", "2"), 1, "key 'model_source'")
+    (work / "net.py").write_text(original)
+    assert cli("eval", run_dir).returncode == 0
 
     (work / "net.py").rename(work / "moved.py")
     one_line(cli("eval", run_dir), 1, f"{work / 'r' / 'config.json'}: key 'model'", f"{work / 'net.py'}: no such file")

@@ -17,7 +17,7 @@ from dataclasses import fields
 import torch
 
 from .allocator import keep_freed_memory
-from .errors import DataError, GradientCheckError, TrainingError, UsageError
+from .errors import DataError, GradientCheckError, NotReplayableError, TrainingError, UsageError
 from .train.config import LOSSES, LR_FIND_END, LR_FIND_START, TrainConfig
 
 
@@ -234,12 +234,19 @@ def _train(args: argparse.Namespace) -> int:
     if args.resume is not None and args.target is not None:
         raise UsageError(f"TARGET {args.target} cannot be given with --resume: the run's config.json names its model")
     cfg = _config(args)
-    if cfg.nproc > 1 and "WORLD_SIZE" not in os.environ:  # the launcher: start the ranks, each runs this command
+    changes = _resume_changes(args) if args.resume is not None else None
+    nproc, timeout = cfg.nproc, cfg.dist_timeout
+    if changes is not None and "WORLD_SIZE" not in os.environ:  # a resumed run keeps its own process count
+        from .train.runfolder import RunFolder
+
+        recorded = RunFolder.open(args.resume).read_config()
+        nproc, timeout = changes.get("nproc", recorded.nproc), changes.get("dist_timeout", recorded.dist_timeout)
+    if nproc > 1 and "WORLD_SIZE" not in os.environ:  # the launcher: start the ranks, each runs this command
         cfg.validate()
         from .distributed import launch
 
-        return launch(cfg.nproc, args.argv, cfg.dist_timeout)
-    changes = _resume_changes(args) if args.resume is not None else None
+        argv = args.argv if changes is None or "nproc" in changes else [*args.argv, "--nproc", str(nproc)]
+        return launch(nproc, argv, timeout)
     run(cfg, progress=args.progress, overwrite=args.overwrite, resume=args.resume, changes=changes)
     return 0
 
@@ -278,9 +285,10 @@ def _config(args: argparse.Namespace) -> TrainConfig:
         if target in ("mlp", "cnn"):
             raise UsageError(f"TARGET is a model class of your own (path/to/file.py:ClassName); for the built-in "
                              f"{target}, give --model {target}")
-        from .train.usermodel import resolve_target
+        from .train.usermodel import resolve_target, source_digest
 
         cfg.model = resolve_target(target)
+        cfg.model_source = source_digest(cfg.model)
     return cfg
 
 
@@ -637,8 +645,10 @@ class _Formatter(argparse.HelpFormatter):
     def _get_help_string(self, action: argparse.Action) -> str:
         text = action.help or ""
         default = action.default
-        if "default" in text or default is None or default is argparse.SUPPRESS or isinstance(default, bool):
+        if "default" in text or default is argparse.SUPPRESS or isinstance(default, bool) or not action.option_strings:
             return text  # nothing to show (store_true / store_false flags say what they do instead)
+        if default is None:
+            return f"{text} (default: none)" if action.nargs != 0 else text
         if isinstance(default, (list, tuple)):
             shown = ",".join(str(v) for v in default)
         else:
@@ -708,12 +718,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (DataError, GradientCheckError, TrainingError) as e:
         _error(e)
         return 1
-    except ValueError as e:
+    except (ValueError, NotReplayableError) as e:
         _error(e)
         return 2
     except KeyboardInterrupt:
         print("handgrad: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # `handgrad eval --json | head`: the reader left, as for any Unix tool
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())  # so that flushing stdout at exit raises nothing more
+        return 141
     except MemoryError:
         _error(f"out of memory in handgrad {args.command}: choose a smaller model, batch (--bs) or data (--subset)")
         return 1

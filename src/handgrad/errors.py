@@ -15,3 +15,8 @@ class UsageError(ValueError):
 
 class TrainingError(RuntimeError):
     """Training cannot go on (a non-finite loss or gradient, divergence): said in one line."""
+
+
+class NotReplayableError(RuntimeError):
+    """A Module without `bwd` whose forward applies a torch operation to the computation: its backward cannot be
+    the replay of its sub-calls (write its bwd, or use a handgrad layer for the operation): exit code 2."""

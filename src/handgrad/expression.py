@@ -27,7 +27,7 @@ _t = sp.Symbol("t", real=True)
 FUNCTIONS: dict[str, object] = {
     **{name: getattr(sp, name) for name in ("exp", "log", "sqrt", "sin", "cos", "tan", "asin", "acos", "atan",
                                             "sinh", "cosh", "tanh", "asinh", "acosh", "atanh", "erf", "erfc",
-                                            "Abs", "sign", "Max", "Min", "Heaviside")},
+                                            "Abs", "sign", "Max", "Min")},
     "ln": sp.log, "abs": sp.Abs, "max": sp.Max, "min": sp.Min,
     "sigmoid": sp.Lambda(_t, 1 / (1 + sp.exp(-_t))),
     "softplus": sp.Lambda(_t, sp.log(1 + sp.exp(_t))),
@@ -35,6 +35,8 @@ FUNCTIONS: dict[str, object] = {
 }
 CONSTANTS = {"pi": sp.pi, "E": sp.E}
 MAX_LENGTH = 1000
+MAX_ARGS = 4  # max(...)/min(...) of many arguments: sympy's work grows steeply with their number
+MAX_DEPTH = 60  # calls and operators nested in one another
 MAX_CONSTANT_POWER = 64  # 9**9**9 would have sympy compute a number of 370 million digits
 
 _OPERATORS = (ast.Add, ast.Sub, ast.Mult, ast.Div, ast.Pow, ast.BitXor)
@@ -48,14 +50,20 @@ def parse_expression(text: str) -> sp.Expr:
     """The sympy expression of x that `text` spells; UsageError (one line, naming what is wrong) otherwise."""
     if len(text) > MAX_LENGTH:
         raise UsageError(f"--expr: at most {MAX_LENGTH} characters, got {len(text)}")
+    if not text.isascii():  # Python reads look-alikes (a full-width x) as x, sympy does not: refuse them
+        odd = next(ch for ch in text if not ch.isascii())
+        raise UsageError(f"--expr {text!r}: only ASCII characters, got {odd!r} (U+{ord(odd):04X})")
     try:
         tree = ast.parse(text.strip(), mode="eval")
     except (SyntaxError, ValueError, RecursionError, MemoryError) as e:
         raise UsageError(f"--expr {text!r}: not a formula ({type(e).__name__}: {getattr(e, 'msg', e)})") from None
     try:
         _check(tree.body, text)
+        deep = _depth(tree.body)
     except RecursionError:
-        raise UsageError(f"--expr: nested too deeply ({len(text)} characters)") from None
+        deep = MAX_DEPTH + 1
+    if deep > MAX_DEPTH:
+        raise UsageError(f"--expr: nested too deeply (at most {MAX_DEPTH} calls and operators within one another)")
     from sympy.parsing.sympy_parser import convert_xor, parse_expr, rationalize, standard_transformations
 
     namespace = {"x": x, **FUNCTIONS, **CONSTANTS}
@@ -103,11 +111,19 @@ def _check(node: ast.AST, text: str) -> None:
             raise UsageError(f"{bad} unknown function {shown!r} (expected one of {_names()})")
         if node.keywords or any(isinstance(a, ast.Starred) for a in node.args) or not node.args:
             raise UsageError(f"{bad} {name}() takes plain arguments, e.g. {name}(x)")
+        if len(node.args) > MAX_ARGS:
+            raise UsageError(f"{bad} {name}() takes at most {MAX_ARGS} arguments here, got {len(node.args)}")
         for arg in node.args:
             _check(arg, text)
     else:
         raise UsageError(f"{bad} {ast.get_source_segment(text.strip(), node) or type(node).__name__!r} is not "
                          "allowed (numbers, x, pi, E, + - * / ** ^ and function calls only)")
+
+
+def _depth(node: ast.AST) -> int:
+    """How many calls and operators sit within one another."""
+    children = [c for c in ast.iter_child_nodes(node) if isinstance(c, ast.expr)]
+    return 1 + max((_depth(c) for c in children), default=0)
 
 
 def _has_x(node: ast.AST) -> bool:
@@ -151,6 +167,7 @@ TORCH: dict[str, object] = {
                                                          "erf", "erfc", "sign")},
     "Abs": _tensors(torch.abs),
     "Max": _tensors(lambda *a: reduce(torch.maximum, a)), "Min": _tensors(lambda *a: reduce(torch.minimum, a)),
+    # in derivatives (of Max, Abs, sign), not callable in --expr: autograd has no derivative of it to check against
     "Heaviside": _tensors(lambda v, at0=torch.tensor(0.5, dtype=torch.float64): torch.heaviside(v, at0.to(v))),
     "DiracDelta": _tensors(lambda v, *k: torch.zeros_like(v)),  # never evaluated at its point (see derive)
     "pi": math.pi, "E": math.e,

@@ -38,6 +38,7 @@ from torch import Tensor
 
 from . import calls
 from .calls import Call, Freed, is_tensor
+from .errors import NotReplayableError
 
 
 class Parameter(torch.nn.Parameter):
@@ -566,7 +567,7 @@ def _replay(call: Call, needs_input_grad: bool) -> None:
     if call.opaque:
         what = call.opaque[1:] if call.opaque.startswith("!") else \
             f"applies {call.opaque} to a tensor that comes from its inputs or modules"
-        raise RuntimeError(f"{type(m).__name__}.forward {what}; handgrad replays only calls of modules and views: "
+        raise NotReplayableError(f"{type(m).__name__}.forward {what}; handgrad replays only calls of modules and views: "
                            f"use a handgrad layer for it, or write {type(m).__name__}.bwd")
     # which tensors need a gradient: this call's inputs if the caller wants dX, parameters, and what comes of them
     needs = {id(a): needs_input_grad for a in call.args if is_tensor(a)}

@@ -36,7 +36,7 @@ def load_class(spec: str) -> type[Module]:
         no_cache, sys.dont_write_bytecode = sys.dont_write_bytecode, True  # no __pycache__ left in their folder
         try:
             loader_spec.loader.exec_module(module)
-        except Exception as e:
+        except (Exception, SystemExit) as e:  # a sys.exit() in the file is not a success
             raise UsageError(f"{where}: importing it failed ({type(e).__name__}: {e})") from None
         finally:
             sys.path.pop(0)
@@ -44,7 +44,7 @@ def load_class(spec: str) -> type[Module]:
     else:
         try:
             module = importlib.import_module(where)
-        except Exception as e:
+        except (Exception, SystemExit) as e:
             raise UsageError(f"cannot import {where} ({type(e).__name__}: {e})") from None
     cls = getattr(module, name, None)
     if cls is None:
@@ -58,13 +58,22 @@ def load_class(spec: str) -> type[Module]:
 def parse_args(text: str | None) -> dict:
     if not text:
         return {}
+    depth = deepest = 0
+    for ch in text:  # before parsing: a JSON nested thousands deep must not exhaust the recursion limit
+        depth += 1 if ch in "[{" else -1 if ch in "]}" else 0
+        deepest = max(deepest, depth)
+    if deepest > MAX_ARGS_DEPTH:
+        raise UsageError(f"--args must be a JSON object nested at most {MAX_ARGS_DEPTH} deep, got {deepest} levels")
     try:
         args = json.loads(text)
-    except json.JSONDecodeError as e:
+    except (json.JSONDecodeError, RecursionError) as e:
         raise UsageError(f"--args must be a JSON object like '{{\"n_in\": 16}}': {e}") from None
     if not isinstance(args, dict):
         raise UsageError(f"--args must be a JSON object like '{{\"n_in\": 16}}', got {text!r}")
     return args
+
+
+MAX_ARGS_DEPTH = 32  # constructor arguments: sizes, lists of sizes, a few options
 
 
 MAX_CHECK_ELEMENTS = 2**26  # per input: a gradient check runs many forwards; this is far beyond what it needs
@@ -168,5 +177,5 @@ def check_arity(module: Module, given: int) -> None:
 def instantiate(cls: type[Module], args: dict) -> Module:
     try:
         return cls(**args)
-    except Exception as e:
+    except (Exception, SystemExit) as e:  # a sys.exit() in __init__ is not a success
         raise UsageError(f"cannot construct {cls.__name__}(**{args}): {type(e).__name__}: {e}") from None

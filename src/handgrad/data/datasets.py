@@ -304,9 +304,25 @@ def _find_in(folder: Path, name: str, idx_at_top: bool) -> Path | None:
             return c
     if _has_idx(folder / name):
         return folder / name
-    if idx_at_top and _has_idx(folder):
+    if idx_at_top and _has_idx(folder) and _idx_is_not_the_other(folder, name):
         return folder
     return None
+
+
+def _idx_is_not_the_other(folder: Path, name: str) -> bool:
+    """False when the IDX files at the top of `folder` (named alike for both data sets) begin with the other
+    published data set's training labels: $HANDGRAD_DATA pointing at Fashion-MNIST does not hold MNIST."""
+    from .formats import _open
+
+    path = _idx_file(folder, IDX_FILES["train_labels"])
+    try:
+        stream, _, _ = _open(path)
+        with stream:
+            head = stream.read(8 + 20)
+    except (DataError, OSError, EOFError):
+        return True  # unreadable here: loading it says why
+    first = tuple(head[8:])
+    return not any(first == labels for other, labels in FIRST_LABELS.items() if other != name)
 
 
 def load_path(path: Path, name: str) -> Dataset:

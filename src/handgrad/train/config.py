@@ -32,6 +32,7 @@ class TrainConfig:
     data: str | None = None  # explicit file or folder
     model: str = "mlp"  # mlp | cnn | a class of your own: /absolute/path/file.py:ClassName or package.module:ClassName
     model_args: dict | None = None  # that class's constructor arguments (--args, JSON)
+    model_source: str | None = None  # sha256 of that class's source file when the run was trained
     hidden: list[int] = field(default_factory=lambda: [50])  # mlp: the seeds' 784-50-10
     channels: list[int] = field(default_factory=lambda: [16, 32, 64])  # cnn: stem width, then one block per width
     loss: str = "cross-entropy"  # or "mse", as in the seeds: one output regressing the class index

@@ -202,14 +202,18 @@ def lr_find(cfg: TrainConfig, plot: str | Path | None, log: Callable[[str], None
     return suggestion
 
 
+MIN_LR = 1e-12
+
+
 def check_lr_range(start: float, end: float) -> None:
-    """UsageError unless 0 < start < end <= MAX_LR, both finite."""
+    """UsageError unless 1e-12 <= start, start * 10 <= end <= MAX_LR, both finite (a range of at least a decade, the
+    suggestion being a tenth of the best lr; subnormal numbers would make the geometric steps infinite)."""
     for flag, value in (("--start-lr", start), ("--end-lr", end)):
-        if not (math.isfinite(value) and 0 < value <= MAX_LR):
-            raise UsageError(f"{flag} must be a positive number up to 1e6 (as --lr), got {value}")
-    if start >= end:
-        raise UsageError(f"--start-lr must be below --end-lr (the lr grows from one to the other), got {start:g} "
-                         f"and {end:g}")
+        if not (math.isfinite(value) and MIN_LR <= value <= MAX_LR):
+            raise UsageError(f"{flag} must be a number from 1e-12 to 1e6 (as --lr), got {value}")
+    if start * 10 > end:
+        raise UsageError(f"--start-lr must be at most a tenth of --end-lr (the lr grows over at least a decade), got "
+                         f"{start:g} and {end:g}")
 
 
 def _plot_lr(finder: LRFinderCB, suggestion: float, path: Path, title: str) -> None:

@@ -120,7 +120,7 @@ def build_model(cfg: TrainConfig, n_in: int, n_classes: int, recorded: Path | No
     check_size(cfg, n_in, n_out)
     if is_target(cfg.model):
         torch.manual_seed(cfg.seed)
-        return build_user_model(cfg.model, cfg.model_args, n_in, n_out, recorded)
+        return build_user_model(cfg.model, cfg.model_args, n_in, n_out, recorded, cfg.model_source)
     torch.manual_seed(cfg.seed)
     if cfg.model == "cnn":
         side = int(round(n_in ** 0.5))

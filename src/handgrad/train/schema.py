@@ -206,6 +206,8 @@ def check_model_tensors(tensors: dict[str, Tensor], expected: dict[str, Tensor],
         if value.dtype != want.dtype or tuple(value.shape) != tuple(want.shape):
             raise DataError(f"{path}: tensor {prefix}{key}: expected {str(want.dtype)[6:]} of shape "
                             f"{list(want.shape)}, got {str(value.dtype)[6:]} of shape {list(value.shape)}")
+        if value.is_floating_point() and not bool(torch.isfinite(value).all()):  # training never saves these
+            raise DataError(f"{path}: tensor {prefix}{key} holds NaN or infinite values")
     return got
 
 

@@ -8,6 +8,8 @@ batch of flattened images [N, n_in] and returns [N, n_out] (one logit per class;
 from __future__ import annotations
 
 import copy
+import hashlib
+import inspect
 from pathlib import Path
 
 import torch
@@ -27,11 +29,25 @@ def resolve_target(spec: str) -> str:
     return spec
 
 
-def build_user_model(target: str, args: dict | None, n_in: int, n_out: int,
-                     recorded: Path | None = None) -> tuple[Module, str]:
+def source_digest(target: str) -> str | None:
+    """sha256 of the file that defines `target`'s class (None where it has no file), recorded with a run."""
+    cls = load_class(target)
+    try:
+        path = inspect.getsourcefile(cls) or inspect.getfile(cls)
+    except (TypeError, OSError):
+        return None
+    try:
+        return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+    except OSError:
+        return None
+
+
+def build_user_model(target: str, args: dict | None, n_in: int, n_out: int, recorded: Path | None = None,
+                     source: str | None = None) -> tuple[Module, str]:
     """The user's model and its one-line name, after one forward on a probe batch shows it maps [N, n_in] to
     [N, n_out]. `recorded`: the config.json that names it (a run being resumed or used), whose path the error
-    then names (a DataError: the run's own file no longer fits)."""
+    then names (a DataError: the run's own file no longer fits); `source`: the sha256 of the class's file that
+    config.json recorded: a file changed since is refused (the weights would be read into another model)."""
     try:
         model = instantiate(load_class(target), args or {})
         probe_output(model, n_in, n_out)
@@ -39,6 +55,12 @@ def build_user_model(target: str, args: dict | None, n_in: int, n_out: int,
         if recorded is None:
             raise
         raise DataError(f"{recorded}: key 'model' ({target}): {e}") from None
+    if recorded is not None and source is not None:
+        now = source_digest(target)
+        if now != source:
+            raise DataError(f"{recorded}: key 'model_source': the file that defines {target} changed since the run "
+                            f"was trained (sha256 {source[:12]}... then, {str(now)[:12]}... now); its weights would "
+                            "be read into another model: put the file back as it was")
     return model, f"{type(model).__name__} ({target})"
 
 
