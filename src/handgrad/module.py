@@ -28,6 +28,7 @@ How gradients flow (the seeds' `.g` convention, made to add up):
 
 from __future__ import annotations
 
+import functools
 import inspect
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -161,16 +162,41 @@ class Module:
         saved = d.get("_saving")
         if saved is not None:  # set by a forward: part of that call's context
             saved[name] = value
-        elif "_last" not in d and type(self).seeds_form():
-            # the seeds' layers keep plain tensors (`self.w, self.b = w, b`): those given before the first call
-            # are its parameters, kept as they are so that the caller's own tensors get their `.g`
-            plain = d.setdefault("_plain_params", [])
-            if is_tensor(value) and isinstance(value, Tensor) and not isinstance(value, Parameter) and \
-                    value.is_floating_point() and name not in ("args", "out"):
+        elif type(self).seeds_form():
+            # the seeds' layers keep plain tensors (`self.w, self.b = w, b`): those set by the constructor are its
+            # parameters, kept as they are so that the caller's own tensors get their `.g` (a tensor set by a
+            # forward, even one called directly as autograd's reference calls it, is not)
+            plain = d.get("_plain_params")
+            if isinstance(value, Tensor) and not isinstance(value, Parameter) and value.is_floating_point() and \
+                    d.get("_constructing") and name not in ("args", "out"):
+                plain = d.setdefault("_plain_params", [])
                 if name not in plain:
                     plain.append(name)
-            elif name in plain:
+            elif plain and name in plain and not isinstance(value, Tensor):
                 plain.remove(name)
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        """Each subclass's __init__ runs marked as the constructor (see __setattr__: a seeds'-form layer's plain
+        tensors set there are its parameters); the seeds' layers do not call Module.__init__, so it is marked here."""
+        super().__init_subclass__(**kwargs)
+        init = cls.__dict__.get("__init__")
+        if init is None:
+            return
+
+        @functools.wraps(init)
+        def __init__(self: Module, *args: Any, **kw: Any) -> None:
+            d = self.__dict__
+            outer = d.get("_constructing", False)
+            d["_constructing"] = True
+            try:
+                init(self, *args, **kw)
+            finally:
+                if outer:
+                    d["_constructing"] = True
+                else:
+                    d.pop("_constructing", None)
+
+        cls.__init__ = __init__  # type: ignore[misc]
 
     # ----------------------------------------------------------------- calling
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
