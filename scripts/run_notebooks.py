@@ -78,6 +78,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--timeout", type=int, default=600, help="seconds a cell may take (default 600)")
     args = parser.parse_args(argv)
     paths = args.paths or notebooks()
+    missing = [p for p in paths if not p.is_file() or p.suffix != ".ipynb"]
+    if missing:
+        parser.error(f"expected notebook files (.ipynb), got {', '.join(map(str, missing))}")
     for path in paths:
         start = time.perf_counter()
         with tempfile.TemporaryDirectory(prefix="handgrad-nb-") as cwd:

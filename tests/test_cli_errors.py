@@ -508,6 +508,8 @@ CASES = {
                                            2, "max() takes at most 4 arguments here, got 30"),
     "derive expression calling Heaviside": (lambda t, n, r: ["derive", "--expr", "Heaviside(x)"], 2,
                                             "unknown function 'Heaviside'"),
+    "graph a target with a built-in model's flag": (lambda t, n, r: ["graph", user_class(t, "Seq"), "--model", "cnn"],
+                                                    2, "--model is for the built-in models: TARGET"),
     "train a model that calls sys.exit": (lambda t, n, r: ["train", user_class(t, "Quits"), "--data", n], 2,
                                           "cannot construct Quits(**{}): SystemExit: 0"),
     "train args nested thousands deep": (lambda t, n, r: ["train", user_class(t, "Total"), "--args",

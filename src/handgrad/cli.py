@@ -435,6 +435,11 @@ def _trace(args: argparse.Namespace) -> int:
     if args.target is not None:
         from .check.target import instantiate, load_class, parse_args, parse_shape
 
+        given = {tok.split("=", 1)[0] for tok in args.argv if tok.startswith("--")}
+        for flag in ("--model", "--hidden", "--channels", "--bs", "--dataset"):
+            if flag in given:
+                raise UsageError(f"{flag} is for the built-in models: TARGET {args.target} is drawn on a random input "
+                                 "of --input-shape (its sizes go in --args)")
         model = instantiate(load_class(args.target), parse_args(args.args))
         if args.input_shape is None:
             raise UsageError("--input-shape is needed with a TARGET, e.g. --input-shape 64,784")
@@ -489,6 +494,11 @@ def _model_and_batch(args: argparse.Namespace) -> tuple:
     if args.target is not None:
         from .check.target import instantiate, load_class, parse_args, parse_shape
 
+        given = {tok.split("=", 1)[0] for tok in args.argv if tok.startswith("--")}
+        for flag in ("--model", "--hidden", "--channels", "--bs", "--dataset"):
+            if flag in given:
+                raise UsageError(f"{flag} is for the built-in models: TARGET {args.target} is drawn on a random input "
+                                 "of --input-shape (its sizes go in --args)")
         model = instantiate(load_class(args.target), parse_args(args.args))
         if args.input_shape is None:
             raise UsageError("--input-shape is needed with a TARGET, e.g. --input-shape 64,784")
