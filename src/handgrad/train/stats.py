@@ -50,6 +50,7 @@ class ActivationStats:
         Written to a temporary file and renamed, so a failure never leaves half a picture.
         """
         from matplotlib.colors import LogNorm
+        from matplotlib.ticker import MaxNLocator
 
         from .plots import _pyplot, _save
 
@@ -72,6 +73,7 @@ class ActivationStats:
                 ax.axvline(end, color="0.6", linewidth=0.8, linestyle=":")
             ax.set(title=f"activation {what}, per layer", xlabel="batch (training step)", ylabel=what,
                    xlim=(0, max(len(self) - 1, 1)))
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
             ax.grid(color="0.92")
         ax_std.legend(fontsize="small", title="dotted: end of an epoch" if epoch_ends else None,
                       title_fontsize="small", loc="best")
@@ -88,6 +90,7 @@ class ActivationStats:
                 ax.axvline(end, color="white", linewidth=0.8, linestyle=":")
             ax.set(title=f"layer {name} ({type(m).__name__}):\nhistogram of |activation|", xlabel="batch",
                    ylabel="|activation|")
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # batches are whole
             hist_axes.append(ax)
         if image is not None:
             fig.colorbar(image, ax=hist_axes, label=f"share of the layer's outputs in the bin\n({BINS} bins "
