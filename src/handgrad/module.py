@@ -14,6 +14,11 @@ How gradients flow (the seeds' `.g` convention, made to add up):
   latest of its sub-calls of m; else m's latest call) once, and records `grad` as its output's `.g`;
   `m.backward()` reads the output's `.g` set by the next layer's backward (or starts from 1 for a
   scalar such as a loss). A second backward of one call raises instead of counting gradients twice.
+- `bwd(self, out, *inputs)` (first parameter named `out`) is the seeds' form: it reads `out.g` and assigns `.g`
+  to its inputs and parameters; what it assigns is added in as a returned gradient would be. The plain tensors
+  such a layer's constructor sets (`self.w, self.b = w, b`) are its parameters.
+- A tensor's `.g` (a parameter's aside) belongs to the latest top-level forward: the first gradient after a new
+  forward replaces what an earlier computation left there (the seeds assign `.g`); within a backward, they add.
 - A module that writes no `bwd` is differentiated through its sub-calls: they are replayed in
   reverse (see handgrad.calls). So a model class whose forward loops over its layers needs no
   backward of its own.
