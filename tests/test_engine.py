@@ -386,7 +386,8 @@ def test_a_sequential_subclass_with_its_own_forward_is_watched():
     assert plain[0].weight.g is not None
 
 
-def test_a_sub_module_returning_a_tuple_inside_a_composite_refuses_backward_in_one_line():
+def test_a_sub_module_returning_a_tuple_inside_a_composite_gets_the_gradients_of_both_outputs():
+    """(Refused in one line before layers with several outputs (RNN, LSTM) came: now its bwd gets them all.)"""
     class Split(hg.Module):
         def forward(self, x):
             return x * 2, x * 3
@@ -410,9 +411,16 @@ def test_a_sub_module_returning_a_tuple_inside_a_composite_refuses_backward_in_o
             return self.join(*self.split(self.lin(x)))
 
     m = M()
-    m(torch.randn(5, 4, dtype=D))
-    with pytest.raises(RuntimeError, match="sub-module Split returns a tuple"):
-        m.backward(torch.ones(5, 3, dtype=D))
+    x = torch.randn(5, 4, dtype=D)
+    m(x)
+    dy = torch.randn(5, 3, dtype=D)
+    m.backward(dy)
+    w, b = m.lin.weight.detach().clone().requires_grad_(), m.lin.bias.detach().clone().requires_grad_()
+    xt = x.clone().requires_grad_()
+    h = xt @ w + b
+    (h * 2 + h * 3).backward(dy)
+    for got, want in ((x.g, xt.grad), (m.lin.weight.g, w.grad), (m.lin.bias.g, b.grad)):
+        torch.testing.assert_close(got, want)
 
 
 def test_backward_without_a_gradient_on_a_non_scalar_output_says_what_is_missing():

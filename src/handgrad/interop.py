@@ -107,6 +107,28 @@ _FROM_TORCH: dict[type, Callable[[nn.Module], Module]] = {
 }
 
 
+def _recurrent() -> None:
+    """RNN and LSTM both ways (their weights have torch's names and layouts: state_dict carries them)."""
+    def rnn_from(m: nn.RNN) -> Module:
+        if m.dropout or m.bidirectional or getattr(m, "proj_size", 0):
+            raise TypeError(f"no handgrad equivalent for torch {type(m).__name__} with dropout, bidirectional or "
+                            "proj_size")
+        if isinstance(m, nn.LSTM):
+            return L.LSTM(m.input_size, m.hidden_size, m.num_layers, bias=m.bias, batch_first=m.batch_first)
+        return L.RNN(m.input_size, m.hidden_size, m.num_layers, m.nonlinearity, bias=m.bias,
+                     batch_first=m.batch_first)
+
+    _TO_TORCH[L.LSTM] = lambda m: nn.LSTM(m.input_size, m.hidden_size, m.num_layers, bias=m.bias,
+                                          batch_first=m.batch_first)
+    _TO_TORCH[L.RNN] = lambda m: nn.RNN(m.input_size, m.hidden_size, m.num_layers, m.nonlinearity, bias=m.bias,
+                                        batch_first=m.batch_first)
+    _FROM_TORCH[nn.LSTM] = rnn_from
+    _FROM_TORCH[nn.RNN] = rnn_from
+
+
+_recurrent()
+
+
 def _course_names() -> None:
     from .course import Lin  # the course's name for Linear (Relu and Mse are ReLU and MSELoss themselves)
 

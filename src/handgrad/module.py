@@ -483,10 +483,17 @@ def run_backward(call: Call, grad: Tensor | None = None, needs_input_grad: bool 
         raise RuntimeError(f"{name}.backward called twice for one forward; run the forward again first (a second "
                            "backward would count every gradient twice)")
     out = call.out
-    if not is_tensor(out):
+    if isinstance(out, (tuple, list)) and not m.writes_no_bwd() and not m.seeds_form() and calls._tensors(out):
+        grad = _tuple_grads(name, out, grad)  # a layer with several outputs (RNN, LSTM): bwd gets them all
+        for t, g in zip(calls._tensors(out), calls._tensors(grad)):
+            t.g = g
+        out = None
+    elif not is_tensor(out):
         raise TypeError(f"{name}.backward: the output is a {type(out).__name__}, not a tensor; run backward on "
                         "the modules that made its tensors")
-    if grad is None:
+    if out is None:
+        pass
+    elif grad is None:
         grad = getattr(out, "g", None)
         if grad is None:
             if out.dim() != 0:  # not numel() == 1: a later one-sample forward must not pass for a loss
@@ -498,7 +505,9 @@ def run_backward(call: Call, grad: Tensor | None = None, needs_input_grad: bool 
     elif tuple(grad.shape) != tuple(out.shape):
         raise ValueError(f"{name}.backward: expected a gradient of shape {list(out.shape)} (the output's), got "
                          f"{list(grad.shape)}")
-    out.g = grad
+    if out is not None:
+        out.g = grad
+    out = call.out
     call.done = True
     last = m.__dict__.get("_last")
     call.restore()
@@ -522,19 +531,26 @@ def run_backward(call: Call, grad: Tensor | None = None, needs_input_grad: bool 
         calls.SCOPES.pop()
     if isinstance(grads, Tensor):
         grads = (grads,)
-    if isinstance(grads, (tuple, list)) and len(grads) > len(call.args):
+    if isinstance(grads, (tuple, list)) and any(g is not None for g in grads[len(call.args):]):
         raise ValueError(f"{name}.bwd returned {len(grads)} gradients for {len(call.args)} inputs; expected at most "
                          "one per input of forward, in order (None for an input without one)")
     if grads is not None and needs_input_grad:
         for x, g in zip(call.args, grads):
-            if g is not None and is_tensor(x):
+            if g is None:
+                continue
+            if is_tensor(x):
                 add_grad(x, g)
+            elif isinstance(x, (tuple, list)):  # an input that is a tuple of tensors (an LSTM's (h0, c0))
+                for xi, gi in zip(calls._tensors(x), calls._tensors(g)):
+                    if gi is not None:
+                        add_grad(xi, gi)
     for hook in Module._post_backward_hooks:
         hook(m)
     first = call.args[0] if call.args else None
     first_g = getattr(first, "g", None) if is_tensor(first) else None
     if Module.lean:  # let go of what this call saved
-        out.g = None
+        for t in calls._tensors(out):
+            t.g = None
         call.args, call.out = (), None
         call.saved.clear()
         if last is call:
@@ -542,6 +558,49 @@ def run_backward(call: Call, grad: Tensor | None = None, needs_input_grad: bool 
     if last is not None and last is not call:
         last.restore()  # m.out, m.args and the rest show the last call again
     return first_g
+
+
+def _tuple_grads(name: str, out: tuple | list, grad: Any) -> Any:
+    """The gradients of a call's tuple output, in the output's nesting: from `grad` (a tensor: the first output's,
+    the others zero; or the output's nesting, None for zeros) or, with None, from each output's `.g` (zero where
+    none came)."""
+    tensors = calls._tensors(out)
+    if grad is None:
+        if all(getattr(t, "g", None) is None for t in tensors):
+            raise RuntimeError(f"{name}.backward() needs the gradient of its outputs: pass it (the first output's, or "
+                               "a tuple of them all), or run the next layers' backward first")
+        grad = _like(out, lambda t: getattr(t, "g", None))
+    elif isinstance(grad, Tensor):
+        first = tensors[0]
+        grad = _like(out, lambda t: grad if t is first else None)
+
+    def fill(o: Any, g: Any, where: str) -> Any:
+        if isinstance(o, Tensor):
+            if g is None:
+                return torch.zeros_like(o)
+            if not isinstance(g, Tensor) or tuple(g.shape) != tuple(o.shape):
+                got = list(g.shape) if isinstance(g, Tensor) else type(g).__name__
+                raise ValueError(f"{name}.backward: expected a gradient of shape {list(o.shape)} for output{where}, "
+                                 f"got {got}")
+            return g
+        if isinstance(o, (tuple, list)):
+            if g is None:
+                g = [None] * len(o)
+            if not isinstance(g, (tuple, list)) or len(g) != len(o):
+                raise ValueError(f"{name}.backward: expected {len(o)} gradients for output{where} (its nesting), "
+                                 f"got {type(g).__name__}")
+            return type(o)(fill(oi, gi, f"{where}[{k}]") for k, (oi, gi) in enumerate(zip(o, g)))
+        return None
+
+    return fill(out, grad, "")
+
+
+def _like(o: Any, leaf: Any) -> Any:
+    if isinstance(o, Tensor):
+        return leaf(o)
+    if isinstance(o, (tuple, list)):
+        return type(o)(_like(v, leaf) for v in o)
+    return None
 
 
 def _seeds_bwd(call: Call, needs_input_grad: bool) -> None:
@@ -617,6 +676,13 @@ def _replay(call: Call, needs_input_grad: bool) -> None:
             needs[id(ev.out)] = isinstance(ev.src, Parameter) or needs.get(id(ev.src), False)
     for ev in reversed(call.events):
         if isinstance(ev, Call):
+            if isinstance(ev.out, (tuple, list)) and not ev.module.writes_no_bwd() and \
+                    not ev.module.seeds_form():  # a layer with several outputs (LSTM): its bwd takes them all
+                if not ev.done and needs[id(ev.out)] and \
+                        any(getattr(t, "g", None) is not None for t in calls._tensors(ev.out)):
+                    ev_needs = any(isinstance(a, Parameter) or needs.get(id(a), False) for a in ev.args)
+                    run_backward(ev, None, ev_needs)
+                continue
             if isinstance(ev.out, (tuple, list)) and needs[id(ev.out)] and \
                     any(getattr(t, "g", None) is not None for t in ev.out):
                 raise RuntimeError(f"{type(m).__name__}: its sub-module {type(ev.module).__name__} returns a "

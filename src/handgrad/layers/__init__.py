@@ -7,11 +7,13 @@ from .embedding import Embedding
 from .linear import Linear, TiedLinear
 from .normalization import BatchNorm1d, BatchNorm2d, LayerNorm
 from .pooling import AdaptiveAvgPool2d, AvgPool2d, MaxPool2d
+from .recurrent import LSTM, RNN
 from .residual import Residual, conv_bn, res_block
 from .shape import Flatten, Unflatten
 
 __all__ = [
     "AdaptiveAvgPool2d", "AvgPool2d", "BatchNorm1d", "BatchNorm2d", "Conv2d", "Dropout", "Embedding", "Flatten",
-    "GELU", "GeneralRelu", "LayerNorm", "LeakyReLU", "Linear", "LogSoftmax", "MaxPool2d", "ReLU", "Residual",
+    "GELU", "GeneralRelu", "LSTM", "LayerNorm", "LeakyReLU", "Linear", "LogSoftmax", "MaxPool2d", "RNN", "ReLU",
+    "Residual",
     "SiLU", "Sigmoid", "Softmax", "Tanh", "TiedLinear", "Unflatten", "conv_bn", "res_block",
 ]

@@ -1,0 +1,244 @@
+"""RNN and LSTM: torch.nn's recurrent layers, with backpropagation through time written by hand.
+
+Names, shapes and layouts are torch.nn's (`weight_ih_l{k}` (G*H, I), `weight_hh_l{k}` (G*H, H), `bias_ih_l{k}`,
+`bias_hh_l{k}`; the LSTM's gates in torch's order i, f, g, o), so each loads torch's state_dict and back. Inputs are
+(T, N, I), or (N, T, I) with batch_first; the forward returns (output, h_n) for RNN and (output, (h_n, c_n)) for
+LSTM, as torch does. backward takes the gradient of the first output, or a tuple of them all (the others count
+as zero).
+
+Each layer's forward makes one GEMM for the input projection of all T steps, then a loop of T small GEMMs with
+W_hh; it keeps what its backward reads: the states h_{t-1}, the gate activations (and c_t, tanh c_t for LSTM).
+The backward walks the steps in reverse, gathering every step's gate gradients, and forms the weight gradients
+with one GEMM each over all steps.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor
+
+from ..module import Module, Parameter, accumulate_mm, accumulate_sum
+
+
+class _Recurrent(Module):
+    GATES = 1  # gate blocks in the weights: 1 for RNN, 4 for LSTM
+
+    def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1, bias: bool = True,
+                 batch_first: bool = False, *, dtype: torch.dtype | None = None,
+                 device: torch.device | str | None = None) -> None:
+        super().__init__()
+        for name, v in (("input_size", input_size), ("hidden_size", hidden_size), ("num_layers", num_layers)):
+            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+                raise ValueError(f"{type(self).__name__}: {name} must be a positive integer, got {v!r}")
+        self.input_size, self.hidden_size, self.num_layers = input_size, hidden_size, num_layers
+        self.bias, self.batch_first = bias, batch_first
+        bound = 1.0 / math.sqrt(hidden_size)  # torch's default: U(-1/sqrt(H), 1/sqrt(H)) for every tensor
+        kw = {"dtype": dtype, "device": device}
+        g = self.GATES * hidden_size
+        for k in range(num_layers):
+            fan_in = input_size if k == 0 else hidden_size
+            setattr(self, f"weight_ih_l{k}", Parameter(torch.empty(g, fan_in, **kw).uniform_(-bound, bound)))
+            setattr(self, f"weight_hh_l{k}", Parameter(torch.empty(g, hidden_size, **kw).uniform_(-bound, bound)))
+            if bias:
+                setattr(self, f"bias_ih_l{k}", Parameter(torch.empty(g, **kw).uniform_(-bound, bound)))
+                setattr(self, f"bias_hh_l{k}", Parameter(torch.empty(g, **kw).uniform_(-bound, bound)))
+
+    def _weights(self, k: int) -> tuple[Tensor, Tensor, Tensor | None, Tensor | None]:
+        d = self.__dict__
+        return d[f"weight_ih_l{k}"], d[f"weight_hh_l{k}"], d.get(f"bias_ih_l{k}"), d.get(f"bias_hh_l{k}")
+
+    def _check_input(self, x: Tensor) -> Tensor:
+        """x as (T, N, I)."""
+        name = type(self).__name__
+        if not isinstance(x, Tensor) or x.dim() != 3 or x.shape[-1] != self.input_size:
+            layout = "[N, T, input_size]" if self.batch_first else "[T, N, input_size]"
+            got = list(x.shape) if isinstance(x, Tensor) else type(x).__name__
+            raise ValueError(f"{name}({self.input_size}, {self.hidden_size}) expects input {layout} with input_size "
+                             f"{self.input_size}, got {got}")
+        return x.transpose(0, 1) if self.batch_first else x
+
+    def _state(self, h: Tensor | None, n: int, like: Tensor, what: str) -> Tensor:
+        shape = (self.num_layers, n, self.hidden_size)
+        if h is None:
+            return like.new_zeros(shape)
+        if not isinstance(h, Tensor) or tuple(h.shape) != shape:
+            got = list(h.shape) if isinstance(h, Tensor) else type(h).__name__
+            raise ValueError(f"{type(self).__name__}: {what} must be {list(shape)} (num_layers, batch, hidden_size), "
+                             f"got {got}")
+        return h
+
+    def _input_projection(self, x: Tensor, k: int) -> Tensor:
+        """X @ W_ih.T + b_ih + b_hh for all steps at once: (T, N, G*H)."""
+        w_ih, _, b_ih, b_hh = self._weights(k)
+        t, n, i = x.shape
+        xw = x.reshape(t * n, i) @ w_ih.t()
+        if b_ih is not None:
+            xw = xw + (b_ih + b_hh)
+        return xw.view(t, n, -1)
+
+    def _weight_grads(self, k: int, dpre: Tensor, x: Tensor, h_prev: Tensor) -> Tensor | None:
+        """From the pre-activation gradients of all steps dpre (T, N, G*H): dW_ih = dpre.T @ X, dW_hh = dpre.T @ H_prev,
+        db_ih = db_hh = dpre summed over steps and batch; returns dX = dpre @ W_ih (T, N, I)."""
+        w_ih, w_hh, b_ih, b_hh = self._weights(k)
+        t, n, _ = dpre.shape
+        d2 = dpre.reshape(t * n, -1)  # (T*N, G*H)
+        accumulate_mm(w_ih, d2.t(), x.reshape(t * n, -1))  # (G*H, I)
+        accumulate_mm(w_hh, d2.t(), h_prev.reshape(t * n, -1))  # (G*H, H)
+        if b_ih is not None:
+            accumulate_sum(b_ih, d2, 0)
+            accumulate_sum(b_hh, d2, 0)
+        return (d2 @ w_ih).view(t, n, -1)
+
+    def _output(self, y: Tensor) -> Tensor:
+        return y.transpose(0, 1) if self.batch_first else y
+
+    def extra_repr(self) -> str:
+        extra = "" if self.num_layers == 1 else f", num_layers={self.num_layers}"
+        extra += "" if self.bias else ", bias=False"
+        extra += ", batch_first=True" if self.batch_first else ""
+        return f"{self.input_size}, {self.hidden_size}{extra}"
+
+
+class RNN(_Recurrent):
+    """h_t = tanh(x_t W_ih^T + b_ih + h_{t-1} W_hh^T + b_hh)   (nonlinearity='relu': max(., 0)), per layer.
+
+    forward(x, h0=None) -> (output (T, N, H), h_n (num_layers, N, H)).
+    """
+
+    GATES = 1
+
+    def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1, nonlinearity: str = "tanh",
+                 bias: bool = True, batch_first: bool = False, *, dtype: torch.dtype | None = None,
+                 device: torch.device | str | None = None) -> None:
+        if nonlinearity not in ("tanh", "relu"):
+            raise ValueError(f"RNN: nonlinearity must be 'tanh' or 'relu', got {nonlinearity!r}")
+        super().__init__(input_size, hidden_size, num_layers, bias, batch_first, dtype=dtype, device=device)
+        self.nonlinearity = nonlinearity
+
+    def forward(self, x: Tensor, h0: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        x = self._check_input(x)  # (T, N, I)
+        t_steps, n, _ = x.shape
+        h0 = self._state(h0, n, x, "h0")
+        act = torch.tanh if self.nonlinearity == "tanh" else torch.relu
+        inputs, states, h_n = [], [], []
+        layer_in = x
+        for k in range(self.num_layers):
+            _, w_hh, _, _ = self._weights(k)
+            xw = self._input_projection(layer_in, k)  # (T, N, H)
+            hs = x.new_empty(t_steps + 1, n, self.hidden_size)  # h_0 .. h_T of this layer
+            hs[0] = h0[k]
+            for t in range(t_steps):
+                hs[t + 1] = act(torch.addmm(xw[t], hs[t], w_hh.t()))
+            inputs.append(layer_in)
+            states.append(hs)
+            h_n.append(hs[-1])
+            layer_in = hs[1:]
+        self.inputs, self.states = inputs, states
+        return self._output(layer_in), torch.stack(h_n)
+
+    def bwd(self, douts: tuple[Tensor, Tensor], x: Tensor, h0: Tensor | None = None
+            ) -> tuple[Tensor | None, Tensor | None]:
+        """Backpropagation through time, per layer from the top: with a_t = h_t's pre-activation,
+        da_t = (dY_t + dh_{t+1} from step t+1) * act'(a_t),  dh_t (to step t-1) = da_t @ W_hh;
+        dW_ih = sum_t da_t^T x_t, dW_hh = sum_t da_t^T h_{t-1}, db_ih = db_hh = sum_t da_t, dx_t = da_t @ W_ih."""
+        dout, dh_n = douts
+        dy = self._output(dout)  # (T, N, H), the top layer's output gradient
+        dh0 = torch.empty_like(dh_n)
+        for k in reversed(range(self.num_layers)):
+            _, w_hh, _, _ = self._weights(k)
+            hs = self.states[k]  # (T+1, N, H)
+            t_steps = hs.shape[0] - 1
+            dpre = torch.empty_like(hs[1:])
+            dh = dh_n[k]
+            for t in reversed(range(t_steps)):
+                h = hs[t + 1]
+                d = dy[t] + dh
+                dpre[t] = d * (1 - h * h) if self.nonlinearity == "tanh" else d * (h > 0)
+                dh = dpre[t] @ w_hh  # (N, H)
+            dh0[k] = dh
+            dy = self._weight_grads(k, dpre, self.inputs[k], hs[:-1])
+        dx = self._output(dy) if self.needs_input_grad else None
+        return dx, (dh0 if h0 is not None else None)
+
+
+class LSTM(_Recurrent):
+    """i, f, g, o = sigma, sigma, tanh, sigma(x_t W_ih^T + b_ih + h_{t-1} W_hh^T + b_hh)  (torch's gate order);
+    c_t = f * c_{t-1} + i * g,  h_t = o * tanh(c_t), per layer.
+
+    forward(x, hx=None) with hx = (h0, c0) -> (output (T, N, H), (h_n, c_n) (num_layers, N, H) each).
+    """
+
+    GATES = 4
+
+    def forward(self, x: Tensor, hx: tuple[Tensor, Tensor] | None = None
+                ) -> tuple[Tensor, tuple[Tensor, Tensor]]:
+        x = self._check_input(x)  # (T, N, I)
+        t_steps, n, _ = x.shape
+        if hx is not None and not (isinstance(hx, (tuple, list)) and len(hx) == 2):
+            raise ValueError(f"LSTM: hx must be a pair (h0, c0), got {type(hx).__name__}")
+        h0 = self._state(None if hx is None else hx[0], n, x, "h0")
+        c0 = self._state(None if hx is None else hx[1], n, x, "c0")
+        hid = self.hidden_size
+        inputs, states, cells, gates, h_n, c_n = [], [], [], [], [], []
+        layer_in = x
+        for k in range(self.num_layers):
+            _, w_hh, _, _ = self._weights(k)
+            xw = self._input_projection(layer_in, k)  # (T, N, 4H)
+            hs = x.new_empty(t_steps + 1, n, hid)  # h_0 .. h_T
+            cs = x.new_empty(t_steps + 1, n, hid)  # c_0 .. c_T
+            acts = x.new_empty(t_steps, n, 4 * hid)  # i, f, g, o after their nonlinearities
+            hs[0], cs[0] = h0[k], c0[k]
+            for t in range(t_steps):
+                pre = torch.addmm(xw[t], hs[t], w_hh.t())  # (N, 4H)
+                a = acts[t]
+                torch.sigmoid(pre, out=a)  # i, f, (g), o
+                torch.tanh(pre[:, 2 * hid:3 * hid], out=a[:, 2 * hid:3 * hid])
+                i, f, g, o = a.split(hid, dim=1)
+                torch.addcmul(i * g, f, cs[t], out=cs[t + 1])  # c_t = f c_{t-1} + i g
+                torch.mul(o, torch.tanh(cs[t + 1]), out=hs[t + 1])  # h_t = o tanh(c_t)
+            inputs.append(layer_in)
+            states.append(hs)
+            cells.append(cs)
+            gates.append(acts)
+            h_n.append(hs[-1])
+            c_n.append(cs[-1])
+            layer_in = hs[1:]
+        self.inputs, self.states, self.cells, self.gates = inputs, states, cells, gates
+        return self._output(layer_in), (torch.stack(h_n), torch.stack(c_n))
+
+    def bwd(self, douts: tuple, x: Tensor, hx: tuple[Tensor, Tensor] | None = None
+            ) -> tuple[Tensor | None, tuple[Tensor, Tensor] | None]:
+        """Backpropagation through time, per layer from the top, steps in reverse:
+        dh = dY_t + dh_{t+1},  dc = dc_{t+1} + dh * o * (1 - tanh^2 c_t);
+        do = dh * tanh c_t,  di = dc * g,  dg = dc * i,  df = dc * c_{t-1},  dc_{t-1} = dc * f;
+        through the nonlinearities: di * i (1 - i), df * f (1 - f), dg * (1 - g^2), do * o (1 - o) -> dpre_t;
+        dh_{t-1} = dpre_t @ W_hh; then dW_ih = sum dpre_t^T x_t, dW_hh = sum dpre_t^T h_{t-1}, db = sum dpre_t,
+        dx_t = dpre_t @ W_ih."""
+        dout, (dh_n, dc_n) = douts
+        dy = self._output(dout)  # (T, N, H)
+        hid = self.hidden_size
+        dh0, dc0 = torch.empty_like(dh_n), torch.empty_like(dc_n)
+        for k in reversed(range(self.num_layers)):
+            _, w_hh, _, _ = self._weights(k)
+            hs, cs, acts = self.states[k], self.cells[k], self.gates[k]
+            t_steps = acts.shape[0]
+            dpre = torch.empty_like(acts)  # (T, N, 4H)
+            dh, dc = dh_n[k], dc_n[k]
+            for t in reversed(range(t_steps)):
+                i, f, g, o = acts[t].split(hid, dim=1)
+                tc = torch.tanh(cs[t + 1])
+                dh = dy[t] + dh
+                dc = dc + dh * o * (1 - tc * tc)
+                di, df, dg, do = dpre[t].split(hid, dim=1)
+                torch.mul(dc * g, i * (1 - i), out=di)
+                torch.mul(dc * cs[t], f * (1 - f), out=df)
+                torch.mul(dc * i, 1 - g * g, out=dg)
+                torch.mul(dh * tc, o * (1 - o), out=do)
+                dc = dc * f
+                dh = dpre[t] @ w_hh  # (N, H)
+            dh0[k], dc0[k] = dh, dc
+            dy = self._weight_grads(k, dpre, self.inputs[k], hs[:-1])
+        dx = self._output(dy) if self.needs_input_grad else None
+        return dx, ((dh0, dc0) if hx is not None else None)
