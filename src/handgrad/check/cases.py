@@ -136,6 +136,17 @@ def _embedding(gen: torch.Generator) -> Case:
     return Case(f"Embedding({num}, {dim})", L.Embedding(num, dim), (idx,))
 
 
+def _recurrent(kind: str) -> Callable[[torch.Generator], Case]:
+    def make(gen: torch.Generator) -> Case:
+        t, n, i, h, layers = _dim(gen, 1, 5), _dim(gen, 1, 3), _dim(gen, 1, 4), _dim(gen, 1, 5), _dim(gen, 1, 2)
+        batch_first = bool(_dim(gen, 0, 1))
+        layer = getattr(L, kind)(i, h, layers, batch_first=batch_first)
+        shape = (n, t, i) if batch_first else (t, n, i)
+        return Case(f"{kind}({i}, {h}, num_layers={layers}{', batch_first' if batch_first else ''})", layer,
+                    (_randn(gen, *shape),))
+    return make
+
+
 def _residual(gen: torch.Generator) -> Case:
     c = _dim(gen, 1, 3)
     body = Sequential(L.Linear(c * 2, c * 2), L.Tanh())
@@ -225,6 +236,8 @@ BUILTIN_CASES: dict[str, Callable[[torch.Generator], Case]] = {
     "Dropout": _dropout,
     "Dropout-eval": _in_eval(_dropout),
     "Embedding": _embedding,
+    "RNN": _recurrent("RNN"),
+    "LSTM": _recurrent("LSTM"),
     "Residual": _residual,
     "res_block": _res_block,
     "res_block-eval": _in_eval(_res_block),

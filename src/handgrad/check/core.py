@@ -132,6 +132,27 @@ def draw_dy(shape: torch.Size | tuple[int, ...], dtype: torch.dtype, device: tor
             return dy
 
 
+def draw_dys(out: object, inputs: list[Tensor], gen: torch.Generator) -> object:
+    """A random upstream gradient for each tensor of `out` (a tensor, or the tuples a layer such as LSTM returns),
+    in `out`'s nesting."""
+    if isinstance(out, Tensor):
+        return draw_dy(out.shape, out.dtype, out.device, inputs, gen)
+    if isinstance(out, (tuple, list)):
+        return type(out)(draw_dys(o, inputs, gen) for o in out)
+    raise TypeError(f"check: the forward returned a {type(out).__name__}, expected a tensor or a tuple of tensors")
+
+
+def _flat(obj: object) -> list[Tensor]:
+    if isinstance(obj, Tensor):
+        return [obj]
+    return [t for o in obj for t in _flat(o)] if isinstance(obj, (tuple, list)) else []
+
+
+def _dot(out: object, dy: object) -> Tensor:
+    """sum(out * dY) over every output tensor: the objective whose gradients the check compares."""
+    return sum((o * d).sum() for o, d in zip(_flat(out), _flat(dy)))
+
+
 def _fd_indices(t: Tensor, max_elements: int, gen: torch.Generator) -> Tensor:
     n = t.numel()
     if n <= max_elements:
@@ -178,7 +199,7 @@ def check_module(module: Module, *inputs: Tensor, dtype: torch.dtype = torch.flo
 
     # (1) hand-written
     out = seeded(lambda: m(*xs))
-    dy = draw_dy(out.shape, out.dtype, out.device, xs, dy_gen)
+    dy = draw_dys(out, xs, dy_gen)
     m.zero_grad()
     m.backward(dy)
     hand = [getattr(xs[i], "g", None) for i in diff_inputs] + [p.g for _, p in params]
@@ -191,7 +212,7 @@ def check_module(module: Module, *inputs: Tensor, dtype: torch.dtype = torch.flo
 
     def objective() -> float:
         with torch.no_grad():
-            return float((seeded(lambda: m.forward(*xs)) * dy).sum())
+            return float(_dot(seeded(lambda: m.forward(*xs)), dy))
 
     names = in_names + [n for n, _ in params]
     f0 = objective() if finite_differences else 0.0
@@ -235,7 +256,7 @@ def check_module(module: Module, *inputs: Tensor, dtype: torch.dtype = torch.flo
     return report
 
 
-def _autograd(m: Module, xs: list[Tensor], diff_inputs: list[int], params: list, dy: Tensor, seeded: Callable,
+def _autograd(m: Module, xs: list[Tensor], diff_inputs: list[int], params: list, dy: object, seeded: Callable,
               name: str) -> list[Tensor]:
     """Autograd's gradients of sum(forward(*xs) * dy) for the differentiable inputs and the parameters."""
     xs_ad = [x.clone().requires_grad_(x.is_floating_point()) for x in xs]
@@ -244,10 +265,11 @@ def _autograd(m: Module, xs: list[Tensor], diff_inputs: list[int], params: list,
         for _, p in params:
             p.requires_grad_(True)
         with torch.enable_grad():
-            out_ad = seeded(lambda: m.forward(*xs_ad))
-            if not out_ad.requires_grad:
+            outs = _flat(seeded(lambda: m.forward(*xs_ad)))
+            if not any(o.requires_grad for o in outs):
                 raise ValueError(f"{name}.forward is not differentiable by autograd (output has no grad_fn)")
-            ref = torch.autograd.grad(out_ad, wrt, dy, allow_unused=True)
+            pairs = [(o, d) for o, d in zip(outs, _flat(dy)) if o.requires_grad]
+            ref = torch.autograd.grad([o for o, _ in pairs], wrt, [d for _, d in pairs], allow_unused=True)
     finally:
         for _, p in params:
             p.requires_grad_(False)
@@ -281,7 +303,7 @@ def _check_second_call(m: Module, xs: list[Tensor], seeded: Callable, report: Ch
             p.mul_(1 + 0.25 * (2 * torch.rand(p.shape, generator=gen, dtype=torch.float64) - 1).to(p))
     try:
         out = seeded(lambda: m(*xs2))
-        dy2 = draw_dy(out.shape, out.dtype, out.device, xs2, stream(seed, "dy2"))
+        dy2 = draw_dys(out, xs2, stream(seed, "dy2"))
         prefill = [torch.randn(p.shape, generator=gen, dtype=torch.float64).to(p) for _, p in params]
         for (_, p), f in zip(params, prefill):
             p.g = f.clone()

@@ -127,10 +127,10 @@ class RNN(_Recurrent):
         for k in range(self.num_layers):
             _, w_hh, _, _ = self._weights(k)
             xw = self._input_projection(layer_in, k)  # (T, N, H)
-            hs = x.new_empty(t_steps + 1, n, self.hidden_size)  # h_0 .. h_T of this layer
-            hs[0] = h0[k]
+            h_list = [h0[k]]  # h_0 .. h_T of this layer (a list, stacked once: autograd can run this forward too)
             for t in range(t_steps):
-                hs[t + 1] = act(torch.addmm(xw[t], hs[t], w_hh.t()))
+                h_list.append(act(torch.addmm(xw[t], h_list[-1], w_hh.t())))
+            hs = torch.stack(h_list)  # (T+1, N, H)
             inputs.append(layer_in)
             states.append(hs)
             h_n.append(hs[-1])
@@ -186,18 +186,18 @@ class LSTM(_Recurrent):
         for k in range(self.num_layers):
             _, w_hh, _, _ = self._weights(k)
             xw = self._input_projection(layer_in, k)  # (T, N, 4H)
-            hs = x.new_empty(t_steps + 1, n, hid)  # h_0 .. h_T
-            cs = x.new_empty(t_steps + 1, n, hid)  # c_0 .. c_T
-            acts = x.new_empty(t_steps, n, 4 * hid)  # i, f, g, o after their nonlinearities
-            hs[0], cs[0] = h0[k], c0[k]
+            h_list, c_list, a_list = [h0[k]], [c0[k]], []  # stacked once (autograd can run this forward too)
             for t in range(t_steps):
-                pre = torch.addmm(xw[t], hs[t], w_hh.t())  # (N, 4H)
-                a = acts[t]
-                torch.sigmoid(pre, out=a)  # i, f, (g), o
-                torch.tanh(pre[:, 2 * hid:3 * hid], out=a[:, 2 * hid:3 * hid])
-                i, f, g, o = a.split(hid, dim=1)
-                torch.addcmul(i * g, f, cs[t], out=cs[t + 1])  # c_t = f c_{t-1} + i g
-                torch.mul(o, torch.tanh(cs[t + 1]), out=hs[t + 1])  # h_t = o tanh(c_t)
+                pre = torch.addmm(xw[t], h_list[-1], w_hh.t())  # (N, 4H)
+                ifo = torch.sigmoid(pre)
+                i, f, o = ifo[:, :hid], ifo[:, hid:2 * hid], ifo[:, 3 * hid:]
+                g = torch.tanh(pre[:, 2 * hid:3 * hid])
+                c = f * c_list[-1] + i * g  # c_t = f c_{t-1} + i g
+                c_list.append(c)
+                h_list.append(o * torch.tanh(c))  # h_t = o tanh(c_t)
+                a_list.append(torch.cat([i, f, g, o], 1))  # (N, 4H): the gates after their nonlinearities
+            hs, cs = torch.stack(h_list), torch.stack(c_list)  # (T+1, N, H)
+            acts = torch.stack(a_list)  # (T, N, 4H)
             inputs.append(layer_in)
             states.append(hs)
             cells.append(cs)
