@@ -236,8 +236,6 @@ BUILTIN_CASES: dict[str, Callable[[torch.Generator], Case]] = {
     "Dropout": _dropout,
     "Dropout-eval": _in_eval(_dropout),
     "Embedding": _embedding,
-    "RNN": _recurrent("RNN"),
-    "LSTM": _recurrent("LSTM"),
     "Residual": _residual,
     "res_block": _res_block,
     "res_block-eval": _in_eval(_res_block),
@@ -248,6 +246,8 @@ BUILTIN_CASES: dict[str, Callable[[torch.Generator], Case]] = {
     "MSELoss-seeds": _mse_seeds,
     "CrossEntropyLoss": _cross_entropy,
     "NLLLoss": _nll,
+    "RNN": _recurrent("RNN"),  # last: the cases before draw the shapes they always drew
+    "LSTM": _recurrent("LSTM"),
 }
 
 

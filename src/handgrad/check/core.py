@@ -252,7 +252,7 @@ def check_module(module: Module, *inputs: Tensor, dtype: torch.dtype = torch.flo
             fd = compare(h.reshape(-1), numeric, fd_tol, mask)
             fd = dataclasses.replace(fd, worst_index=_unravel(fd.worst_index, shape))
         report.tensors.append(TensorCheck(tname, shape, ad, fd, "", h, ref[k]))
-    _check_second_call(m, xs, seeded, report, diff_inputs, params, seed)
+    _check_second_call(m, xs, seeded, report, diff_inputs, params, seed, tol["autograd"])
     return report
 
 
@@ -283,7 +283,7 @@ STALE = ("right on the first call, wrong on a second call with other inputs, mov
 
 
 def _check_second_call(m: Module, xs: list[Tensor], seeded: Callable, report: CheckReport, diff_inputs: list[int],
-                       params: list, seed: int) -> None:
+                       params: list, seed: int, tol: tuple[float, float]) -> None:
     """(4) A second forward and backward, on the inputs with their batch rows shuffled, the parameters moved a
     little and a fresh dY, while the parameters' .g already hold random values: each parameter's .g must then hold those values plus this
     call's gradients (a module called twice, or a tied weight, sums its calls'), and each input's .g this call's
@@ -312,7 +312,6 @@ def _check_second_call(m: Module, xs: list[Tensor], seeded: Callable, report: Ch
         ref2 = _autograd(m, xs2, diff_inputs, params, dy2, seeded, report.module)
     except Exception:  # noqa: BLE001 - a gradient of the wrong shape cannot be added: already reported
         return
-    tol = TOLERANCES.get(report.dtype, TOLERANCES[torch.float32])["autograd"]
     hands2 = [getattr(xs2[i], "g", None) for i in diff_inputs] + \
              [None if p.g is None else p.g - f for (_, p), f in zip(params, prefill)]
     for k, (row, h, r) in enumerate(zip(report.tensors, hands2, ref2)):
