@@ -18,7 +18,11 @@ def test_every_wrapped_builtin_layer_passes_torch_gradcheck(name):
 
     def fn(*args):
         torch.manual_seed(0)  # dropout: the same mask in every evaluation
-        return wrapped(*args[:n])
+        out = wrapped(*args[:n])
+        return out if isinstance(out, torch.Tensor) else tuple(flat(out))  # LSTM: (output, (h_n, c_n))
+
+    def flat(o):
+        return [o] if isinstance(o, torch.Tensor) else [t for p in o for t in flat(p)]
 
     assert torch.autograd.gradcheck(fn, (*inputs, *wrapped.params), eps=1e-6, atol=1e-5, rtol=1e-3)
 

@@ -139,3 +139,21 @@ def test_to_torch_and_from_torch_carry_the_weights():
         torch.testing.assert_close(back(x)[0], mine(x)[0], rtol=0, atol=0)
     with pytest.raises(TypeError, match="bidirectional"):
         hg.interop.from_torch(torch.nn.LSTM(3, 5, bidirectional=True))
+
+
+@pytest.mark.parametrize("kind", ["LSTM", "RNN"])
+def test_wrapped_inside_torch_passes_gradcheck_on_every_output(kind):
+    torch.manual_seed(5)
+    wrapped = hg.interop.wrap(getattr(hg, kind)(3, 4, 2, batch_first=True, dtype=D))
+    x = torch.randn(2, 5, 3, dtype=D, requires_grad=True)
+    out = wrapped(x)
+    assert isinstance(out, tuple) and out[0].shape == (2, 5, 4)
+
+    def every_output(x):
+        y, state = wrapped(x)
+        return (y, *state) if isinstance(state, tuple) else (y, state)
+
+    assert torch.autograd.gradcheck(every_output, (x,))
+    if kind == "RNN":  # an initial state passed as a tensor gets its gradient too
+        h0 = torch.randn(2, 2, 4, dtype=D, requires_grad=True)
+        assert torch.autograd.gradcheck(lambda x, h: wrapped(x, h), (x, h0))

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 import torch
 from torch import Tensor, nn
@@ -253,6 +253,22 @@ __all__ = ["TorchGeneralRelu", "TorchResidual", "from_torch", "to_torch"]
 # ------------------------------------------------------------------ handgrad layers inside torch.nn
 
 
+def _flat_tensors(out: object) -> list[Tensor] | None:
+    """The tensors of a tensor or of a (nested) tuple of tensors, in order; None for anything else."""
+    if isinstance(out, Tensor):
+        return [out]
+    if isinstance(out, (tuple, list)) and out:
+        parts = [_flat_tensors(o) for o in out]
+        return None if any(p is None for p in parts) else [t for p in parts for t in p]
+    return None
+
+
+def _nested_like(structure: object, tensors: Iterator[Tensor]) -> object:
+    if isinstance(structure, (tuple, list)):
+        return type(structure)(_nested_like(o, tensors) for o in structure)
+    return next(tensors)
+
+
 class _HandgradFunction(torch.autograd.Function):
     """A torch.autograd.Function whose backward is the handgrad module's hand-written one.
 
@@ -265,20 +281,28 @@ class _HandgradFunction(torch.autograd.Function):
         inputs = [t.detach() for t in tensors[:n_inputs]]
         with lean(False):  # autograd may ask for this call's backward more than once: keep everything
             out = module(*inputs)
-        if not isinstance(out, Tensor):
+        flat = _flat_tensors(out)
+        if flat is None:
             raise TypeError(f"wrap({type(module).__name__}): forward returned a {type(out).__name__}; a wrapped "
-                            "module must return one tensor")
+                            "module must return a tensor or a tuple of tensors (as RNN, LSTM)")
         ctx.call, ctx.module = module.__dict__["_last"], module
         # what the hand-written backward reads, and each tensor's version now (as autograd's saved tensors)
         read = [(f"input {i}", t) for i, t in enumerate(inputs) if module.backward_reads_input()] + \
-            ([("the output", out)] if module.backward_reads_output() else []) + \
+            [(f"output {i}", o) for i, o in enumerate(flat) if module.backward_reads_output()] + \
             [(f"parameter {n}", p) for n, p in module.named_parameters()]
         ctx.versions = [(what, t, t._version) for what, t in read]
-        return out.detach()
+        if isinstance(out, Tensor):
+            return out.detach()
+        return tuple(t.detach() for t in flat)  # autograd takes a flat tuple; forward below puts the nesting back
 
     @staticmethod
-    def backward(ctx, dy: Tensor) -> tuple[Tensor | None, ...]:  # type: ignore[override]
+    def backward(ctx, *dys: Tensor) -> tuple[Tensor | None, ...]:  # type: ignore[override]
         module, call = ctx.module, ctx.call
+        if isinstance(call.out, Tensor):
+            dy = dys[0]
+        else:  # one gradient per output tensor, put back into the output's nesting
+            grads = iter(d.contiguous() for d in dys)
+            dy = _nested_like(call.out, grads)
         if torch.is_grad_enabled():
             raise RuntimeError(f"wrap({type(module).__name__}): double backward (create_graph=True, gradgradcheck) "
                                "is not supported: handgrad's hand-written backward is not itself differentiated")
@@ -295,7 +319,7 @@ class _HandgradFunction(torch.autograd.Function):
         try:
             call.reopen()  # retain_graph: autograd may run this backward again
             with lean(False):
-                run_backward(call, dy.contiguous())
+                run_backward(call, dy.contiguous() if isinstance(dy, Tensor) else dy)
             d_inputs = [getattr(x, "g", None) if x.is_floating_point() else None for x in call.args]
             d_params = [p.g for p in params]
         finally:
@@ -406,7 +430,10 @@ class TorchModule(nn.Module):
         m = self.handgrad_module
         m.train(self.training)
         self._sync()
-        return _HandgradFunction.apply(m, len(inputs), *inputs, *self.params)
+        out = _HandgradFunction.apply(m, len(inputs), *inputs, *self.params)
+        if isinstance(out, Tensor):
+            return out
+        return _nested_like(m.__dict__["_last"].out, iter(out))  # (output, (h_n, c_n)) as the module returns it
 
     def _get_name(self) -> str:
         return f"TorchModule[{type(self.handgrad_module).__name__}]"
