@@ -10,7 +10,8 @@ os.environ.setdefault("KINETO_LOG_LEVEL", "6")
 from . import check, functional, init, interop, models
 from .course import Lin, LinearLayer, Model, Mse, Relu
 from .layers import (GELU, AdaptiveAvgPool2d, AvgPool2d, BatchNorm1d, BatchNorm2d, Conv2d, Dropout, Embedding, Flatten,
-                     GeneralRelu, LayerNorm, LeakyReLU, Linear, LogSoftmax, LSTM, MaxPool2d, ReLU, Residual, RNN,
+                     GeneralRelu, LayerNorm, LeakyReLU, Linear, LogSoftmax, LSTM, MaxPool2d, MultiheadAttention, ReLU,
+                     Residual, RNN,
                      Sigmoid, SiLU, Softmax, Tanh, TiedLinear, Unflatten, conv_bn, res_block)
 from .losses import CrossEntropyLoss, MSELoss, NLLLoss
 from .allocator import keep_freed_memory
@@ -23,7 +24,8 @@ __version__ = "0.1.0"
 
 __all__ = [
     "GELU", "AdaptiveAvgPool2d", "AvgPool2d", "BatchNorm1d", "BatchNorm2d", "Conv2d", "Dropout", "Embedding",
-    "Flatten", "GeneralRelu", "LayerNorm", "LeakyReLU", "LSTM", "MaxPool2d", "RNN", "Residual", "Sigmoid", "SiLU",
+    "Flatten", "GeneralRelu", "LayerNorm", "LeakyReLU", "LSTM", "MaxPool2d", "MultiheadAttention", "RNN", "Residual",
+    "Sigmoid", "SiLU",
     "Softmax", "Tanh",
     "TiedLinear",
     "Unflatten", "conv_bn", "res_block",

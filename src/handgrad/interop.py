@@ -125,6 +125,18 @@ def _recurrent() -> None:
     _FROM_TORCH[nn.LSTM] = rnn_from
     _FROM_TORCH[nn.RNN] = rnn_from
 
+    def mha_from(m: nn.MultiheadAttention) -> Module:
+        if m.dropout or not m._qkv_same_embed_dim or m.bias_k is not None or m.add_zero_attn:
+            raise TypeError("no handgrad equivalent for torch MultiheadAttention with dropout, kdim/vdim, add_bias_kv "
+                            "or add_zero_attn")
+        return L.MultiheadAttention(m.embed_dim, m.num_heads, bias=m.in_proj_bias is not None,
+                                    batch_first=m.batch_first)
+
+    _TO_TORCH[L.MultiheadAttention] = lambda m: nn.MultiheadAttention(m.embed_dim, m.num_heads,
+                                                                      bias=m.in_proj_bias is not None,
+                                                                      batch_first=m.batch_first)
+    _FROM_TORCH[nn.MultiheadAttention] = mha_from
+
 
 _recurrent()
 
@@ -277,10 +289,10 @@ class _HandgradFunction(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, module: Module, n_inputs: int, *tensors: Tensor) -> Tensor:  # type: ignore[override]
+    def forward(ctx, module: Module, options: dict, n_inputs: int, *tensors: Tensor) -> Tensor:  # type: ignore[override]
         inputs = [t.detach() for t in tensors[:n_inputs]]
         with lean(False):  # autograd may ask for this call's backward more than once: keep everything
-            out = module(*inputs)
+            out = module(*inputs, **options)  # options: flags such as is_causal
         flat = _flat_tensors(out)
         if flat is None:
             raise TypeError(f"wrap({type(module).__name__}): forward returned a {type(out).__name__}; a wrapped "
@@ -328,7 +340,7 @@ class _HandgradFunction(torch.autograd.Function):
                 p.__dict__.pop("_gbuf", None)
                 if buf is not None:
                     p.__dict__["_gbuf"] = buf
-        return (None, None, *d_inputs, *d_params)
+        return (None, None, None, *d_inputs, *d_params)
 
 
 class _Shell(nn.Module):
@@ -426,11 +438,11 @@ class TorchModule(nn.Module):
         self._sync()
         return result
 
-    def forward(self, *inputs: Tensor) -> Tensor:
+    def forward(self, *inputs: Tensor, **options: object) -> Tensor:
         m = self.handgrad_module
         m.train(self.training)
         self._sync()
-        out = _HandgradFunction.apply(m, len(inputs), *inputs, *self.params)
+        out = _HandgradFunction.apply(m, options, len(inputs), *inputs, *self.params)
         if isinstance(out, Tensor):
             return out
         return _nested_like(m.__dict__["_last"].out, iter(out))  # (output, (h_n, c_n)) as the module returns it

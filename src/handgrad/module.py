@@ -483,7 +483,7 @@ def run_backward(call: Call, grad: Tensor | None = None, needs_input_grad: bool 
         raise RuntimeError(f"{name}.backward called twice for one forward; run the forward again first (a second "
                            "backward would count every gradient twice)")
     out = call.out
-    if isinstance(out, (tuple, list)) and not m.writes_no_bwd() and not m.seeds_form() and calls._tensors(out):
+    if isinstance(out, (tuple, list)) and not m.seeds_form() and calls._tensors(out):
         grad = _tuple_grads(name, out, grad)  # a layer with several outputs (RNN, LSTM): bwd gets them all
         for t, g in zip(calls._tensors(out), calls._tensors(grad)):
             t.g = g

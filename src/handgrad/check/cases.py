@@ -147,6 +147,29 @@ def _recurrent(kind: str) -> Callable[[torch.Generator], Case]:
     return make
 
 
+def _attention(gen: torch.Generator) -> Case:
+    heads = _dim(gen, 1, 3)
+    e, length, source, n = heads * _dim(gen, 1, 3), _dim(gen, 1, 5), _dim(gen, 1, 5), _dim(gen, 1, 3)
+    causal = bool(_dim(gen, 0, 1))
+    source = length if causal else source  # causal self-attention shapes
+    layer = L.MultiheadAttention(e, heads)
+    inputs = (_randn(gen, length, n, e), _randn(gen, source, n, e), _randn(gen, source, n, e))
+    if causal:
+        layer = _Causal(layer)
+    return Case(f"MultiheadAttention({e}, {heads}{', causal' if causal else ''})", layer, inputs)
+
+
+class _Causal(Module):
+    """Attention with is_causal=True (the check passes inputs only)."""
+
+    def __init__(self, attention: Module) -> None:
+        super().__init__()
+        self.attention = attention
+
+    def forward(self, q: Tensor, k: Tensor, v: Tensor) -> tuple:
+        return self.attention(q, k, v, is_causal=True)
+
+
 def _residual(gen: torch.Generator) -> Case:
     c = _dim(gen, 1, 3)
     body = Sequential(L.Linear(c * 2, c * 2), L.Tanh())
@@ -248,6 +271,7 @@ BUILTIN_CASES: dict[str, Callable[[torch.Generator], Case]] = {
     "NLLLoss": _nll,
     "RNN": _recurrent("RNN"),  # last: the cases before draw the shapes they always drew
     "LSTM": _recurrent("LSTM"),
+    "MultiheadAttention": _attention,
 }
 
 
