@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
+import torch
+
 from . import layers as L
 from .module import Module, Sequential
 
@@ -32,3 +34,20 @@ def cnn(n_out: int = 10, channels: Iterable[int] = (16, 32, 64),
         layers.append(L.res_block(ni, nf, stride=2))
     layers += [L.AdaptiveAvgPool2d(1), L.Flatten(), L.Linear(widths[-1], n_out)]
     return Sequential(*layers)
+
+
+def gpt(vocab: int, n_layer: int, n_head: int, d_model: int, block_size: int, *, recompute: bool = False,
+        dtype: torch.dtype | None = None, device: torch.device | str | None = None) -> Sequential:
+    """A GPT: token embedding + learned position embedding, n_layer pre-LayerNorm blocks (causal self-attention,
+    4x GELU MLP), a final LayerNorm and the output projection tied to the token embedding. Maps token indices
+    (N, T) with T <= block_size to logits (N, T, vocab)."""
+    from .layers import Embedding, LayerNorm, TiedLinear
+    from .layers.transformer import Block, PositionEmbedding
+
+    kw = {"dtype": dtype, "device": device}
+    emb = Embedding(vocab, d_model, **kw)
+    with torch.no_grad():
+        emb.weight.mul_(0.02)  # GPT-2's N(0, 0.02^2)
+    blocks = [Block(d_model, n_head, recompute=recompute, **kw) for _ in range(n_layer)]
+    return Sequential(emb, PositionEmbedding(block_size, d_model, **kw), *blocks, LayerNorm(d_model, **kw),
+                      TiedLinear(emb.weight))
