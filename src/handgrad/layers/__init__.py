@@ -4,6 +4,7 @@ from .activation import GELU, GeneralRelu, LeakyReLU, LogSoftmax, ReLU, Sigmoid,
 from .conv import Conv2d
 from .dropout import Dropout
 from .embedding import Embedding
+from .fused_output import LinearCrossEntropy
 from .attention import MultiheadAttention
 from .linear import Linear, TiedLinear
 from .normalization import BatchNorm1d, BatchNorm2d, LayerNorm
@@ -14,7 +15,8 @@ from .shape import Flatten, Unflatten
 
 __all__ = [
     "AdaptiveAvgPool2d", "AvgPool2d", "BatchNorm1d", "BatchNorm2d", "Conv2d", "Dropout", "Embedding", "Flatten",
-    "GELU", "GeneralRelu", "LSTM", "LayerNorm", "LeakyReLU", "Linear", "LogSoftmax", "MaxPool2d", "MultiheadAttention",
+    "GELU", "GeneralRelu", "LSTM", "LayerNorm", "LeakyReLU", "Linear", "LinearCrossEntropy", "LogSoftmax", "MaxPool2d",
+    "MultiheadAttention",
     "RNN", "ReLU",
     "Residual",
     "SiLU", "Sigmoid", "Softmax", "Tanh", "TiedLinear", "Unflatten", "conv_bn", "res_block",
