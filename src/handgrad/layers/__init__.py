@@ -16,8 +16,5 @@ from .shape import Flatten, Unflatten
 __all__ = [
     "AdaptiveAvgPool2d", "AvgPool2d", "BatchNorm1d", "BatchNorm2d", "Conv2d", "Dropout", "Embedding", "Flatten",
     "GELU", "GeneralRelu", "LSTM", "LayerNorm", "LeakyReLU", "Linear", "LinearCrossEntropy", "LogSoftmax", "MaxPool2d",
-    "MultiheadAttention",
-    "RNN", "ReLU",
-    "Residual",
-    "SiLU", "Sigmoid", "Softmax", "Tanh", "TiedLinear", "Unflatten", "conv_bn", "res_block",
+    "MultiheadAttention", "RNN", "ReLU", "Residual", "SiLU", "Sigmoid", "Softmax", "Tanh", "TiedLinear", "Unflatten", "conv_bn", "res_block",
 ]
