@@ -75,3 +75,14 @@ ensure_words() {
   fi
   [ -f /usr/share/dict/american-english ]
 }
+
+ensure_fortunes() {
+  # Debian's fortunes: plain-text files under /usr/share/games/fortunes, a corpus for character models
+  [ -d /usr/share/games/fortunes ] && return 0
+  if apt_usable; then
+    echo "installing Debian's fortunes with apt-get ..."
+    as_root apt-get update -qq >/dev/null
+    as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq fortunes >/dev/null
+  fi
+  [ -d /usr/share/games/fortunes ]
+}

@@ -7,6 +7,7 @@ source "$(dirname "${BASH_SOURCE[0]}")/setup.sh"
 setup_venv test
 ensure_fashion_mnist || echo "Fashion-MNIST unavailable: its real-data tests will be skipped"
 ensure_words || echo "the wamerican word list unavailable: the notebook that reads it will fail"
+ensure_fortunes || echo "fortunes unavailable: its real-text test will be skipped"
 ensure_graphviz || echo "graphviz's dot unavailable: the tests that render graphs will be skipped"
 cd "$ROOT"
 exec "$VENV/bin/python" -m pytest "$@"
