@@ -157,3 +157,25 @@ def test_wrapped_inside_torch_passes_gradcheck_on_every_output(kind):
     if kind == "RNN":  # an initial state passed as a tensor gets its gradient too
         h0 = torch.randn(2, 2, 4, dtype=D, requires_grad=True)
         assert torch.autograd.gradcheck(lambda x, h: wrapped(x, h), (x, h0))
+
+
+@pytest.mark.parametrize("cell", ["lstm", "rnn"])
+def test_a_character_model_matches_its_torch_twin(cell):
+    torch.manual_seed(6)
+    vocab = 11
+    model = hg.models.CharRNN(vocab, 5, 7, 2, cell, dtype=D)
+    twin = torch.nn.ModuleDict({"emb": torch.nn.Embedding(vocab, 5, dtype=D),
+                                "rnn": getattr(torch.nn, cell.upper())(5, 7, 2, batch_first=True, dtype=D),
+                                "head": torch.nn.Linear(7, vocab, dtype=D)})
+    twin.load_state_dict(model.state_dict())
+    idx = torch.randint(0, vocab, (3, 6))
+    logits = model(idx)
+    dy = torch.randn_like(logits)
+    model.backward(dy)
+    logits_t = twin["head"](twin["rnn"](twin["emb"](idx))[0])
+    logits_t.backward(dy)
+    torch.testing.assert_close(logits, logits_t.detach(), rtol=1e-9, atol=1e-12)
+    ref = dict(twin.named_parameters())
+    for name, p in model.named_parameters():
+        got = p.g.t() if name == "head.weight" else p.g
+        torch.testing.assert_close(got, ref[name].grad, rtol=1e-9, atol=1e-12, msg=lambda m, n=name: f"{n}: {m}")

@@ -51,3 +51,31 @@ def gpt(vocab: int, n_layer: int, n_head: int, d_model: int, block_size: int, *,
     blocks = [Block(d_model, n_head, recompute=recompute, **kw) for _ in range(n_layer)]
     return Sequential(emb, PositionEmbedding(block_size, d_model, **kw), *blocks, LayerNorm(d_model, **kw),
                       TiedLinear(emb.weight))
+
+
+class CharRNN(Module):
+    """A character model: Embedding(vocab, d) -> RNN or LSTM (batch first) -> Linear(hidden, vocab), mapping token
+    indices (N, T) to logits (N, T, vocab). No bwd of its own: its backward is the replay of its layers'."""
+
+    def __init__(self, vocab: int, d: int, hidden: int, num_layers: int = 1, cell: str = "lstm", *,
+                 dtype: torch.dtype | None = None, device: torch.device | str | None = None) -> None:
+        super().__init__()
+        if cell not in ("lstm", "rnn"):
+            raise ValueError(f"CharRNN: cell must be 'lstm' or 'rnn', got {cell!r}")
+        kw = {"dtype": dtype, "device": device}
+        self.cell = cell
+        self.emb = L.Embedding(vocab, d, **kw)
+        self.rnn = (L.LSTM if cell == "lstm" else L.RNN)(d, hidden, num_layers, batch_first=True, **kw)
+        self.head = L.Linear(hidden, vocab, init="torch", **kw)
+
+    def forward(self, idx: torch.Tensor) -> torch.Tensor:
+        out, _ = self.rnn(self.emb(idx))  # (N, T, hidden)
+        return self.head(out)  # (N, T, vocab)
+
+
+def char_lstm(vocab: int, d: int = 64, hidden: int = 256, num_layers: int = 2, **kw) -> CharRNN:
+    return CharRNN(vocab, d, hidden, num_layers, "lstm", **kw)
+
+
+def char_rnn(vocab: int, d: int = 64, hidden: int = 256, num_layers: int = 1, **kw) -> CharRNN:
+    return CharRNN(vocab, d, hidden, num_layers, "rnn", **kw)
