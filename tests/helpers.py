@@ -69,3 +69,18 @@ def test_close(a: Tensor, b: Tensor, eps: float = 1e-5) -> None:
 
 
 test_close.__test__ = False  # a helper, not a test
+
+
+class SeedsLin(hg.Module):
+    """The seeds' Module-style linear layer: plain tensors for parameters, bwd(self, out, inp) assigning .g."""
+
+    def __init__(self, w: Tensor, b: Tensor) -> None:
+        self.w, self.b = w, b
+
+    def forward(self, inp: Tensor) -> Tensor:
+        return inp @ self.w + self.b
+
+    def bwd(self, out: Tensor, inp: Tensor) -> None:
+        inp.g = out.g @ self.w.t()
+        self.w.g = inp.t() @ out.g
+        self.b.g = out.g.sum(0)

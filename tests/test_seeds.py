@@ -365,13 +365,7 @@ def test_a_hand_written_loop_over_model_matches_torch():
 def test_seeds_form_layers_in_torch_through_wrap_and_to_torch():
     from handgrad.interop import to_torch, wrap
 
-    class Lin(hg.Module):
-        def __init__(self, w, b): self.w, self.b = w, b
-        def forward(self, inp): return inp @ self.w + self.b
-        def bwd(self, out, inp):
-            inp.g = out.g @ self.w.t()
-            self.w.g = inp.t() @ out.g
-            self.b.g = out.g.sum(0)
+    from helpers import SeedsLin as Lin
 
     layer = wrap(Lin(torch.randn(4, 3, dtype=torch.float64), torch.randn(3, dtype=torch.float64)))
     assert torch.autograd.gradcheck(layer, (torch.randn(5, 4, dtype=torch.float64, requires_grad=True),))

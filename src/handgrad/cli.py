@@ -427,40 +427,19 @@ def _check_target(args: argparse.Namespace) -> int:
 
 def _trace(args: argparse.Namespace) -> int:
     from .losses import CrossEntropyLoss
-    from .models import cnn, mlp
     from .trace import format_trace, trace
 
-    _seed(args.seed)
-    gen = torch.Generator().manual_seed(args.seed)
-    if args.target is not None:
-        from .check.target import instantiate, load_class, parse_args, parse_shape
-
-        given = {tok.split("=", 1)[0] for tok in args.argv if tok.startswith("--")}
-        for flag in ("--model", "--hidden", "--channels", "--bs", "--dataset"):
-            if flag in given:
-                raise UsageError(f"{flag} is for the built-in models: TARGET {args.target} is drawn on a random input "
-                                 "of --input-shape (its sizes go in --args)")
-        model = instantiate(load_class(args.target), parse_args(args.args))
-        if args.input_shape is None:
-            raise UsageError("--input-shape is needed with a TARGET, e.g. --input-shape 64,784")
-        x = torch.randn(parse_shape(args.input_shape), generator=gen)
+    model, x, y, about = _model_and_batch(args)
+    if y is None:  # a class of the user's own, on a random input
         try:
             rows = trace(model, x, seed=args.seed)
         except Exception as e:
             raise UsageError(f"{type(model).__name__} failed on an input of shape {list(x.shape)}: "
                              f"{type(e).__name__}: {e}") from None
-        print(f"{type(model).__name__} on a random input {list(x.shape)}, backward from a random output gradient")
+        print(f"{about} on a random input {list(x.shape)}, backward from a random output gradient")
     else:
-        if args.bs < 1:
-            raise UsageError(f"--bs must be a positive integer, got {args.bs}")
-        from .train.run import check_size
-
-        check_size(TrainConfig(model=args.model, hidden=args.hidden, channels=args.channels, bs=args.bs), 784, 10)
-        torch.manual_seed(args.seed)
-        model = mlp(784, args.hidden, 10) if args.model == "mlp" else cnn(10, args.channels)
-        x, y, source = _first_batch(args.dataset, args.bs, gen)
         rows = trace(model, x, y, CrossEntropyLoss())
-        print(f"{args.model} on {source}, batch {list(x.shape)}, backward from the cross-entropy loss")
+        print(f"{about}, batch {list(x.shape)}, backward from the cross-entropy loss")
     print(format_trace(rows))
     return 0
 

@@ -167,17 +167,15 @@ class Module:
         saved = d.get("_saving")
         if saved is not None:  # set by a forward: part of that call's context
             saved[name] = value
-        elif type(self).seeds_form():
+        elif d.get("_constructing") and type(self).seeds_form():
             # the seeds' layers keep plain tensors (`self.w, self.b = w, b`): those set by the constructor are its
             # parameters, kept as they are so that the caller's own tensors get their `.g` (a tensor set by a
             # forward, even one called directly as autograd's reference calls it, is not)
-            plain = d.get("_plain_params")
-            if isinstance(value, Tensor) and not isinstance(value, Parameter) and value.is_floating_point() and \
-                    d.get("_constructing") and name not in ("args", "out"):
-                plain = d.setdefault("_plain_params", [])
-                if name not in plain:
-                    plain.append(name)
-            elif plain and name in plain and not isinstance(value, Tensor):
+            plain = d.setdefault("_plain_params", [])
+            is_plain = isinstance(value, Tensor) and not isinstance(value, Parameter) and value.is_floating_point()
+            if is_plain and name not in plain and name not in ("args", "out"):
+                plain.append(name)
+            elif not is_plain and name in plain:
                 plain.remove(name)
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
@@ -196,9 +194,7 @@ class Module:
             try:
                 init(self, *args, **kw)
             finally:
-                if outer:
-                    d["_constructing"] = True
-                else:
+                if not outer:  # the outermost constructor ends the mark
                     d.pop("_constructing", None)
 
         cls.__init__ = __init__  # type: ignore[misc]
@@ -487,27 +483,23 @@ def run_backward(call: Call, grad: Tensor | None = None, needs_input_grad: bool 
         grad = _tuple_grads(name, out, grad)  # a layer with several outputs (RNN, LSTM): bwd gets them all
         for t, g in zip(calls._tensors(out), calls._tensors(grad)):
             t.g = g
-        out = None
     elif not is_tensor(out):
         raise TypeError(f"{name}.backward: the output is a {type(out).__name__}, not a tensor; run backward on "
                         "the modules that made its tensors")
-    if out is None:
-        pass
-    elif grad is None:
-        grad = getattr(out, "g", None)
+    else:
         if grad is None:
-            if out.dim() != 0:  # not numel() == 1: a later one-sample forward must not pass for a loss
-                raise RuntimeError(f"{name}.backward() needs the gradient of its output (shape {list(out.shape)}): "
-                                   "pass it, or run the next layer's backward first (at the top level, backward runs "
-                                   "the module's latest call: a forward made since the loss's, e.g. for logging, "
-                                   "takes its place)")
-            grad = torch.ones(out.shape, dtype=out.dtype, device=out.device)
-    elif tuple(grad.shape) != tuple(out.shape):
-        raise ValueError(f"{name}.backward: expected a gradient of shape {list(out.shape)} (the output's), got "
-                         f"{list(grad.shape)}")
-    if out is not None:
+            grad = getattr(out, "g", None)
+            if grad is None:
+                if out.dim() != 0:  # not numel() == 1: a later one-sample forward must not pass for a loss
+                    raise RuntimeError(f"{name}.backward() needs the gradient of its output (shape "
+                                       f"{list(out.shape)}): pass it, or run the next layer's backward first (at the "
+                                       "top level, backward runs the module's latest call: a forward made since the "
+                                       "loss's, e.g. for logging, takes its place)")
+                grad = torch.ones(out.shape, dtype=out.dtype, device=out.device)
+        elif tuple(grad.shape) != tuple(out.shape):
+            raise ValueError(f"{name}.backward: expected a gradient of shape {list(out.shape)} (the output's), got "
+                             f"{list(grad.shape)}")
         out.g = grad
-    out = call.out
     call.done = True
     last = m.__dict__.get("_last")
     call.restore()
