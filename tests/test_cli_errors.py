@@ -260,7 +260,7 @@ CASES = {
     "config unknown key": (lambda t, n, r: set_config(r, epoch=3) or ["eval", r], 1, "unknown key 'epoch'"),
     "config hidden negative": (lambda t, n, r: set_config(r, hidden=[-5]) or ["eval", r], 1,
                                "--hidden sizes must be from 1"),
-    "config model unknown": (lambda t, n, r: set_config(r, model="rnn") or ["eval", r], 1, "--model must be one of"),
+    "config model unknown": (lambda t, n, r: set_config(r, model="transformer") or ["eval", r], 1, "--model must be one of"),
     "config lr a list": (lambda t, n, r: set_config(r, lr=[1]) or ["eval", r], 1,
                          "key 'lr': expected a number or null, got [1] (a list)"),
     "config init unknown": (lambda t, n, r: set_config(r, init="foo") or ["eval", r], 1, "--init must be one of"),

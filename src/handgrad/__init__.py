@@ -13,7 +13,7 @@ from .layers import (GELU, AdaptiveAvgPool2d, AvgPool2d, BatchNorm1d, BatchNorm2
                      GeneralRelu, LayerNorm, LeakyReLU, Linear, LogSoftmax, LSTM, MaxPool2d, MultiheadAttention, ReLU,
                      Residual, RNN,
                      Sigmoid, SiLU, Softmax, Tanh, TiedLinear, Unflatten, conv_bn, res_block)
-from .losses import CrossEntropyLoss, MSELoss, NLLLoss
+from .losses import CrossEntropyLoss, MSELoss, NLLLoss, TokenCrossEntropyLoss
 from .allocator import keep_freed_memory
 from .fused import FusedStep, training_step
 from .graph import draw
@@ -29,7 +29,7 @@ __all__ = [
     "Softmax", "Tanh",
     "TiedLinear",
     "Unflatten", "conv_bn", "res_block",
-    "CrossEntropyLoss", "Lin", "Linear", "LinearLayer", "Model", "LogSoftmax", "MSELoss", "Module", "Mse", "NLLLoss", "Parameter",
+    "CrossEntropyLoss", "Lin", "Linear", "LinearLayer", "Model", "LogSoftmax", "MSELoss", "Module", "Mse", "NLLLoss", "Parameter", "TokenCrossEntropyLoss",
     "ReLU", "Relu", "SGD", "Sequential", "WithLoss", "add_grad", "check", "functional", "init", "interop", "models",
     "Adam", "AdamW", "FusedStep", "draw", "keep_freed_memory", "lean", "training_step",
 ]

@@ -8,6 +8,7 @@ or gradients that do not check out.
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import sys
 from collections.abc import Sequence
@@ -52,18 +53,36 @@ def _add_train_args(t: argparse.ArgumentParser, d: TrainConfig) -> None:
                         "logits (the run folder records it, by absolute path, and its --args)")
     t.add_argument("--args", dest="model_args", type=_model_args, default=None, metavar="JSON",
                    help="TARGET's constructor arguments as a JSON object, e.g. '{\"width\": 64}'")
-    t.add_argument("--dataset", default=d.dataset, choices=["auto", "mnist", "fashion-mnist"],
-                   help="auto: MNIST where it can be found or downloaded, else Fashion-MNIST (default)")
+    t.add_argument("--dataset", default=d.dataset, metavar="{auto,mnist,fashion-mnist,fortunes,words,text:PATH}",
+                   help="images: auto, MNIST where it can be found or downloaded, else Fashion-MNIST (default); "
+                        "text, for --model gpt/lstm/rnn: fortunes (Debian's fortunes), words (Debian's wamerican "
+                        "word list) or text:PATH (any UTF-8 file)")
     t.add_argument("--data", default=d.data, metavar="PATH", help="a data file or folder to read instead of searching")
-    t.add_argument("--model", default=d.model, choices=["mlp", "cnn"],
-                   help="mlp: the seeds' MLP (default); cnn: a small ResNet-style CNN with batch norm")
+    t.add_argument("--model", default=d.model, choices=["mlp", "cnn", "gpt", "lstm", "rnn"],
+                   help="mlp: the seeds' MLP (default); cnn: a small ResNet-style CNN with batch norm; gpt, lstm, "
+                        "rnn: character models of text (AdamW, warm-up and cosine decay, gradients clipped to 1)")
     t.add_argument("--hidden", type=_hidden, default=d.hidden, help="mlp hidden sizes, e.g. 50 (default) or 100,50")
     t.add_argument("--channels", type=_hidden, default=d.channels, help="cnn widths, e.g. 16,32,64 (default)")
+    t.add_argument("--steps", type=int, default=d.steps, metavar="N",
+                   help="stop after N optimizer steps (any model; text models train for N steps, default 1000)")
+    t.add_argument("--block-size", type=int, default=d.block_size, metavar="T",
+                   help="text: characters per training window, the GPT's context")
+    t.add_argument("--d-model", type=int, default=d.d_model, metavar="D",
+                   help="text: the GPT's width (default 128); lstm/rnn: the embedding size (default 64)")
+    t.add_argument("--n-layer", type=int, default=d.n_layer, metavar="L",
+                   help="text: GPT blocks (default 4), LSTM layers (default 2), RNN layers (default 1)")
+    t.add_argument("--n-head", type=int, default=d.n_head, metavar="H", help="gpt: attention heads")
+    t.add_argument("--hidden-size", type=int, default=d.hidden_size, metavar="H", help="lstm/rnn: hidden state size")
+    t.add_argument("--eval-every", type=int, default=d.eval_every, metavar="N",
+                   help="text: steps between two validations, each with a sample of generated text")
+    t.add_argument("--no-recompute", dest="recompute", action="store_false",
+                   help="gpt: keep the attention probabilities for backward instead of recomputing them")
     t.add_argument("--loss", default=d.loss, choices=LOSSES, help=f"default {d.loss}")
-    t.add_argument("--epochs", type=int, default=d.epochs, help=f"default {d.epochs}")
+    t.add_argument("--epochs", type=int, default=d.epochs, help="image models: passes over the training set")
     t.add_argument("--bs", "--batch-size", dest="bs", type=int, default=d.bs,
-                   help="batch size (default 64 for the MLP, 128 for the CNN)")
-    t.add_argument("--opt", default=d.opt, choices=["sgd", "adam", "adamw"], help="optimizer (default sgd)")
+                   help="batch size (default 64 for the MLP, 128 for the CNN, 32 windows for the text models)")
+    t.add_argument("--opt", default=d.opt, choices=["sgd", "adam", "adamw"],
+                   help="optimizer (default sgd for the image models, adamw for the text models)")
     t.add_argument("--lr", type=float, default=d.lr,
                    help="learning rate, the peak with one-cycle (default: sgd 0.1, 0.01 with mse; adam(w) 0.003)")
     t.add_argument("--momentum", type=float, default=d.momentum, help="SGD momentum (default 0 for the MLP, "
@@ -71,9 +90,12 @@ def _add_train_args(t: argparse.ArgumentParser, d: TrainConfig) -> None:
     t.add_argument("--weight-decay", type=float, default=d.weight_decay,
                    help="weight decay (default: sgd 0 for the MLP, 5e-4 for the CNN; adamw 0.01)")
     t.add_argument("--schedule", default=d.schedule, choices=["constant", "one-cycle", "cosine", "step"],
-                   help="learning-rate schedule, per batch (default constant for the MLP, cosine for the CNN)")
-    t.add_argument("--warmup", type=int, default=d.warmup, help="cosine: warm-up steps")
-    t.add_argument("--clip", type=float, default=d.clip, help="clip the gradients' global norm to this")
+                   help="learning-rate schedule, per batch (default constant for the MLP, cosine for the CNN and "
+                        "the text models)")
+    t.add_argument("--warmup", type=int, default=d.warmup, help="cosine: warm-up steps (default 0; text models: a "
+                   "tenth of the steps, at most 100)")
+    t.add_argument("--clip", type=float, default=d.clip, help="clip the gradients' global norm to this (default: "
+                   "none; text models 1.0)")
     t.add_argument("--patience", type=int, default=d.patience,
                    help="early stopping: epochs without a better valid loss")
     t.add_argument("--seed", type=int, default=d.seed, help=f"default {d.seed}")
@@ -210,7 +232,8 @@ def _parser() -> argparse.ArgumentParser:
     bn = sub.add_parser("bench", help="training-step time and peak memory: handgrad vs torch eager, "
                                       "torch.compile and the GEMM floor")
     bn.add_argument("--configs", nargs="+", default=None,
-                    help="mlp-784-50-10-bs64, mlp-784-1024-1024-10-bs256, cnn-bs128 (default: all)")
+                    help="mlp-784-50-10-bs64, mlp-784-1024-1024-10-bs256, cnn-bs128, gpt-4l-4h-d128-block128-bs32, "
+                         "lstm-2l-h256-d64-seq128-bs32 (default: all)")
     bn.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
     bn.add_argument("--rounds", type=int, default=5, help="timed rounds per measurement (the median is shown)")
     bn.add_argument("--no-compile", dest="compile", action="store_false", help="skip torch.compile")
@@ -218,6 +241,18 @@ def _parser() -> argparse.ArgumentParser:
                     help="skip the time to 0.85 Fashion-MNIST validation accuracy (handgrad vs eager)")
     bn.add_argument("--json", default=None, metavar="FILE", help="also write the rows as JSON")
     bn.add_argument("--plot", default=None, metavar="PNG", help="also save a bar chart")
+
+    gn = sub.add_parser("generate", help="text a character model run (--model gpt, lstm or rnn) writes after a "
+                                         "prompt")
+    gn.add_argument("run", metavar="DIR")
+    gn.add_argument("--prompt", default="", metavar="TEXT",
+                    help="what the text starts with, in the run's characters (default: a new line)")
+    gn.add_argument("--tokens", type=int, default=200, metavar="N", help="characters to generate")
+    gn.add_argument("--temperature", type=float, default=0.8, metavar="T",
+                    help="below 1 sharper, above 1 more random")
+    gn.add_argument("--top-k", type=int, default=None, metavar="K",
+                    help="draw each character from the K most likely only (default: all)")
+    gn.add_argument("--seed", type=int, default=0, help="the draws")
 
     dd = sub.add_parser("data", help="find (or download) a data set and say where it is")
     dd.add_argument("name", choices=["mnist", "fashion-mnist"])
@@ -271,10 +306,28 @@ def _resume_changes(args: argparse.Namespace) -> dict:
     return changes
 
 
+IMAGE_ONLY = ("--epochs", "--hidden", "--channels", "--init", "--subset", "--no-normalize", "--loss", "--data",
+              "--no-fused", "--stats")
+TEXT_ONLY = ("--block-size", "--d-model", "--n-layer", "--n-head", "--hidden-size", "--eval-every", "--no-recompute")
+
+
 def _config(args: argparse.Namespace) -> TrainConfig:
-    """The TrainConfig the flags describe; a TARGET becomes its model, recorded by absolute path."""
+    """The TrainConfig the flags describe; a TARGET becomes its model, recorded by absolute path. A flag for the
+    other kind of model (image or text) is a one-line error, not silently ignored."""
     d = TrainConfig()
     cfg = TrainConfig(**{f.name: getattr(args, f.name, getattr(d, f.name)) for f in fields(TrainConfig)})
+    given = {tok.split("=", 1)[0] for tok in getattr(args, "argv", []) if tok.startswith("--")}
+    if getattr(args, "resume", None) is None and getattr(args, "run", None) is None:
+        wrong = IMAGE_ONLY if cfg.is_text else TEXT_ONLY
+        if cfg.is_text and "--epochs" in given:
+            raise UsageError(f"--epochs is for the image models: --model {cfg.model} trains for --steps N "
+                             "(validating every --eval-every steps)")
+        flag = next((f for f in wrong if f in given), None)
+        if flag is not None and cfg.is_text:
+            raise UsageError(f"{flag} is for the image models (mlp, cnn, a class of your own), not --model "
+                             f"{cfg.model}")
+        if flag is not None:
+            raise UsageError(f"{flag} is for the text models (--model gpt, lstm or rnn), not --model {cfg.model}")
     target = getattr(args, "target", None)
     if target is not None:
         given = {tok.split("=", 1)[0] for tok in args.argv if tok.startswith("--")}
@@ -322,6 +375,10 @@ def _eval(args: argparse.Namespace) -> int:
     if args.json:  # stdout holds the object alone: notes went to stderr
         print(json.dumps({"run": args.run, **ev.to_dict()}))
         return 0
+    if ev.split == "held-out":  # a text run
+        print(f"{args.run}: the held-out tenth of its text, {ev.n} characters: loss {ev.loss:.4f} nats/char "
+              f"({ev.loss / math.log(2):.4f} bits/char), next-character accuracy {ev.accuracy:.4f}")
+        return 0
     split = ev.split if ev.split == "test" else f"{ev.split} (this data set has no test split)"
     print(f"{args.run}: {split} split, {ev.n} images: accuracy {ev.accuracy:.4f}, loss {ev.loss:.4f}")
     width = max(len(name) for name, _, _ in ev.per_class)
@@ -345,6 +402,14 @@ def _predict(args: argparse.Namespace) -> int:
         return 0
     for image, top in predictions:
         print(f"{image}: " + ", ".join(f"{name} {p:.3f}" for name, p in top))
+    return 0
+
+
+def _generate(args: argparse.Namespace) -> int:
+    from .train.evaluate import generate_text
+
+    text = generate_text(args.run, args.prompt, args.tokens, args.temperature, args.top_k, args.seed)
+    print(args.prompt + text)
     return 0
 
 
@@ -582,7 +647,7 @@ def _bench(args: argparse.Namespace) -> int:
     print(f"one training step, {device}, {torch.get_num_threads()} threads, median of {args.rounds} rounds")
     rows = []
     for name in configs:
-        steps = {"mlp": 50, "cnn": 3}[CONFIGS[name][2]] if "1024" not in name else 5
+        steps = {"mlp": 50, "cnn": 3, "gpt": 3, "lstm": 3}[CONFIGS[name][2]] if "1024" not in name else 5
         rows += bench_config(name, device, args.rounds, steps, impls)
     tta = None
     if args.tta:
@@ -700,7 +765,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args.argv = argv
     try:
         commands = {"train": _train, "lr-find": _lr_find, "eval": _eval, "predict": _predict, "check": _check,
-                    "trace": _trace, "graph": _graph, "derive": _derive, "bench": _bench, "data": _data}
+                    "trace": _trace, "graph": _graph, "derive": _derive, "bench": _bench, "data": _data,
+                    "generate": _generate}
         if args.command in ("train", "lr-find", "bench"):
             keep_freed_memory()  # training loops re-allocate the same buffers each step
         return commands[args.command](args)

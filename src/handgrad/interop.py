@@ -141,6 +141,78 @@ def _recurrent() -> None:
 _recurrent()
 
 
+class TorchPositionEmbedding(nn.Module):
+    """torch.nn twin of PositionEmbedding: x + weight[:T]."""
+
+    def __init__(self, block_size: int, embedding_dim: int) -> None:
+        super().__init__()
+        self.block_size, self.embedding_dim = block_size, embedding_dim
+        self.weight = nn.Parameter(torch.zeros(block_size, embedding_dim))
+
+    def forward(self, x: Tensor) -> Tensor:
+        return x + self.weight[: x.shape[1]]
+
+
+class TorchCausalSelfAttention(nn.Module):
+    """torch.nn twin of CausalSelfAttention: LayerNorm, then torch's MultiheadAttention (batch first) with a causal
+    mask, its output alone."""
+
+    def __init__(self, d_model: int, n_head: int, ln: nn.LayerNorm | None = None,
+                 attn: nn.MultiheadAttention | None = None) -> None:
+        super().__init__()
+        self.ln = ln if ln is not None else nn.LayerNorm(d_model)
+        self.attn = attn if attn is not None else nn.MultiheadAttention(d_model, n_head, batch_first=True)
+
+    def forward(self, x: Tensor) -> Tensor:
+        h = self.ln(x)
+        mask = torch.ones(x.shape[1], x.shape[1], dtype=torch.bool, device=x.device).triu(1)
+        return self.attn(h, h, h, attn_mask=mask, is_causal=True, need_weights=False)[0]
+
+
+class TorchCharRNN(nn.Module):
+    """torch.nn twin of CharRNN: Embedding -> torch's LSTM or RNN (batch first) -> Linear."""
+
+    def __init__(self, emb: nn.Embedding, rnn: nn.RNNBase, head: nn.Linear) -> None:
+        super().__init__()
+        self.emb, self.rnn, self.head = emb, rnn, head
+
+    def forward(self, idx: Tensor) -> Tensor:
+        return self.head(self.rnn(self.emb(idx))[0])
+
+
+def _sequence_models() -> None:
+    from .layers.transformer import CausalSelfAttention, PositionEmbedding
+    from .models import CharRNN
+
+    _TO_TORCH[PositionEmbedding] = lambda m: TorchPositionEmbedding(m.block_size, m.embedding_dim)
+    _FROM_TORCH[TorchPositionEmbedding] = lambda m: PositionEmbedding(m.block_size, m.embedding_dim)
+
+    def attn_from(m: TorchCausalSelfAttention) -> Module:
+        h = CausalSelfAttention(m.attn.embed_dim, m.attn.num_heads)
+        h.ln, h.attn = _structure_from_torch(m.ln), _structure_from_torch(m.attn)
+        if not m.attn.batch_first:
+            raise TypeError("TorchCausalSelfAttention: its MultiheadAttention must be batch_first")
+        return h
+
+    _TO_TORCH[CausalSelfAttention] = lambda m: TorchCausalSelfAttention(
+        m.attn.embed_dim, m.attn.num_heads, _structure_to_torch(m.ln), _structure_to_torch(m.attn))
+    _FROM_TORCH[TorchCausalSelfAttention] = attn_from
+
+    def char_from(m: TorchCharRNN) -> Module:
+        if not isinstance(m.rnn, (nn.LSTM, nn.RNN)) or not m.rnn.batch_first:
+            raise TypeError("TorchCharRNN: its rnn must be a batch-first torch LSTM or RNN")
+        c = CharRNN(m.emb.num_embeddings, m.emb.embedding_dim, m.rnn.hidden_size, m.rnn.num_layers,
+                    "lstm" if isinstance(m.rnn, nn.LSTM) else "rnn")
+        c.emb, c.rnn, c.head = (_structure_from_torch(x) for x in (m.emb, m.rnn, m.head))
+        return c
+
+    _TO_TORCH[CharRNN] = lambda m: TorchCharRNN(*(_structure_to_torch(x) for x in (m.emb, m.rnn, m.head)))
+    _FROM_TORCH[TorchCharRNN] = char_from
+
+
+_sequence_models()
+
+
 def _course_names() -> None:
     from .course import Lin  # the course's name for Linear (Relu and Mse are ReLU and MSELoss themselves)
 
@@ -259,7 +331,8 @@ def from_torch(module: nn.Module) -> Module:
     return model
 
 
-__all__ = ["TorchGeneralRelu", "TorchResidual", "from_torch", "to_torch"]
+__all__ = ["TorchCausalSelfAttention", "TorchCharRNN", "TorchGeneralRelu", "TorchPositionEmbedding", "TorchResidual",
+           "from_torch", "to_torch"]
 
 
 # ------------------------------------------------------------------ handgrad layers inside torch.nn

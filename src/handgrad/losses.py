@@ -1,4 +1,5 @@
-"""Losses: MSELoss, CrossEntropyLoss (fused log-softmax + NLL) and NLLLoss."""
+"""Losses: MSELoss, CrossEntropyLoss (fused log-softmax + NLL), NLLLoss, and TokenCrossEntropyLoss for (N, T, V)
+logits."""
 
 from __future__ import annotations
 
@@ -65,3 +66,23 @@ class NLLLoss(_Loss):
     def bwd(self, dloss: Tensor, logp: Tensor, target: Tensor) -> Tensor:
         """dL/dlogp = -onehot(y) / N * dloss   ('none': row i times dloss_i)."""
         return nll_grad(logp, target, self.reduction, dloss)
+
+
+class TokenCrossEntropyLoss(_Loss):
+    """L = mean over the N*T tokens of logsumexp(X[n, t]) - X[n, t, y[n, t]], for a language model's logits
+    X (N, T, V) and next tokens y (N, T): CrossEntropyLoss on the tokens laid out as (N*T, V) rows, as
+    `F.cross_entropy(X.reshape(-1, V), y.reshape(-1))` (torch's own layout puts the classes second, (N, V, T))."""
+
+    def forward(self, logits: Tensor, target: Tensor) -> Tensor:
+        if logits.dim() != 3 or target.shape != logits.shape[:2]:
+            raise ValueError(f"TokenCrossEntropyLoss expects logits [N, T, V] and targets [N, T], got "
+                             f"{list(logits.shape)} and {list(target.shape)}")
+        loss, self.max, self.logsum = cross_entropy(logits.reshape(-1, logits.shape[-1]), target.reshape(-1),
+                                                    self.reduction)
+        return loss if self.reduction != "none" else loss.view(target.shape)  # 'none': (N, T)
+
+    def bwd(self, dloss: Tensor, logits: Tensor, target: Tensor) -> Tensor:
+        """dL/dX[n, t] = (softmax(X[n, t]) - onehot(y[n, t])) / (N*T) * dloss."""
+        d = cross_entropy_grad(logits.reshape(-1, logits.shape[-1]), target.reshape(-1), self.max, self.logsum,
+                               self.reduction, dloss.reshape(-1) if self.reduction == "none" else dloss)
+        return d.view(logits.shape)  # (N, T, V)

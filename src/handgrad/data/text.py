@@ -11,6 +11,8 @@ shorter than a block, or a vocabulary that is not the run's.
 
 from __future__ import annotations
 
+import hashlib
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,6 +21,7 @@ import torch
 from torch import Tensor
 
 from ..errors import DataError
+from .loader import shard_bounds
 
 FORTUNES_DIR = Path("/usr/share/games/fortunes")
 WORDS_FILE = Path("/usr/share/dict/american-english")
@@ -33,6 +36,8 @@ class TextData:
     vocab: str  # the characters, sorted: id i is vocab[i]
     train: Tensor  # (n_train,) int64 ids
     valid: Tensor  # (n_valid,) int64 ids
+    chars: int = 0  # characters in all
+    sha256: str = ""  # of the text's UTF-8 bytes
 
     def encode(self, text: str) -> Tensor:
         index = {c: i for i, c in enumerate(self.vocab)}
@@ -43,6 +48,10 @@ class TextData:
 
     def decode(self, ids: Tensor) -> str:
         return "".join(self.vocab[i] for i in ids.tolist())
+
+    def fingerprint(self) -> dict:
+        """What identifies this text: its length in characters and the sha256 of its UTF-8 bytes."""
+        return {"chars": self.chars, "sha256": self.sha256}
 
 
 def _read(path: Path) -> str:
@@ -90,7 +99,8 @@ def load_text(spec: str, fortunes_dir: Path = FORTUNES_DIR, words_file: Path = W
     table = np.array([ord(c) for c in vocab], dtype="<u4")  # sorted: the id of a character is its place here
     encoded = torch.from_numpy(np.searchsorted(table, codes).astype(np.int64))
     cut = len(encoded) - max(1, int(len(encoded) * VALID_SHARE))
-    return TextData(spec, source, vocab, encoded[:cut].clone(), encoded[cut:].clone())
+    digest = hashlib.sha256(text.encode("utf-8")).hexdigest()
+    return TextData(spec, source, vocab, encoded[:cut].clone(), encoded[cut:].clone(), len(text), digest)
 
 
 def windows(ids: Tensor, block: int, batch: int, gen: torch.Generator, where: str = "text") -> tuple[Tensor, Tensor]:
@@ -102,6 +112,62 @@ def windows(ids: Tensor, block: int, batch: int, gen: torch.Generator, where: st
     x = ids[starts[:, None] + offsets]  # (batch, block)
     y = ids[starts[:, None] + offsets + 1]  # (batch, block)
     return x, y
+
+
+def valid_windows(ids: Tensor, block: int, max_windows: int = 256, where: str = "held-out text") -> tuple[Tensor, Tensor]:
+    """Up to `max_windows` non-overlapping windows of `block` characters spread evenly over `ids` (all of them
+    where there are fewer), and their targets: the fixed set a run's valid_loss is measured on."""
+    n_full = (ids.numel() - 1) // block
+    if n_full < 1:
+        raise DataError(f"{where}: {ids.numel()} characters, shorter than one block of {block} (+1 for the target)")
+    k = min(n_full, max_windows)
+    starts = (torch.arange(k) * n_full // k) * block  # (k,)
+    offsets = torch.arange(block)
+    return ids[starts[:, None] + offsets], ids[starts[:, None] + offsets + 1]  # (k, block) each
+
+
+class TextLoader:
+    """Training batches of (batch, block) windows at seeded random places in `ids`, and their targets.
+
+    An "epoch" is `batches` batches (the stretch between two validations); epoch e's window starts are drawn from a
+    generator seeded with (seed, e), so any batch can be rebuilt on its own (exact resume) and every rank draws the
+    same global batch. Data-parallel: rank `rank` of `world_size` takes its contiguous slice of each global batch.
+    """
+
+    def __init__(self, ids: Tensor, block: int, batch_size: int, batches: int, seed: int = 0, rank: int = 0,
+                 world_size: int = 1, where: str = "training text") -> None:
+        if ids.numel() <= block:
+            raise DataError(f"{where}: {ids.numel()} characters, shorter than one block of {block} (+1 for the "
+                            "target)")
+        if batch_size < 1 or batches < 1:
+            raise ValueError(f"batch size and batches per epoch must be positive, got {batch_size} and {batches}")
+        self.ids, self.block, self.batch_size, self.batches, self.seed = ids, block, batch_size, batches, seed
+        self.rank, self.world_size = rank, world_size
+        self.offsets = torch.arange(block, device=ids.device)
+        self.epoch = 0
+
+    def __len__(self) -> int:
+        return self.batches
+
+    def global_batch_size(self, i: int) -> int:
+        return self.batch_size
+
+    def starts(self, epoch: int) -> Tensor:
+        """(batches, batch_size) window starts of `epoch`."""
+        gen = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
+        return torch.randint(0, self.ids.numel() - self.block, (self.batches, self.batch_size), generator=gen)
+
+    def __iter__(self) -> Iterator[tuple[Tensor, Tensor]]:
+        batches = self.epoch_batches(self.epoch)
+        self.epoch += 1
+        return batches
+
+    def epoch_batches(self, epoch: int, start: int = 0) -> Iterator[tuple[Tensor, Tensor]]:
+        lo, hi = shard_bounds(self.batch_size, self.rank, self.world_size)
+        starts = self.starts(epoch)[:, lo:hi].to(self.ids.device)
+        for i in range(start, self.batches):
+            at = starts[i][:, None] + self.offsets  # (batch, block)
+            yield self.ids[at], self.ids[at + 1]
 
 
 def check_vocab(saved: str, data: TextData, where: str) -> None:

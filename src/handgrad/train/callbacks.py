@@ -108,8 +108,9 @@ class MetricsCB(Callback):
 
     order = 20
 
-    def __init__(self, log: Callable[[str], None] = print) -> None:
+    def __init__(self, log: Callable[[str], None] = print, total_steps: int | None = None) -> None:
         self.log = log
+        self.total_steps = total_steps  # text models: lines say the step of total_steps, not the epoch
         self.history: list[EpochStats] = []
         self.loss_sum, self.seen, self.seconds = 0.0, 0, 0.0
         # this epoch's per-batch losses so far; None: resumed from a checkpoint older than per-batch losses
@@ -153,9 +154,9 @@ class MetricsCB(Callback):
         self.flush()
         seconds = self.seconds + time.perf_counter() - self.start
         stats = EpochStats(learn.epoch + 1, self.loss_sum / max(self.seen, 1), learn.valid_loss, learn.valid_acc,
-                           seconds, list(self.batch_losses or []))
+                           seconds, list(self.batch_losses or []), learn.t)
         self.history.append(stats)
-        self.log(stats.line(learn.epochs))
+        self.log(stats.line(learn.epochs, self.total_steps))
         if not math.isfinite(stats.train_loss):
             raise TrainingError(f"training diverged: the loss became {stats.train_loss} in epoch {stats.epoch}; "
                                 f"try a smaller --lr (it was {learn.opt.lr:.3g})")

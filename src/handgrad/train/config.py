@@ -7,8 +7,12 @@ import re
 from dataclasses import asdict, dataclass, field, fields
 
 LOSSES = ("cross-entropy", "mse")
-MODELS = ("mlp", "cnn")  # or a class of the user's own: see is_target
+IMAGE_MODELS = ("mlp", "cnn")
+TEXT_MODELS = ("gpt", "lstm", "rnn")  # character models: next-character logits (N, T, vocab)
+MODELS = IMAGE_MODELS + TEXT_MODELS  # or a class of the user's own: see is_target
 DATASETS = ("auto", "mnist", "fashion-mnist")
+TEXT_DATASETS = ("fortunes", "words")  # or text:PATH
+MAX_STEPS = 10**9
 MAX_WIDTH = 1 << 16  # a layer width past this is a typo (the parameter count is checked against memory too)
 MAX_TIMEOUT = 7 * 24 * 3600.0
 MAX_LR = 1e6  # --lr (and lr-find's range) past this is a typo
@@ -16,6 +20,10 @@ LR_FIND_START, LR_FIND_END = 1e-6, 10.0  # lr-find's default range
 INITS = ("kaiming", "randn", "torch")
 OPTIMIZERS = ("sgd", "adam", "adamw")
 SCHEDULES = ("constant", "one-cycle", "cosine", "step")
+
+
+def is_text_dataset(name: str) -> bool:
+    return name in TEXT_DATASETS or (name.startswith("text:") and len(name) > 5)
 
 
 def is_target(model: str) -> bool:
@@ -28,23 +36,32 @@ def is_target(model: str) -> bool:
 class TrainConfig:
     """Everything one training run depends on. Fields left None take the defaults of the model / optimizer."""
 
-    dataset: str = "auto"  # mnist | fashion-mnist | auto (mnist where found or downloadable, else fashion-mnist)
+    dataset: str = "auto"  # mnist | fashion-mnist | auto (mnist where found or downloadable, else fashion-mnist);
+    # for the text models: fortunes | words | text:PATH
     data: str | None = None  # explicit file or folder
-    model: str = "mlp"  # mlp | cnn | a class of your own: /absolute/path/file.py:ClassName or package.module:ClassName
+    model: str = "mlp"  # mlp | cnn | gpt | lstm | rnn | a class of your own: /absolute/path/file.py:ClassName or package.module:ClassName
     model_args: dict | None = None  # that class's constructor arguments (--args, JSON)
     model_source: str | None = None  # sha256 of that class's source file when the run was trained
     hidden: list[int] = field(default_factory=lambda: [50])  # mlp: the seeds' 784-50-10
     channels: list[int] = field(default_factory=lambda: [16, 32, 64])  # cnn: stem width, then one block per width
+    block_size: int = 128  # text: characters a window holds (the GPT's context)
+    d_model: int | None = None  # text: gpt width (default 128); lstm/rnn: embedding size (default 64)
+    n_layer: int | None = None  # text: gpt blocks (default 4); lstm/rnn layers (default 2 / 1)
+    n_head: int = 4  # gpt: attention heads
+    hidden_size: int = 256  # lstm/rnn: hidden state size
+    recompute: bool = True  # gpt: recompute the attention probabilities in backward instead of keeping them
+    steps: int | None = None  # a cap on optimizer steps (any model); text models train for this many (default 1000)
+    eval_every: int = 100  # text: steps between two validations (with a generated sample)
     loss: str = "cross-entropy"  # or "mse", as in the seeds: one output regressing the class index
     epochs: int = 5
     bs: int | None = None  # default: 64 for the MLP (the seeds'), 128 for the CNN
-    opt: str = "sgd"  # sgd | adam | adamw
+    opt: str | None = None  # sgd | adam | adamw; default sgd for the image models, adamw for the text models
     lr: float | None = None  # default: sgd 0.1 (0.01 with mse); adam/adamw 0.003 (peak lr with one-cycle)
     momentum: float | None = None  # sgd default: 0 for the MLP (the seeds' plain SGD), 0.9 for the CNN
     weight_decay: float | None = None  # default: sgd 0 for the MLP, 5e-4 for the CNN; adamw 0.01; adam 0
     schedule: str | None = None  # constant | one-cycle | cosine | step; default: constant (MLP), cosine (CNN)
-    warmup: int = 0  # cosine: warm-up steps
-    clip: float | None = None  # clip the gradients' global norm
+    warmup: int | None = None  # cosine: warm-up steps (default 0; text models: a tenth of the steps, at most 100)
+    clip: float | None = None  # clip the gradients' global norm (default none; text models 1.0)
     patience: int | None = None  # early stopping after this many epochs without a better valid loss
     seed: int = 42
     device: str = "cpu"
@@ -67,7 +84,8 @@ class TrainConfig:
             if not ok:
                 raise ValueError(message)
 
-        check(self.dataset in DATASETS, f"--dataset must be one of {', '.join(DATASETS)}, got {self.dataset!r}")
+        check(self.dataset in DATASETS or is_text_dataset(self.dataset), f"--dataset must be one of "
+              f"{', '.join(DATASETS + TEXT_DATASETS)} or text:PATH, got {self.dataset!r}")
         check(self.model in MODELS or is_target(self.model), f"--model must be one of {', '.join(MODELS)} or a "
               f"class of your own as path/to/file.py:ClassName or package.module:ClassName, got {self.model!r}")
         check(self.model_args is None or is_target(self.model), "--args are the constructor arguments of a model "
@@ -77,7 +95,29 @@ class TrainConfig:
               "counterpart")
         check(bool(self.channels) and all(1 <= c <= MAX_WIDTH for c in self.channels),
               f"--channels must be widths from 1 to {MAX_WIDTH}, got {self.channels}")
-        check(self.opt in OPTIMIZERS, f"--opt must be one of {', '.join(OPTIMIZERS)}, got {self.opt!r}")
+        if self.is_text:
+            check(is_text_dataset(self.dataset), f"--model {self.model} is a character model: it trains on text "
+                  f"(--dataset fortunes, words or text:PATH), got --dataset {self.dataset}")
+            check(self.data is None, "--data is for image data; give a text file as --dataset text:PATH")
+            check(self.loss == "cross-entropy", f"--model {self.model} predicts the next character with "
+                  f"cross-entropy, got --loss {self.loss}")
+            check(1 <= self.block_size <= MAX_WIDTH, f"--block-size must be from 1 to {MAX_WIDTH}, got "
+                  f"{self.block_size}")
+            check(self.d_model is None or 1 <= self.d_model <= MAX_WIDTH, f"--d-model must be from 1 to "
+                  f"{MAX_WIDTH}, got {self.d_model}")
+            check(self.n_layer is None or 1 <= self.n_layer <= 256, f"--n-layer must be from 1 to 256, got "
+                  f"{self.n_layer}")
+            check(1 <= self.hidden_size <= MAX_WIDTH, f"--hidden-size must be from 1 to {MAX_WIDTH}, got "
+                  f"{self.hidden_size}")
+            check(1 <= self.n_head <= MAX_WIDTH and self.width % self.n_head == 0, f"--n-head must divide "
+                  f"--d-model ({self.width}), got {self.n_head}")
+            check(self.eval_every >= 1, f"--eval-every must be at least 1, got {self.eval_every}")
+        else:
+            check(not is_text_dataset(self.dataset), f"--dataset {self.dataset} is text: train a character "
+                  f"model on it (--model gpt, lstm or rnn), got --model {self.model}")
+        check(self.steps is None or 1 <= self.steps <= MAX_STEPS, f"--steps must be from 1 to {MAX_STEPS}, got "
+              f"{self.steps}")
+        check(self.opt in (None, *OPTIMIZERS), f"--opt must be one of {', '.join(OPTIMIZERS)}, got {self.opt!r}")
         check(self.schedule in (None, *SCHEDULES), f"--schedule must be one of {', '.join(SCHEDULES)}, got "
               f"{self.schedule!r}")
         check(self.loss in LOSSES, f"--loss must be one of {', '.join(LOSSES)}, got {self.loss!r}")
@@ -92,7 +132,7 @@ class TrainConfig:
               f"{self.weight_decay}")
         check(self.clip is None or self.clip > 0, f"--clip must be positive, got {self.clip}")
         check(self.patience is None or self.patience >= 1, f"--patience must be at least 1, got {self.patience}")
-        check(self.warmup >= 0, f"--warmup must be >= 0, got {self.warmup}")
+        check(self.warmup is None or self.warmup >= 0, f"--warmup must be >= 0, got {self.warmup}")
         check(self.save_every >= 0, f"--save-every must be >= 0, got {self.save_every}")
         check(self.subset is None or self.subset >= 1, f"--subset must be positive, got {self.subset}")
         cores = os.cpu_count() or 1
@@ -108,16 +148,50 @@ class TrainConfig:
         check(not (self.torch_twin and self.nproc > 1), "--torch-twin trains in one process: leave out --nproc")
 
     @property
+    def is_text(self) -> bool:
+        """A character model trained on text (rather than an image model)."""
+        return self.model in TEXT_MODELS
+
+    @property
+    def width(self) -> int:
+        """Text models: the GPT's d_model, or the LSTM's / RNN's embedding size."""
+        return self.d_model if self.d_model is not None else 128 if self.model == "gpt" else 64
+
+    @property
+    def layers(self) -> int:
+        """Text models: GPT blocks or recurrent layers."""
+        return self.n_layer if self.n_layer is not None else {"gpt": 4, "lstm": 2}.get(self.model, 1)
+
+    @property
+    def total_steps(self) -> int | None:
+        """Optimizer steps the run takes at most (text models: always a number)."""
+        return self.steps if self.steps is not None else 1000 if self.is_text else None
+
+    @property
+    def optimizer(self) -> str:
+        return self.opt if self.opt is not None else "adamw" if self.is_text else "sgd"
+
+    @property
+    def warmup_steps(self) -> int:
+        if self.warmup is not None:
+            return self.warmup
+        return min(100, (self.total_steps or 0) // 10) if self.is_text else 0
+
+    @property
+    def clip_norm(self) -> float | None:
+        return self.clip if self.clip is not None else 1.0 if self.is_text else None
+
+    @property
     def batch_size(self) -> int:
         if self.bs is not None:
             return self.bs
-        return 128 if self.model == "cnn" else 64
+        return 128 if self.model == "cnn" else 32 if self.is_text else 64
 
     @property
     def learning_rate(self) -> float:
         if self.lr is not None:
             return self.lr
-        if self.opt in ("adam", "adamw"):
+        if self.optimizer in ("adam", "adamw"):
             return 3e-3
         return 0.01 if self.loss == "mse" else 0.1
 
@@ -131,15 +205,15 @@ class TrainConfig:
     def decay(self) -> float:
         if self.weight_decay is not None:
             return self.weight_decay
-        if self.opt == "adamw":
+        if self.optimizer == "adamw":
             return 0.01
-        return 5e-4 if self.model == "cnn" and self.opt == "sgd" else 0.0
+        return 5e-4 if self.model == "cnn" and self.optimizer == "sgd" else 0.0
 
     @property
     def lr_schedule(self) -> str:
         if self.schedule is not None:
             return self.schedule
-        return "cosine" if self.model == "cnn" else "constant"
+        return "cosine" if self.model == "cnn" or self.is_text else "constant"
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -27,7 +27,16 @@ def load_run(path: str | Path) -> tuple[TrainConfig, Module, dict]:
     folder = RunFolder.open(path)
     cfg = folder.read_config()
     tensors, meta = folder.load_checkpoint()
-    model, _ = build_model(cfg, meta["n_in"], len(meta["classes"]), folder.path / CONFIG)
+    if cfg.is_text:
+        from .text import read_vocab, text_model
+
+        vocab = read_vocab(folder.path)
+        if meta.get("vocab") != vocab:
+            raise DataError(f"{folder.path / CHECKPOINT}: trained with another vocabulary than "
+                            f"{folder.path / 'vocab.json'}'s")
+        model, _ = text_model(cfg, len(vocab))
+    else:
+        model, _ = build_model(cfg, meta["n_in"], len(meta["classes"]), folder.path / CONFIG)
     state = check_model_tensors(tensors, model.state_dict(), folder.path / CHECKPOINT)
     model.load_state_dict(state)
     return cfg, model.eval(), meta
@@ -55,6 +64,8 @@ def evaluate_run(path: str | Path, log: Callable[[str], None] = print, data_path
     against its fingerprint), or of `data_path` when given."""
     cfg, model, meta = load_run(path)
     device = resolve_device(cfg.device) if cfg.device == "cpu" or torch.cuda.is_available() else torch.device("cpu")
+    if cfg.is_text:
+        return _evaluate_text(cfg, model, meta, device, log, data_path)
     if data_path is not None:
         cfg.data = data_path
     cfg.download = False
@@ -79,6 +90,22 @@ def evaluate_run(path: str | Path, log: Callable[[str], None] = print, data_path
         n = int(mask.sum())
         per_class.append((name, float((pred[mask] == c).double().mean()) if n else float("nan"), n))
     return Evaluation(split, int(x.shape[0]), loss, acc, per_class)
+
+
+def _evaluate_text(cfg: TrainConfig, model: Module, meta: dict, device: torch.device, log: Callable[[str], None],
+                   data_path: str | None) -> Evaluation:
+    """A text run on all of its held-out tenth: loss in nats per character, next-character accuracy."""
+    from ..data.text import valid_windows
+    from .text import prepare_text
+
+    if data_path is not None:
+        raise UsageError("--data is for image runs: a text run is evaluated on the held-out tenth of its own text")
+    text = prepare_text(cfg, device, log, vocab=meta["vocab"])
+    x, y = valid_windows(text.data.valid.to(device), cfg.block_size, max_windows=text.data.valid.numel(),
+                         where=f"{cfg.dataset}: its held-out tenth")
+    model.to(device)
+    loss, acc = evaluate(model, make_loss(cfg.loss, text=True), x, y, len(meta["vocab"]), bs=64)
+    return Evaluation("held-out", int(y.numel()), loss, acc, [])
 
 
 def load_image(path: str | Path, side: int = 28) -> Tensor:
@@ -137,6 +164,9 @@ def predict_images(path: str | Path, images: list[str], k: int = 3) -> list[tupl
     """Top-k classes with probabilities for each image file, from a run's latest weights; UsageError unless
     1 <= k <= the run's number of classes."""
     cfg, model, meta = load_run(path)
+    if cfg.is_text:
+        raise UsageError(f"{path}: a text run (--model {cfg.model}); predict classifies images: sample it with "
+                         f"handgrad generate {path}")
     if cfg.loss != "cross-entropy":
         raise UsageError(f"{path}: predict needs a model trained with cross-entropy (this one used {cfg.loss})")
     classes = meta["classes"]
@@ -176,24 +206,35 @@ def lr_find(cfg: TrainConfig, plot: str | Path | None, log: Callable[[str], None
     if folder is not None:
         folder.lock()
     try:
-        data = prepare_data(cfg, device, log, explicit=data_path is not None)
-        model, name = build_model(cfg, data.x_train.shape[1], len(data.classes),
-                                  folder.path / CONFIG if folder is not None else None)
-        model.to(device)
-        from ..data import DataLoader
-
         finder = LRFinderCB(start_lr, end_lr)
-        dl = DataLoader(data.x_train, data.y_train, cfg.batch_size, shuffle=True, seed=cfg.seed)
+        if cfg.is_text:
+            from .text import prepare_text, read_vocab, text_model
+
+            if data_path is not None:
+                raise UsageError("--data is for image runs: a text run's text is its --dataset")
+            text = prepare_text(cfg, device, log, vocab=read_vocab(folder.path) if folder is not None else None)
+            model, name = text_model(cfg, len(text.data.vocab))
+            dl, x_valid, y_valid, n_classes = text.train_dl, text.x_valid, text.y_valid, len(text.data.vocab)
+            data_name = text.data.name
+        else:
+            data = prepare_data(cfg, device, log, explicit=data_path is not None)
+            model, name = build_model(cfg, data.x_train.shape[1], len(data.classes),
+                                      folder.path / CONFIG if folder is not None else None)
+            from ..data import DataLoader
+
+            dl = DataLoader(data.x_train, data.y_train, cfg.batch_size, shuffle=True, seed=cfg.seed)
+            x_valid, y_valid, n_classes, data_name = data.x_valid, data.y_valid, len(data.classes), data.name
+        model.to(device)
         # the test needs no validation (an empty set: nothing evaluated after each epoch), and as many epochs as
         # its steps take, so that a small training split does not end it before the lr is high
-        learn = Learner(model, make_loss(cfg.loss), build_optimizer(cfg, model), dl, data.x_valid[:0],
-                        data.y_valid[:0], len(data.classes), [finder])
+        learn = Learner(model, make_loss(cfg.loss, text=cfg.is_text), build_optimizer(cfg, model), dl,
+                        x_valid[:0], y_valid[:0], n_classes, [finder])
         learn.fit(-(-finder.steps // len(dl)) if len(dl) else 1)
         if not finder.lrs:
             raise TrainingError("lr-find: no batch ran (the training split is empty)")
         suggestion = finder.suggestion()
         where = f"run {folder.path.resolve().name}: " if folder is not None else ""
-        _plot_lr(finder, suggestion, plot, f"{where}{name} on {data.name}, {cfg.opt}, bs {cfg.batch_size}")
+        _plot_lr(finder, suggestion, plot, f"{where}{name} on {data_name}, {cfg.optimizer}, bs {cfg.batch_size}")
     finally:
         if folder is not None:
             folder.close()
@@ -244,3 +285,29 @@ def _plot_lr(finder: LRFinderCB, suggestion: float, path: Path, title: str) -> N
     ax.grid(color="0.92")
     ax.legend(fontsize="small")
     _save(fig, path)
+
+
+def generate_text(path: str | Path, prompt: str = "", tokens: int = 200, temperature: float = 1.0,
+                  top_k: int | None = None, seed: int = 0) -> str:
+    """`tokens` characters a text run's model writes after `prompt` (a newline when empty), each drawn from
+    softmax(logits / temperature) over the `top_k` most likely characters (all of them with None)."""
+    from .text import MAX_TOKENS, context_size, generate, prompt_ids
+
+    if not 1 <= tokens <= MAX_TOKENS:
+        raise UsageError(f"--tokens must be from 1 to {MAX_TOKENS:,}, got {tokens}")
+    if not (math.isfinite(temperature) and 0 < temperature <= 100):
+        raise UsageError(f"--temperature must be a number in (0, 100], got {temperature}")
+    if not 0 <= seed < 2**63:
+        raise UsageError(f"--seed must be from 0 to 2**63 - 1, got {seed}")
+    cfg, model, meta = load_run(path)
+    if not cfg.is_text:
+        raise UsageError(f"{path}: an image run (--model {cfg.model}); generate samples text runs (--model gpt, "
+                         "lstm or rnn): classify images with handgrad predict")
+    vocab = meta["vocab"]
+    if top_k is not None and not 1 <= top_k <= len(vocab):
+        raise UsageError(f"--top-k must be from 1 to {len(vocab)} (the run's vocabulary), got {top_k}")
+    device = resolve_device(cfg.device) if cfg.device == "cpu" or torch.cuda.is_available() else torch.device("cpu")
+    model.to(device)
+    ids = prompt_ids(vocab, prompt, device)
+    out = generate(model, ids, tokens, temperature, top_k, torch.Generator().manual_seed(seed), context_size(model))
+    return "".join(vocab[i] for i in out.tolist())

@@ -70,7 +70,7 @@ class Learner:
 
     def __init__(self, model: Module, loss_fn: Module, opt: Optimizer, train_dl: DataLoader, x_valid: Tensor,
                  y_valid: Tensor, n_classes: int, callbacks: Iterable[Callback] = (), fused: bool = True,
-                 dist: Dist | None = None) -> None:
+                 dist: Dist | None = None, max_steps: int | None = None, eval_bs: int = 2000) -> None:
         self.model, self.loss_fn, self.opt, self.train_dl = model, loss_fn, opt, train_dl
         self.x_valid, self.y_valid, self.n_classes = x_valid, y_valid, n_classes
         self.callbacks = sorted(callbacks, key=lambda cb: cb.order)
@@ -79,6 +79,8 @@ class Learner:
             not any(cb.needs_module_step for cb in self.callbacks)
         self.fused = FusedStep(model, loss_fn, opt) if usable else None
         self.dist = dist
+        self.max_steps = max_steps  # stop once t reaches it (the epoch then ends: validation, after_epoch)
+        self.eval_bs = eval_bs  # rows per validation forward
         self.sync = GradSync(dist, model.parameters(), model=model) if dist is not None else None
         self.epoch, self.batch_idx, self.t = 0, 0, 0
         self.epochs = 0
@@ -95,8 +97,11 @@ class Learner:
         return next((cb for cb in self.callbacks if isinstance(cb, cls)), None)
 
     def fit(self, epochs: int, start_epoch: int = 0, start_batch: int = 0) -> None:
-        """Train until `epochs` epochs are done, starting at (start_epoch, start_batch) when resuming."""
+        """Train until `epochs` epochs are done (or `max_steps` steps), starting at (start_epoch, start_batch)
+        when resuming."""
         self.epochs = epochs
+        if self.max_steps is not None and self.t >= self.max_steps:
+            start_epoch = epochs  # resumed from the checkpoint of the last step: nothing left
         try:
             self("before_fit")
             for self.epoch in range(start_epoch, epochs):
@@ -115,6 +120,9 @@ class Learner:
             for i, (xb, yb) in enumerate(self.train_dl.epoch_batches(self.epoch, start_batch), start_batch):
                 self.batch_idx = i
                 self._one_batch(xb, yb)
+                if self.max_steps is not None and self.t >= self.max_steps:
+                    self.stop_after_epoch = True  # the epoch ends here, validated and checkpointed as done
+                    break
             self.batch_idx = len(self.train_dl)
             self.model.eval()
             self.valid_loss, self.valid_acc = self.evaluate(self.x_valid, self.y_valid)
@@ -166,9 +174,10 @@ class Learner:
         self("after_backward")
         self.opt.step()
 
-    def evaluate(self, x: Tensor, y: Tensor, bs: int = 2000) -> tuple[float, float]:
+    def evaluate(self, x: Tensor, y: Tensor, bs: int | None = None) -> tuple[float, float]:
         """(mean loss, accuracy) of the model in its current mode over x, y. Data-parallel: BatchNorm statistics
         are first averaged over the ranks; rank 0 evaluates and sends the result to the others."""
+        bs = bs or self.eval_bs
         if self.dist is None:
             return evaluate(self.model, self.loss_fn, x, y, self.n_classes, bs)
         average_buffers(self.dist, self.model)

@@ -30,14 +30,18 @@ def _save(fig, path: Path, dpi: int = 90) -> Path:
     return path
 
 
-def batch_positions(history: list[EpochStats]) -> tuple[list[float], list[float]]:
+def batch_positions(history: list[EpochStats], steps_per_epoch: int | None = None) -> tuple[list[float], list[float]]:
     """(x, loss) of every batch with a known loss, x in epochs: batch j (from 0) of n in epoch e (from 1) ends at
-    e - 1 + (j + 1) / n, so an epoch's last batch sits on its integer tick."""
+    e - 1 + (j + 1) / n, so an epoch's last batch sits on its integer tick. With steps_per_epoch (a text run's
+    steps between validations), x is the optimizer step: (e - 1) * steps_per_epoch + j + 1."""
     xs: list[float] = []
     losses: list[float] = []
     for h in history:
         n = len(h.batch_losses)
-        xs += [h.epoch - 1 + (j + 1) / n for j in range(n)]
+        if steps_per_epoch:
+            xs += [(h.epoch - 1) * steps_per_epoch + j + 1 for j in range(n)]
+        else:
+            xs += [h.epoch - 1 + (j + 1) / n for j in range(n)]
         losses += h.batch_losses
     return xs, losses
 
@@ -70,19 +74,30 @@ def _epoch_axis(ax, epochs: int) -> None:
     ax.grid(axis="y", color="0.92")
 
 
+def _step_axis(ax) -> None:
+    from matplotlib.ticker import MaxNLocator
+
+    ax.set_xlim(left=0)
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.grid(axis="y", color="0.92")
+
+
 def plot_curves(history: list[EpochStats], folder: Path, about: str = "", loss_name: str = "loss",
-                n_valid: int | None = None) -> list[Path]:
+                n_valid: int | None = None, steps_per_epoch: int | None = None) -> list[Path]:
     """loss.png: the training loss of every batch (faint) and its moving mean, the validation loss after each
     epoch; accuracy.png: the validation accuracy after each epoch. x in epochs, batches at their fractions of an
-    epoch; `about` (the run, model and data set) under each title."""
+    epoch; `about` (the run, model and data set) under each title. With steps_per_epoch (a text run, validated
+    every that many steps), x is the optimizer step and the accuracy is the next character's."""
     from matplotlib.ticker import MaxNLocator, PercentFormatter
 
     plt = _pyplot()
     epochs = len(history)
-    ends = [h.epoch for h in history]
+    by_step = bool(steps_per_epoch)
+    ends = [h.step if by_step and h.step is not None else h.epoch for h in history]
+    after = f"every {steps_per_epoch} steps" if by_step else "after each epoch"
     subtitle = f"\n{about}" if about else ""
     fig, ax = plt.subplots(figsize=(7.5, 4.5), layout="constrained")
-    xs, losses = batch_positions(history)
+    xs, losses = batch_positions(history, steps_per_epoch)
     if xs:
         per_epoch = max(len(h.batch_losses) for h in history)
         window = min(per_epoch // 5, 50)  # a fifth of an epoch; epochs of few batches are drawn as they are
@@ -97,9 +112,10 @@ def plot_curves(history: list[EpochStats], folder: Path, about: str = "", loss_n
         ax.plot([h.epoch for h in old], [h.train_loss for h in old], "s", color="tab:blue",
                 label="training loss, mean over the epoch")
     ax.plot(ends, [h.valid_loss for h in history], "o-", color="tab:orange", linewidth=1.8, markersize=6,
-            label="validation loss, after each epoch")
-    _epoch_axis(ax, epochs)
-    ax.set(xlabel="epochs done (each batch at its fraction of an epoch)", ylabel=loss_name,
+            label=f"validation loss, {after}")
+    _step_axis(ax) if by_step else _epoch_axis(ax, epochs)
+    ax.set(xlabel="optimizer steps" if by_step else "epochs done (each batch at its fraction of an epoch)",
+           ylabel=loss_name,
            title=f"training and validation loss{subtitle}")
     ax.legend(loc="upper right", fontsize="small")
     loss = _save(fig, folder / "loss.png")
@@ -107,18 +123,18 @@ def plot_curves(history: list[EpochStats], folder: Path, about: str = "", loss_n
     fig, ax = plt.subplots(figsize=(7.5, 4.5), layout="constrained")
     accs = [100 * h.valid_acc for h in history]
     images = f" ({n_valid} images)" if n_valid else ""
-    ax.plot(ends, accs, "o-", color="tab:green", linewidth=1.8, markersize=6,
-            label=f"validation accuracy{images}, after each epoch")
+    what = "next-character accuracy" if by_step else "validation accuracy"
+    ax.plot(ends, accs, "o-", color="tab:green", linewidth=1.8, markersize=6, label=f"{what}{images}, {after}")
     if epochs <= 15:
         for x, a in zip(ends, accs):
             ax.annotate(f"{a:.1f}%", (x, a), textcoords="offset points", xytext=(0, 7), ha="center", fontsize=8)
-    _epoch_axis(ax, epochs)
+    _step_axis(ax) if by_step else _epoch_axis(ax, epochs)
     low, high = min(accs), max(accs)
     pad = max(1.0, (high - low) * 0.15)
     ax.set_ylim(max(0.0, low - pad), min(100.0, high + pad) + 2 * pad / 3)  # room above for the labels
     ax.yaxis.set_major_locator(MaxNLocator(nbins=7, steps=[1, 2, 5, 10]))
     ax.yaxis.set_major_formatter(PercentFormatter(decimals=None))
-    ax.set(xlabel="epochs done", ylabel="validation accuracy", title=f"validation accuracy{subtitle}")
+    ax.set(xlabel="optimizer steps" if by_step else "epochs done", ylabel=what, title=f"{what}{subtitle}")
     ax.legend(loc="lower right", fontsize="small")
     return [loss, _save(fig, folder / "accuracy.png")]
 

@@ -12,6 +12,7 @@ import torch
 
 from ..check import check_module
 from ..data import DataLoader, Dataset, load_dataset, locate
+from ..data.text import TextLoader
 from ..data.datasets import compare_fingerprints, identify, load_path
 from ..distributed import Dist, broadcast_module, init_from_env
 from ..errors import DataError, GradientCheckError, TrainingError, UsageError
@@ -161,16 +162,16 @@ def check_size(cfg: TrainConfig, n_in: int, n_out: int) -> None:
 
 
 def build_optimizer(cfg: TrainConfig, model: Module) -> Optimizer:
-    if cfg.opt == "sgd":
+    if cfg.optimizer == "sgd":
         return SGD(model.parameters(), cfg.learning_rate, momentum=cfg.sgd_momentum, weight_decay=cfg.decay)
-    cls = Adam if cfg.opt == "adam" else AdamW
+    cls = Adam if cfg.optimizer == "adam" else AdamW
     return cls(model.parameters(), cfg.learning_rate, weight_decay=cfg.decay)
 
 
 def torch_optimizer(cfg: TrainConfig, params) -> torch.optim.Optimizer:
-    if cfg.opt == "sgd":
+    if cfg.optimizer == "sgd":
         return torch.optim.SGD(params, cfg.learning_rate, momentum=cfg.sgd_momentum, weight_decay=cfg.decay)
-    cls = torch.optim.Adam if cfg.opt == "adam" else torch.optim.AdamW
+    cls = torch.optim.Adam if cfg.optimizer == "adam" else torch.optim.AdamW
     return cls(params, cfg.learning_rate, weight_decay=cfg.decay)
 
 
@@ -247,18 +248,40 @@ def _train(cfg: TrainConfig, d: Dist | None, log: Callable[[str], None], progres
     start = time.perf_counter()
     changed = changed or {}
     fingerprint = cfg.fingerprint
-    data = prepare_data(cfg, device, log, explicit="data" in changed)
-    n_in, n_classes = data.x_train.shape[1], len(data.classes)
-    model, name = build_model(cfg, n_in, n_classes, folder.path / CONFIG if checkpoint is not None else None)
+    text = None
+    if cfg.is_text:  # a character model: windows of text, token-level cross-entropy, samples
+        from .text import SampleCB, prepare_text, read_vocab, text_model
+
+        vocab = read_vocab(folder.path) if checkpoint is not None else None
+        text = prepare_text(cfg, device, log, d.rank if d else 0, d.world_size if d else 1, vocab)
+        data_name, source = text.data.name, text.data.source
+        model, name = text_model(cfg, len(text.data.vocab))
+        n_classes, train_dl, x_valid, y_valid = len(text.data.vocab), text.train_dl, text.x_valid, text.y_valid
+        sizes = (f"{text.data.train.numel():,} training characters, {x_valid.numel():,} held out "
+                 f"({x_valid.shape[0]} windows); {cfg.total_steps} steps of {cfg.batch_size} windows of "
+                 f"{cfg.block_size}, validating every {cfg.eval_every}")
+        epochs = -(-cfg.total_steps // cfg.eval_every)
+    else:
+        data = prepare_data(cfg, device, log, explicit="data" in changed)
+        n_in, n_classes = data.x_train.shape[1], len(data.classes)
+        model, name = build_model(cfg, n_in, n_classes, folder.path / CONFIG if checkpoint is not None else None)
+        data_name, source, x_valid, y_valid = data.name, data.source, data.x_valid, data.y_valid
+        train_dl = DataLoader(data.x_train, data.y_train, cfg.batch_size, shuffle=True, seed=cfg.seed,
+                              rank=d.rank if d else 0, world_size=d.world_size if d else 1)
+        epochs = cfg.epochs
+        sizes = f"{data.x_train.shape[0]} train, {data.x_valid.shape[0]} valid; {cfg.epochs} epochs"
     model.to(device)
-    loss_fn = make_loss(cfg.loss)
+    loss_fn = make_loss(cfg.loss, text=cfg.is_text)
     n_params = sum(p.numel() for p in model.parameters())
     bs, lr = cfg.batch_size, cfg.learning_rate
-    momentum = f" momentum {cfg.sgd_momentum}" if cfg.opt == "sgd" else ""
-    opt_desc = f"{OPT_NAMES[cfg.opt]} lr {lr} ({cfg.lr_schedule}){momentum} weight decay {cfg.decay}"
-    log(f"{'resuming' if checkpoint else 'training'} {name} ({n_params} parameters) with {cfg.loss} on {data.name} "
-        f"({data.source}): {data.x_train.shape[0]} train, {data.x_valid.shape[0]} valid; {cfg.epochs} epochs, "
-        f"bs {bs}, {opt_desc}, seed {cfg.seed}, device {device}" + (f"; run folder {cfg.out}" if cfg.out else ""))
+    momentum = f" momentum {cfg.sgd_momentum}" if cfg.optimizer == "sgd" else ""
+    clip = f", gradients clipped to norm {cfg.clip_norm:g}" if cfg.clip_norm is not None else ""
+    warmup = f" after {cfg.warmup_steps} warm-up steps" if cfg.lr_schedule == "cosine" and cfg.warmup_steps else ""
+    opt_desc = (f"{OPT_NAMES[cfg.optimizer]} lr {lr} ({cfg.lr_schedule}{warmup}){momentum} weight decay "
+                f"{cfg.decay}{clip}")
+    log(f"{'resuming' if checkpoint else 'training'} {name} ({n_params} parameters) with {cfg.loss} on "
+        f"{data_name} ({source}): {sizes}, bs {bs}, {opt_desc}, seed {cfg.seed}, device {device}"
+        + (f"; run folder {cfg.out}" if cfg.out else ""))
     twin = to_torch(model) if cfg.torch_twin and checkpoint is None else None  # initial weights
 
     if d is not None:
@@ -267,47 +290,56 @@ def _train(cfg: TrainConfig, d: Dist | None, log: Callable[[str], None], progres
         log(f"data-parallel over {d.world_size} processes ({torch.distributed.get_backend()}): each global batch "
             f"of {bs} split {bs // d.world_size}-{-(-bs // d.world_size)} per rank, gradients summed with all_reduce")
         broadcast_module(d, model)
-    train_dl = DataLoader(data.x_train, data.y_train, bs, shuffle=True, seed=cfg.seed,
-                          rank=d.rank if d else 0, world_size=d.world_size if d else 1)
     if cfg.check and checkpoint is None and main:
         xb, yb = next(train_dl.epoch_batches(0))
-        log(first_batch_check(model, loss_fn, xb, yb))
+        log(first_batch_check(model, loss_fn, xb[:4] if text else xb, yb[:4] if text else yb))
     if resume is None and cfg.out is not None:  # the new run is ready: only now is an old one replaced
         if new_folder is not None:
             new_folder.commit(overwrite)
             new_folder.write_config(cfg.to_dict())
+            if text is not None:
+                from .text import write_vocab
+
+                write_vocab(new_folder.path, text.data)
             folder = new_folder
         if d is not None:
             d.barrier("waiting for rank 0 to create the run folder")
             folder = folder or RunFolder.open(cfg.out)
 
     opt = build_optimizer(cfg, model)
-    schedule = make_schedule(cfg.lr_schedule, lr, cfg.epochs * len(train_dl), cfg.warmup)
-    metrics = MetricsCB(log)
+    total = epochs * len(train_dl) if cfg.total_steps is None else min(cfg.total_steps, epochs * len(train_dl))
+    schedule = make_schedule(cfg.lr_schedule, lr, total, cfg.warmup_steps)
+    metrics = MetricsCB(log, cfg.total_steps if text else None)
     callbacks: list[Callback] = [ScheduleCB(schedule), NonFiniteGuardCB(), metrics]
     if progress:
         callbacks.append(ProgressCB())
-    if cfg.clip is not None:
-        callbacks.append(ClipGradCB(cfg.clip))
+    if cfg.clip_norm is not None:
+        callbacks.append(ClipGradCB(cfg.clip_norm))
     if cfg.patience is not None:
         callbacks.append(EarlyStoppingCB(cfg.patience, log))
+    if text is not None:
+        from .text import context_size
+
+        callbacks.append(SampleCB(text.data.vocab, cfg.seed, log, context=context_size(model)))
     stats = ActivationStats(model) if cfg.stats is not None and main and checkpoint is None else None
     if stats is not None:
         # recorded after the forward, before the lean backward lets go of the activations
         callbacks.append(LambdaCB("after_loss", lambda learn: stats.record(), order=50))
     if folder is not None:
-        info = {"classes": list(data.classes), "mean": data.mean, "std": data.std, "dataset": data.name,
-                "n_in": n_in}
+        info = ({"vocab": text.data.vocab, "dataset": data_name} if text is not None else
+                {"classes": list(data.classes), "mean": data.mean, "std": data.std, "dataset": data.name,
+                 "n_in": n_in})
         callbacks.append(CheckpointCB(folder, cfg.save_every, info))
-    learn = Learner(model, loss_fn, opt, train_dl, data.x_valid, data.y_valid, n_classes, callbacks, cfg.fused, d)
+    learn = Learner(model, loss_fn, opt, train_dl, x_valid, y_valid, n_classes, callbacks, cfg.fused, d,
+                    max_steps=cfg.total_steps, eval_bs=64 if text else 2000)
 
     start_epoch, start_batch = 0, 0
     if checkpoint is not None:
         path = folder.path / CHECKPOINT
         check_model_tensors(checkpoint[0], model.state_dict(), path)
         check_optimizer_tensors(checkpoint[0], model.parameters(), path, type(opt).__name__,
-                                checkpoint[1]["opt_steps"], cfg.opt == "sgd" and cfg.sgd_momentum > 0)
-        check_position(checkpoint[1], path, cfg.epochs, len(train_dl), len(model.parameters()),
+                                checkpoint[1]["opt_steps"], cfg.optimizer == "sgd" and cfg.sgd_momentum > 0)
+        check_position(checkpoint[1], path, epochs, len(train_dl), len(model.parameters()),
                        {type(cb).__name__ for cb in callbacks})
         try:
             start_epoch, start_batch = restore(learn, *checkpoint)
@@ -319,30 +351,59 @@ def _train(cfg: TrainConfig, d: Dist | None, log: Callable[[str], None], progres
             if changed:
                 log("resuming with " + ", ".join(f"{k} {v}" for k, v in changed.items()) + " (config.json updated)")
         log(f"continuing at epoch {start_epoch + 1}, batch {start_batch} (step {learn.t})")
-    learn.fit(cfg.epochs, start_epoch, start_batch)
+    learn.fit(epochs, start_epoch, start_batch)
     history = metrics.history
-    result = RunResult(cfg, data.name, model, history, seconds=time.perf_counter() - start,
+    result = RunResult(cfg, data_name, model, history, seconds=time.perf_counter() - start,
                        folder=folder.path if folder else None)
-    if history:
+    if history and text is not None:
         last = history[-1]
-        log(f"done: {data.name} {name} {cfg.loss}, {len(history)} epochs in {sum(h.seconds for h in history):.1f}s "
+        log(f"done: {data_name} {name}, {last.step} steps in {sum(h.seconds for h in history):.1f}s -> valid_loss "
+            f"{last.valid_loss:.4f} nats/char, valid_acc {last.valid_acc:.4f}")
+    elif history:
+        last = history[-1]
+        log(f"done: {data_name} {name} {cfg.loss}, {len(history)} epochs in {sum(h.seconds for h in history):.1f}s "
             f"-> valid_acc {last.valid_acc:.4f}, valid_loss {last.valid_loss:.4f}")
     if stats is not None:
-        about = f"{name} on {data.name}" + (f", run {Path(cfg.out).resolve().name}" if cfg.out else "")
+        about = f"{name} on {data_name}" + (f", run {Path(cfg.out).resolve().name}" if cfg.out else "")
         log(f"activation statistics of {len(stats.layers)} layers over {len(stats)} batches: "
             f"{stats.plot(cfg.stats, about, batches_per_epoch=len(train_dl))}")
     if folder is not None and history and main:
-        log(f"run folder {folder.path}: " + ", ".join(p.name for p in write_plots(learn, history, data, folder,
-                                                                                    name, cfg.loss)))
+        if text is not None:
+            from .text import write_samples
+
+            sampler = learn.callback(SampleCB)
+            paths = write_text_plots(history, folder, name, data_name, cfg.eval_every)
+            paths.append(write_samples(folder.path, sampler.samples))
+        else:
+            paths = write_plots(learn, history, data, folder, name, cfg.loss)
+        log(f"run folder {folder.path}: " + ", ".join(p.name for p in paths))
 
     if twin is not None:
-        twin_dl = DataLoader(data.x_train, data.y_train, bs, shuffle=True, seed=cfg.seed)
+        if text is not None:
+            twin_dl = TextLoader(text.train_dl.ids, cfg.block_size, bs, cfg.eval_every, cfg.seed)
+        else:
+            twin_dl = DataLoader(data.x_train, data.y_train, bs, shuffle=True, seed=cfg.seed)
         result.twin_history = fit_torch(twin, cfg.loss, torch_optimizer(cfg, twin.parameters()), twin_dl,
-                                        data.x_valid, data.y_valid, cfg.epochs, n_classes, log, schedule)
-        gap = 100 * (history[-1].valid_acc - result.twin_history[-1].valid_acc)
-        log(f"torch.nn twin (autograd, same initial weights and batches): valid_acc "
-            f"{result.twin_history[-1].valid_acc:.4f}; handgrad - torch = {gap:+.2f} points")
+                                        x_valid, y_valid, epochs, n_classes, log, schedule, clip=cfg.clip_norm,
+                                        max_steps=cfg.total_steps, text=text is not None)
+        if text is not None:
+            gap = 100 * (history[-1].valid_loss / result.twin_history[-1].valid_loss - 1)
+            log(f"torch.nn twin (autograd, same initial weights and batches): valid_loss "
+                f"{result.twin_history[-1].valid_loss:.4f} nats/char; handgrad is {gap:+.2f}% of it")
+        else:
+            gap = 100 * (history[-1].valid_acc - result.twin_history[-1].valid_acc)
+            log(f"torch.nn twin (autograd, same initial weights and batches): valid_acc "
+                f"{result.twin_history[-1].valid_acc:.4f}; handgrad - torch = {gap:+.2f} points")
     return result
+
+
+def write_text_plots(history: list[EpochStats], folder: RunFolder, model_name: str, data_name: str,
+                     steps_per_epoch: int) -> list[Path]:
+    """A text run's loss.png and accuracy.png (next-character accuracy), x in optimizer steps."""
+    from .plots import plot_curves
+
+    about = f"run {folder.path.resolve().name}: {model_name} on {data_name}"
+    return plot_curves(history, folder.path, about, "cross-entropy (nats/char)", steps_per_epoch=steps_per_epoch)
 
 
 def write_plots(learn: Learner, history: list[EpochStats], data: Dataset, folder: RunFolder, model_name: str = "",

@@ -17,11 +17,15 @@ from torch import Tensor
 from ..errors import DataError
 from .config import TrainConfig
 
-# the checkpoint metadata every handgrad checkpoint carries (CheckpointCB writes it)
+# the checkpoint metadata every handgrad checkpoint carries (CheckpointCB writes it): an image run's, a text run's
 CHECKPOINT_META: dict[str, Any] = {
     "epoch": int, "batch": int, "t": int, "opt_steps": int, "opt_hyper": dict, "n_params": int,
     "callbacks": dict, "classes": list[str], "mean": float | None, "std": float | None, "dataset": str,
     "n_in": int,
+}
+TEXT_CHECKPOINT_META: dict[str, Any] = {
+    "epoch": int, "batch": int, "t": int, "opt_steps": int, "opt_hyper": dict, "n_params": int,
+    "callbacks": dict, "vocab": str, "dataset": str,
 }
 
 
@@ -96,7 +100,9 @@ def config_from_json(d: object, path: Path) -> TrainConfig:
         cfg.validate()
     except ValueError as e:
         raise DataError(f"{path}: {e}") from None
-    if cfg.fingerprint is not None:
+    if cfg.fingerprint is not None and cfg.is_text:
+        check_fields(cfg.fingerprint, TEXT_FINGERPRINT, f"{path} (fingerprint)", required=True)
+    elif cfg.fingerprint is not None:
         check_fingerprint(cfg.fingerprint, path)
     if cfg.dataset == "auto" and cfg.fingerprint is not None:
         raise DataError(f"{path}: key 'dataset': expected the resolved data set (mnist or fashion-mnist) beside "
@@ -106,6 +112,7 @@ def config_from_json(d: object, path: Path) -> TrainConfig:
 
 FINGERPRINT = {"files": dict, "n_train": int, "n_valid": int, "n_test": int}
 FILE_DIGEST = {"bytes": int, "sha256": str}
+TEXT_FINGERPRINT = {"chars": int, "sha256": str}
 
 
 def check_fingerprint(fp: dict, path: Path) -> None:
@@ -116,12 +123,18 @@ def check_fingerprint(fp: dict, path: Path) -> None:
 
 
 def check_meta(meta: object, path: Path) -> dict:
-    """The checkpoint's metadata: every key of CHECKPOINT_META, typed."""
-    check_fields(meta, CHECKPOINT_META, f"{path} metadata", required=True)
+    """The checkpoint's metadata: every key of CHECKPOINT_META (TEXT_CHECKPOINT_META for a text run's), typed."""
+    text = isinstance(meta, dict) and "vocab" in meta
+    check_fields(meta, TEXT_CHECKPOINT_META if text else CHECKPOINT_META, f"{path} metadata", required=True)
     assert isinstance(meta, dict)
-    for key in ("epoch", "batch", "t", "opt_steps", "n_params", "n_in"):
+    for key in ("epoch", "batch", "t", "opt_steps", "n_params") + (() if text else ("n_in",)):
         if meta[key] < 0:
             raise DataError(f"{path} metadata: key {key!r}: expected a count >= 0, got {meta[key]}")
+    if text:
+        if not meta["vocab"] or len(set(meta["vocab"])) != len(meta["vocab"]):
+            raise DataError(f"{path} metadata: key 'vocab': expected the run's distinct characters, got "
+                            f"{_came(meta['vocab'])}")
+        return meta
     if not meta["classes"]:
         raise DataError(f"{path} metadata: key 'classes': expected the class names, got an empty list")
     for key in ("mean", "std"):
@@ -134,12 +147,13 @@ def check_meta(meta: object, path: Path) -> dict:
 
 CALLBACK_STATE = {"MetricsCB": {"history": list[dict], "loss_sum": float, "seen": int, "seconds": float,
                                 "batch_losses": list[float]},
-                  "EarlyStoppingCB": {"best": float | None, "bad_epochs": int}}
+                  "EarlyStoppingCB": {"best": float | None, "bad_epochs": int},
+                  "SampleCB": {"samples": list[list]}}
 # keys a run folder written before they existed lacks (its per-batch losses are then unknown)
-OPTIONAL_STATE = ("batch_losses",)
+OPTIONAL_STATE = ("batch_losses", "step")
 # one epoch of MetricsCB's history, and one line of metrics.jsonl
 EPOCH_STATS = {"epoch": int, "train_loss": float, "valid_loss": float, "valid_acc": float, "seconds": float,
-               "batch_losses": list[float]}
+               "batch_losses": list[float], "step": int | None}
 
 
 def check_epochs(rows: list, where: str) -> list[dict]:

@@ -1,0 +1,169 @@
+"""The character models' side of a run: the text and its windows, the model, samples of generated text.
+
+`handgrad train --model gpt|lstm|rnn --dataset fortunes|words|text:PATH` trains for `--steps` optimizer steps on
+seeded (batch, block) windows of the text's first nine tenths; every `--eval-every` steps (an "epoch" of the run
+folder's metrics and checkpoints) valid_loss is measured in nats per character on fixed windows of the last
+tenth, and a sample of generated text is printed. The vocabulary (the text's characters, sorted) is kept in the
+run folder (vocab.json) and checked when the run is resumed, evaluated or sampled.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import Tensor
+
+from ..data.text import TextData, TextLoader, check_vocab, load_text, valid_windows
+from ..errors import DataError, UsageError
+from ..models import char_lstm, char_rnn, gpt
+from ..module import Module
+from .config import TrainConfig
+from .learner import Callback, Learner
+
+VOCAB = "vocab.json"
+SAMPLE_TOKENS = 200  # characters of each sample printed during training
+MAX_TOKENS = 100_000  # `generate --tokens` past this is a typo
+
+
+@dataclass
+class TextRun:
+    """A character model's data: the text, the seeded training windows and the fixed validation windows."""
+
+    data: TextData
+    train_dl: TextLoader
+    x_valid: Tensor  # (k, block) ids
+    y_valid: Tensor  # (k, block) the next characters
+
+
+def read_vocab(folder: Path) -> str:
+    """The vocabulary a text run trained with, from its run folder."""
+    path = folder / VOCAB
+    try:
+        vocab = json.loads(path.read_text(encoding="utf-8"))["vocab"]
+    except FileNotFoundError:
+        raise DataError(f"{path}: missing; a text run's folder keeps its vocabulary there") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError) as e:
+        raise DataError(f"{path}: not a vocabulary file ({type(e).__name__}: {e})") from None
+    if not isinstance(vocab, str) or not vocab or len(set(vocab)) != len(vocab):
+        raise DataError(f"{path}: expected a string of distinct characters under 'vocab'")
+    return vocab
+
+
+def write_vocab(folder: Path, data: TextData) -> None:
+    (folder / VOCAB).write_text(json.dumps({"vocab": data.vocab, "dataset": data.name, "source": data.source},
+                                           ensure_ascii=False) + "\n", encoding="utf-8")
+
+
+def prepare_text(cfg: TrainConfig, device: torch.device, log: Callable[[str], None], rank: int = 0,
+                 world_size: int = 1, vocab: str | None = None) -> TextRun:
+    """The text cfg names, as training and validation windows on `device`. A run being resumed (`vocab`, and
+    cfg.fingerprint) must get the text it trained on: another vocabulary or changed text is refused in one line.
+    cfg then holds the text's absolute source and fingerprint."""
+    data = load_text(cfg.dataset)
+    where = f"{cfg.dataset} ({data.source})"
+    if vocab is not None:
+        check_vocab(vocab, data, where)
+    if cfg.fingerprint is not None and cfg.fingerprint != data.fingerprint():
+        raise DataError(f"{where}: not the text this run trained on ({cfg.fingerprint.get('chars')} characters, "
+                        f"sha256 {str(cfg.fingerprint.get('sha256'))[:12]}...; now {data.chars} characters, sha256 "
+                        f"{data.sha256[:12]}...)")
+    cfg.fingerprint = data.fingerprint()
+    train_ids, valid_ids = data.train.to(device), data.valid.to(device)
+    train_dl = TextLoader(train_ids, cfg.block_size, cfg.batch_size, cfg.eval_every, cfg.seed, rank, world_size,
+                          where=f"{where}: its training part")
+    x_valid, y_valid = valid_windows(valid_ids, cfg.block_size, where=f"{where}: its held-out tenth")
+    return TextRun(data, train_dl, x_valid, y_valid)
+
+
+def text_model(cfg: TrainConfig, vocab: int) -> tuple[Module, str]:
+    """The character model cfg describes, initialised from cfg.seed, and its one-line name."""
+    torch.manual_seed(cfg.seed)
+    if cfg.model == "gpt":
+        model = gpt(vocab, cfg.layers, cfg.n_head, cfg.width, cfg.block_size, recompute=cfg.recompute)
+        return model, (f"GPT {cfg.layers} layers, {cfg.n_head} heads, d_model {cfg.width}, block {cfg.block_size}, "
+                       f"vocab {vocab}")
+    make = char_lstm if cfg.model == "lstm" else char_rnn
+    model = make(vocab, cfg.width, cfg.hidden_size, cfg.layers)
+    return model, (f"{cfg.model.upper()} {cfg.layers} layers, hidden {cfg.hidden_size}, embedding {cfg.width}, "
+                   f"vocab {vocab}")
+
+
+def context_size(model: Module) -> int | None:
+    """The most characters the model reads at once (a GPT's block), None for a recurrent model."""
+    from ..layers.transformer import PositionEmbedding
+
+    return next((m.block_size for m in model.modules() if isinstance(m, PositionEmbedding)), None)
+
+
+@torch.no_grad()
+def generate(model: Module, ids: Tensor, tokens: int, temperature: float = 1.0, top_k: int | None = None,
+             gen: torch.Generator | None = None, context: int | None = None) -> Tensor:
+    """`tokens` more ids after the prompt `ids` (T,), each drawn from softmax(logits / temperature) over the
+    top_k most likely (all with None); the model sees the last `context` ids (all with None). The model is put
+    in eval mode; `gen` is a CPU generator (the caller's draws stay the caller's)."""
+    model.eval()
+    out = ids.clone()
+    for _ in range(tokens):
+        window = out[-context:] if context else out
+        logits = model(window[None])[0, -1].double()  # (vocab,)
+        if top_k is not None and top_k < logits.numel():
+            cut = torch.topk(logits, top_k).values[-1]
+            logits = logits.masked_fill(logits < cut, float("-inf"))
+        probs = torch.softmax(logits / temperature, dim=-1).cpu()
+        nxt = torch.multinomial(probs, 1, generator=gen).to(out.device)
+        out = torch.cat([out, nxt])
+    return out[ids.numel():]
+
+
+def prompt_ids(data_vocab: str, prompt: str, device: torch.device) -> Tensor:
+    """The prompt as ids of the run's vocabulary (a newline where the prompt is empty and the vocabulary has one)."""
+    index = {c: i for i, c in enumerate(data_vocab)}
+    if not prompt:
+        prompt = "\n" if "\n" in index else data_vocab[0]
+    unknown = sorted({c for c in prompt if c not in index})
+    if unknown:
+        raise UsageError(f"--prompt: {''.join(unknown)!r} not in the run's vocabulary of {len(data_vocab)} "
+                         "characters")
+    return torch.tensor([index[c] for c in prompt], dtype=torch.long, device=device)
+
+
+def indent(text: str, prefix: str = "  | ") -> str:
+    return "\n".join(prefix + line for line in text.split("\n"))
+
+
+class SampleCB(Callback):
+    """After each validation, a sample of generated text (from a generator of its own, seeded with the run's seed
+    and the step: the training's random draws are untouched, and a resumed run prints the same samples)."""
+
+    order = 25  # after the metrics line
+
+    def __init__(self, vocab: str, seed: int, log: Callable[[str], None], tokens: int = SAMPLE_TOKENS,
+                 context: int | None = None) -> None:
+        self.vocab, self.seed, self.log, self.tokens, self.context = vocab, seed, log, tokens, context
+        self.samples: list[tuple[int, str]] = []  # (step, text)
+
+    def after_epoch(self, learn: Learner) -> None:
+        if learn.dist is not None and not learn.dist.is_main:
+            return
+        device = learn.x_valid.device
+        gen = torch.Generator().manual_seed(self.seed * 1_000_003 + learn.t)
+        ids = generate(learn.model, prompt_ids(self.vocab, "", device), self.tokens, 0.8, None, gen, self.context)
+        text = "".join(self.vocab[i] for i in ids.tolist())
+        self.samples.append((learn.t, text))
+        self.log(f"sample after step {learn.t} (temperature 0.8):\n{indent(text)}")
+
+    def state_dict(self) -> dict:
+        return {"samples": [list(s) for s in self.samples]}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.samples = [(int(t), str(text)) for t, text in state.get("samples", [])]
+
+
+def write_samples(folder: Path, samples: list[tuple[int, str]]) -> Path:
+    path = folder / "samples.txt"
+    path.write_text("".join(f"--- after step {t}\n{text}\n" for t, text in samples), encoding="utf-8")
+    return path
