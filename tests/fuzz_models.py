@@ -192,6 +192,33 @@ class Opaque(hg.Module):
         return torch.cat([y[:, :1], y[:, 1:]], 1)
 
 
+class RecurrentOut(hg.Module):
+    """No bwd: a batch-first RNN or LSTM over [N, L, F] whose first output (all steps' hidden states) goes on;
+    its other outputs (h_n, c_n) are dropped, as a user unpacks them."""
+
+    def __init__(self, cell: str, n_in: int, hidden: int, layers: int, bias: bool) -> None:
+        super().__init__()
+        cls = hg.LSTM if cell == "lstm" else hg.RNN
+        self.rnn = cls(n_in, hidden, layers, bias=bias, batch_first=True)
+
+    def forward(self, x: Tensor) -> Tensor:
+        out, _ = self.rnn(x)
+        return out
+
+
+class SelfAttention(hg.Module):
+    """No bwd: batch-first self-attention, x as query, key and value (x.g must sum the three paths)."""
+
+    def __init__(self, d: int, heads: int, causal: bool, recompute: bool, bias: bool, weights: bool) -> None:
+        super().__init__()
+        self.attn = hg.MultiheadAttention(d, heads, bias=bias, batch_first=True, recompute=recompute)
+        self.causal, self.weights = causal, weights
+
+    def forward(self, x: Tensor) -> Tensor:
+        out, _ = self.attn(x, x, x, is_causal=self.causal, need_weights=self.weights)
+        return out
+
+
 USER_TYPES = (UserScale, SeedsScale, UserAdd, UserView, ReplayView, LoopCell, FanOut, UserChain, Opaque)
 
 
@@ -282,6 +309,18 @@ def build_op(op: tuple, ctx: dict) -> hg.Module:
         return UserChain([build_op(o, ctx) for o in op[1]])
     if kind == "opaque":
         return Opaque(op[1], op[2])
+    if kind == "rnn":
+        return RecurrentOut(*op[1:])
+    if kind == "attn":
+        return SelfAttention(*op[1:])
+    if kind == "block":  # GPT-2's pre-LayerNorm block (causal self-attention, 4x GELU MLP)
+        from handgrad.layers.transformer import Block
+
+        return Block(op[1], op[2], recompute=op[3])
+    if kind == "posemb":
+        from handgrad.layers.transformer import PositionEmbedding
+
+        return PositionEmbedding(op[1], op[2])
     raise AssertionError(kind)
 
 
@@ -297,6 +336,10 @@ def _randomise(model: hg.Module) -> None:
                     m.weight.normal_(1.0, 0.3)
                 if getattr(m, "bias", None) is not None:
                     m.bias.normal_(0.0, 0.3)
+            if isinstance(m, hg.MultiheadAttention) and m.in_proj_bias is not None:
+                m.in_proj_bias.normal_(0.0, 0.3)
+            if type(m).__name__ == "PositionEmbedding":
+                m.weight.normal_(0.0, 0.5)
             if isinstance(m, (hg.BatchNorm1d, hg.BatchNorm2d)):
                 m.running_mean.normal_(0.0, 0.3)
                 m.running_var.uniform_(0.5, 1.5)
@@ -316,8 +359,9 @@ def walk(ops: tuple):
 
 KINDS = {"linear", "conv", "bn", "ln", "act", "dropout", "flatten", "unflatten", "maxpool", "avgpool", "adaptive",
          "seq", "empty", "residual", "reuse", "tied", "embed", "tiedout", "user_scale", "user_view", "replay_view",
-         "loop", "fanout", "userchain", "opaque"}
+         "loop", "fanout", "userchain", "opaque", "rnn", "attn", "block", "posemb"}
 USER_KINDS = {"user_scale", "user_view", "replay_view", "loop", "fanout", "userchain", "opaque"}
+NO_TWIN = USER_KINDS | {"rnn", "attn"}  # modules without bwd of the fuzz suite's own, wrapping built-in layers
 
 
 @dataclass(frozen=True)
@@ -350,7 +394,7 @@ class Case:
 
     def has_twin(self) -> bool:
         """Built-in layers and containers only: interop.to_torch converts it."""
-        return self.container != "user" and not any(op[0] in USER_KINDS for op in walk(self.ops))
+        return self.container != "user" and not any(op[0] in NO_TWIN for op in walk(self.ops))
 
     def has(self, *kinds: str) -> bool:
         return any(op[0] in kinds for op in walk(self.ops))
@@ -459,6 +503,8 @@ def op_for(draw, shape: tuple, depth: int, preserve: bool, user: bool, ctx: dict
         choices += ["flatten"]
     if kind == "flat" and shape[1] <= MAX_F:
         choices += ["tied"]
+    if kind == "seq":  # the sequence layers, on [N, L, F]
+        choices += ["attn", "attn", "block", "posemb"] + ([] if preserve and shape[2] > MAX_F else ["rnn", "rnn"])
     if ctx.get("emb") is not None and kind == "flat" and shape[1] == ctx["emb"] and not preserve:
         choices += ["tiedout"]
     if depth < 2:
@@ -590,6 +636,19 @@ def op_for(draw, shape: tuple, depth: int, preserve: bool, user: bool, ctx: dict
         lo = draw(st.integers(0, shape[1] - 1))
         hi = draw(st.integers(lo + 1, shape[1]))
         return (cls, how, (lo, hi)), (shape[0], hi - lo, *shape[2:])
+    if choice == "rnn":
+        hidden = shape[2] if preserve else draw(st.integers(1, MAX_F))
+        op = ("rnn", draw(st.sampled_from(["lstm", "rnn"])), shape[2], hidden, draw(st.integers(1, 2)),
+              draw(st.booleans()))
+        return op, ("seq", shape[1], hidden)
+    if choice in ("attn", "block"):
+        heads = draw(st.sampled_from(_divisors(shape[2])))
+        if choice == "block":
+            return ("block", shape[2], heads, draw(st.booleans())), shape
+        return ("attn", shape[2], heads, draw(st.booleans()), draw(st.booleans()), draw(st.booleans()),
+                draw(st.booleans())), shape
+    if choice == "posemb":
+        return ("posemb", shape[1] + draw(st.integers(0, 2)), shape[2]), shape
     if choice == "loop":
         if kind == "seq":
             steps, n_in = shape[1], shape[2]

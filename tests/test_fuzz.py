@@ -664,6 +664,27 @@ def test_fuzz_image_models_match_the_torch_twin(case):
     event(check_module_paths(case))
 
 
+@fuzz(0.06)
+@given(case=cases(inputs=("seq", "idxseq")))
+def test_fuzz_sequence_models_match_autograd(case):
+    """More models on sequences [N, L, F] (RNN, LSTM, self-attention, GPT blocks, position embeddings among the
+    other layers): every module path against autograd."""
+    describe(case)
+    event(check_module_paths(case))
+
+
+@fuzz(0.04)
+@given(setup=training_setups(cases(inputs=("seq", "idxseq"), learnable=True, max_len=3, flat_output=True)))
+def test_fuzz_sequence_models_train_as_torch_optim(setup):
+    """Sequence models trained 2-3 steps on every training path against torch.optim."""
+    case, loss, opt, sizes, learner_fused = setup
+    describe(case)
+    try:
+        event(check_training_paths(case, loss, opt, sizes, learner_fused))
+    except Diverged:
+        reject()
+
+
 @fuzz(0.28)
 @given(setup=training_setups())
 def test_fuzz_training_paths_match_torch_optim(setup):
@@ -768,6 +789,10 @@ DROPOUT = Case(("flat", 5), (("linear", 5, 5, True), ("dropout", 0.5), ("linear"
 FUSABLE = Case(("flat", 3), (("linear", 3, 5, True), ("act", "relu", ()), ("linear", 5, 2, True)), ("flat", 2), "seq",
                8, F64, True, 4)
 SGD = ("sgd", 0.05, 0.0, 0.0, False)
+LSTM = Case(("seq", 3, 4), (("rnn", "lstm", 4, 5, 2, True),), ("seq", 3, 5), "seq", 7, F64, True, 2)
+ATTENTION = Case(("seq", 4, 6), (("attn", 6, 2, True, True, True, False),), ("seq", 4, 6), "seq", 3, F64, True, 2)
+GPT_BLOCK = Case(("idxseq", 5, 4), (("embed", 5, 6, None), ("posemb", 4, 6), ("block", 6, 3, False),
+                                     ("flatten", 1, -1)), ("flat", 24), "seq", 5, F64, True, 3)
 
 
 def _scale_output(monkeypatch, owner, name: str, factor: float = 1.001, static: bool = False) -> None:
@@ -859,6 +884,13 @@ MUTANTS = {
     "adamw-decay-coupled": (lambda mp: mp.setattr(hg.AdamW, "decoupled", False),
                             lambda: check_training_paths(MLP, ("ce", "sum"), ("adamw", 1e-2, 1e-2), [3, 2],
                                                          paths=("learner",)), "Learner._one_batch: "),
+    "lstm-backward": (lambda mp: _scale_output(mp, hg.LSTM, "bwd"),
+                      lambda: check_module_paths(LSTM, paths=("plain",)), "plain: gradient"),
+    "attention-backward-in-lean": (lambda mp: _scale_output(mp, hg.MultiheadAttention, "bwd"),
+                                   lambda: check_module_paths(ATTENTION, paths=("lean",)), "lean: gradient"),
+    "gpt-block-training": (lambda mp: _scale_output(mp, hg.LayerNorm, "bwd"),
+                           lambda: check_training_paths(GPT_BLOCK, ("ce", "mean"), ("adamw", 1e-2, 1e-2), [3, 2],
+                                                        paths=("training_step",)), "training_step: "),
     "wrap-training": (lambda mp: _scale_output(mp, _interop._HandgradFunction, "backward", static=True),
                       lambda: check_training_paths(BATCHNORM, ("mse", "sum"), ("sgd", 0.02, 0.9, 0.0, False), [4, 2],
                                                    paths=("wrap",)), "wrap + torch.optim: "),
