@@ -84,12 +84,16 @@ def text_model(cfg: TrainConfig, vocab: int) -> tuple[Module, str]:
     torch.manual_seed(cfg.seed)
     if cfg.model == "gpt":
         model = gpt(vocab, cfg.layers, cfg.n_head, cfg.width, cfg.block_size, recompute=cfg.recompute)
-        return model, (f"GPT {cfg.layers} layers, {cfg.n_head} heads, d_model {cfg.width}, block {cfg.block_size}, "
+        return model, (f"GPT {_n(cfg.layers, 'layer')}, {_n(cfg.n_head, 'head')}, d_model {cfg.width}, block {cfg.block_size}, "
                        f"vocab {vocab}")
     make = char_lstm if cfg.model == "lstm" else char_rnn
     model = make(vocab, cfg.width, cfg.hidden_size, cfg.layers)
-    return model, (f"{cfg.model.upper()} {cfg.layers} layers, hidden {cfg.hidden_size}, embedding {cfg.width}, "
+    return model, (f"{cfg.model.upper()} {_n(cfg.layers, 'layer')}, hidden {cfg.hidden_size}, embedding {cfg.width}, "
                    f"vocab {vocab}")
+
+
+def _n(count: int, noun: str) -> str:
+    return f"{count} {noun}{'' if count == 1 else 's'}"
 
 
 def context_size(model: Module) -> int | None:
