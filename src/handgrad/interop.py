@@ -348,6 +348,34 @@ def _flat_tensors(out: object) -> list[Tensor] | None:
     return None
 
 
+class _Leaf:
+    """The place of the i-th tensor in a template of a module's (nested) inputs."""
+
+    __slots__ = ("i",)
+
+    def __init__(self, i: int) -> None:
+        self.i = i
+
+
+def _template(obj: object, leaves: list[Tensor]) -> object:
+    """`obj` with each tensor (in tuples and lists, however nested) replaced by its _Leaf, appended to leaves;
+    anything else (None, numbers) kept as it is: an LSTM's (x, (h0, c0)) or (x, None)."""
+    if isinstance(obj, Tensor):
+        leaves.append(obj)
+        return _Leaf(len(leaves) - 1)
+    if isinstance(obj, (tuple, list)):
+        return type(obj)(_template(o, leaves) for o in obj)
+    return obj
+
+
+def _fill(template: object, tensors: list[Tensor]) -> object:
+    if isinstance(template, _Leaf):
+        return tensors[template.i]
+    if isinstance(template, (tuple, list)):
+        return type(template)(_fill(t, tensors) for t in template)
+    return template
+
+
 def _nested_like(structure: object, tensors: Iterator[Tensor]) -> object:
     if isinstance(structure, (tuple, list)):
         return type(structure)(_nested_like(o, tensors) for o in structure)
@@ -362,15 +390,16 @@ class _HandgradFunction(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, module: Module, options: dict, n_inputs: int, *tensors: Tensor) -> Tensor:  # type: ignore[override]
-        inputs = [t.detach() for t in tensors[:n_inputs]]
+    def forward(ctx, module: Module, options: dict, template: tuple, n_inputs: int,  # type: ignore[override]
+                *tensors: Tensor) -> Tensor:
+        inputs = [t.detach() for t in tensors[:n_inputs]]  # every input tensor, however nested in the arguments
         with lean(False):  # autograd may ask for this call's backward more than once: keep everything
-            out = module(*inputs, **options)  # options: flags such as is_causal
+            out = module(*_fill(template, inputs), **options)  # options: flags such as is_causal
         flat = _flat_tensors(out)
         if flat is None:
             raise TypeError(f"wrap({type(module).__name__}): forward returned a {type(out).__name__}; a wrapped "
                             "module must return a tensor or a tuple of tensors (as RNN, LSTM)")
-        ctx.call, ctx.module = module.__dict__["_last"], module
+        ctx.call, ctx.module, ctx.inputs = module.__dict__["_last"], module, inputs
         # what the hand-written backward reads, and each tensor's version now (as autograd's saved tensors)
         read = [(f"input {i}", t) for i, t in enumerate(inputs) if module.backward_reads_input()] + \
             [(f"output {i}", o) for i, o in enumerate(flat) if module.backward_reads_output()] + \
@@ -403,9 +432,11 @@ class _HandgradFunction(torch.autograd.Function):
             p.g = None
         try:
             call.reopen()  # retain_graph: autograd may run this backward again
+            for x in ctx.inputs:  # this run's input gradients only (an earlier run's would be added to)
+                x.g = None
             with lean(False):
                 run_backward(call, dy.contiguous() if isinstance(dy, Tensor) else dy)
-            d_inputs = [getattr(x, "g", None) if x.is_floating_point() else None for x in call.args]
+            d_inputs = [getattr(x, "g", None) if x.is_floating_point() else None for x in ctx.inputs]
             d_params = [p.g for p in params]
         finally:
             for p, (g, buf) in zip(params, kept):
@@ -413,7 +444,7 @@ class _HandgradFunction(torch.autograd.Function):
                 p.__dict__.pop("_gbuf", None)
                 if buf is not None:
                     p.__dict__["_gbuf"] = buf
-        return (None, None, None, *d_inputs, *d_params)
+        return (None, None, None, None, *d_inputs, *d_params)
 
 
 class _Shell(nn.Module):
@@ -511,11 +542,15 @@ class TorchModule(nn.Module):
         self._sync()
         return result
 
-    def forward(self, *inputs: Tensor, **options: object) -> Tensor:
+    def forward(self, *inputs: object, **options: object) -> Tensor:
+        """The module on `inputs`: tensors, or tuples of them (an LSTM's (h0, c0)), or None where the module takes
+        it; keyword `options` (flags such as is_causal) go to its forward as they are."""
         m = self.handgrad_module
         m.train(self.training)
         self._sync()
-        out = _HandgradFunction.apply(m, options, len(inputs), *inputs, *self.params)
+        leaves: list[Tensor] = []
+        template = _template(inputs, leaves)
+        out = _HandgradFunction.apply(m, options, template, len(leaves), *leaves, *self.params)
         if isinstance(out, Tensor):
             return out
         return _nested_like(m.__dict__["_last"].out, iter(out))  # (output, (h_n, c_n)) as the module returns it
