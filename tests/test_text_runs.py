@@ -239,3 +239,119 @@ def test_nproc_2_text_run_matches_one_process(tmp_path):
         torch.testing.assert_close(a[k], b[k], rtol=1e-4, atol=1e-6)
     assert not torch.equal(a["model.0.weight"], load_file(tmp_path / "one" / "checkpoint.safetensors")
                            ["model.0.weight"] * 0)  # (it trained)
+
+
+def test_a_relative_text_path_is_recorded_absolute(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    make_text(tmp_path)
+    assert cli(capsys, "train", "--model", "rnn", "--dataset", "text:corpus.txt", *TINY["rnn"], "--block-size", "8",
+               "--bs", "4", "--steps", "2", "--eval-every", "2", "--out", "run", "--no-progress")[0] == 0
+    assert json.loads((tmp_path / "run" / "config.json").read_text())["dataset"] == f"text:{tmp_path / 'corpus.txt'}"
+    monkeypatch.chdir("/")
+    code, out, err = cli(capsys, "eval", tmp_path / "run")
+    assert code == 0 and "nats/char" in out, err
+
+
+@pytest.mark.parametrize("cell", ["lstm", "rnn"])
+def test_a_recurrent_model_generates_from_its_state_what_it_would_from_the_whole_text(cell):
+    """generate carries a CharRNN's hidden state (linear in the tokens); the ids drawn equal those drawn by
+    reading the whole text again for every character."""
+    from handgrad.models import CharRNN
+    from handgrad.train.text import _draw, generate
+
+    torch.manual_seed(0)
+    model = CharRNN(7, 5, 6, 2, cell, dtype=torch.float64)
+    prompt = torch.tensor([1, 4, 2])
+    fast = generate(model, prompt, 12, 0.9, 4, torch.Generator().manual_seed(5))
+    gen, seq = torch.Generator().manual_seed(5), prompt.clone()
+    for _ in range(12):
+        seq = torch.cat([seq, _draw(model(seq[None])[0, -1], 0.9, 4, gen)])
+    assert torch.equal(fast, seq[3:]) and fast.numel() == 12
+
+
+def test_a_tiny_temperature_picks_the_likeliest_character():
+    from handgrad.train.text import _draw
+
+    logits = torch.tensor([0.5, 3.0, -2.0, 2.9])
+    for t in (1e-308, 5e-324, 1e-30):
+        assert int(_draw(logits, t, None, torch.Generator().manual_seed(0))) == 1
+
+
+def test_config_json_edited_after_training_is_refused(tmp_path, capsys):
+    text = make_text(tmp_path)
+    out = tmp_path / "run"
+    assert cli(capsys, "train", "--model", "gpt", "--dataset", f"text:{text}", *TINY["gpt"], "--block-size", "8",
+               "--bs", "4", "--steps", "4", "--eval-every", "2", "--out", out, "--no-progress")[0] == 0
+    config = json.loads((out / "config.json").read_text())
+    (out / "config.json").write_text(json.dumps({**config, "n_head": 4}))
+    for argv in (["generate", out], ["eval", out], ["train", "--resume", out]):
+        code, _, err = cli(capsys, *argv)
+        assert code == 1 and "key 'n_head' is 4, but" in err and "was trained with 2" in err, err
+    (out / "config.json").write_text(json.dumps({**config, "steps": 8}))
+    code, _, err = cli(capsys, "train", "--resume", out)
+    assert code == 1 and "key 'steps' is 8" in err, err
+
+
+def test_resuming_a_finished_text_run_trains_nothing(tmp_path, capsys):
+    text = make_text(tmp_path)
+    out = tmp_path / "run"
+    assert cli(capsys, "train", "--model", "rnn", "--dataset", f"text:{text}", *TINY["rnn"], "--block-size", "8",
+               "--bs", "4", "--steps", "3", "--eval-every", "2", "--out", out, "--no-progress")[0] == 0
+    before = (out / "checkpoint.safetensors").read_bytes()
+    code, stdout, err = cli(capsys, "train", "--resume", out, "--no-progress")
+    assert code == 0 and "this run is finished (step 3 of 3" in stdout, stdout + err
+    assert (out / "checkpoint.safetensors").read_bytes() == before
+    code, _, err = cli(capsys, "train", "--resume", out, "--epochs", "9")
+    assert code == 2 and "--epochs is for image runs: this text run trains for 3 steps" in err, err
+
+
+def test_a_byte_order_mark_is_not_a_character_and_a_reordered_vocabulary_is_said(tmp_path, capsys):
+    path = tmp_path / "bom.txt"
+    path.write_bytes("\ufeff".encode() + ("abc def\n" * 40).encode())
+    out = tmp_path / "run"
+    assert cli(capsys, "train", "--model", "rnn", "--dataset", f"text:{path}", *TINY["rnn"], "--block-size", "8",
+               "--bs", "4", "--steps", "2", "--eval-every", "2", "--out", out, "--no-progress")[0] == 0
+    assert json.loads((out / "vocab.json").read_text())["vocab"] == "\n abcdef"
+    vocab = json.loads((out / "vocab.json").read_text())
+    (out / "vocab.json").write_text(json.dumps({**vocab, "vocab": " \nabcdef"}))
+    code, _, err = cli(capsys, "train", "--resume", out)
+    assert code == 1 and "trained with another vocabulary" in err, err
+
+
+def test_huge_eval_every_draws_only_the_batches_it_trains(tmp_path):
+    result = run(tiny_config("rnn", make_text(tmp_path), steps=3, eval_every=10**9), log=lambda s: None,
+                 progress=False)
+    assert [h.step for h in result.history] == [3]
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--model", "lstm", "--n-head", "3"], "--n-head is for --model gpt, not --model lstm"),
+    (["--model", "rnn", "--no-recompute"], "--no-recompute is for --model gpt, not --model rnn"),
+    (["--model", "gpt", "--hidden-size", "64"], "--hidden-size is for --model lstm or rnn, not --model gpt"),
+    (["--model", "gpt", "--steps", "10", "--warmup", "10"], "--warmup 10: the run takes 10 steps; warm-up must end"),
+    (["--model", "gpt", "--schedule", "constant", "--warmup", "5"], "--warmup is for the cosine schedule"),
+    (["--model", "gpt", "--nproc", "2", "--bs", "1"], "--bs 1: each of the --nproc 2 processes needs at least one"),
+    (["--model", "gpt", "--n-layer", "256", "--d-model", "65536", "--n-head", "2"], "the gpt would have"),
+    (["--model", "lstm", "--n-layer", "256", "--hidden-size", "65536"], "the lstm would have"),
+])
+def test_text_flags_that_cannot_apply_are_one_line(tmp_path, capsys, argv, message):
+    code, _, err = cli(capsys, "train", "--dataset", f"text:{make_text(tmp_path)}", *argv, "--no-progress")
+    assert code == 2 and err.count("\n") == 1 and message in err, err
+
+
+def test_text_path_that_is_a_folder_and_prompts_outside_the_vocabulary(tmp_path, capsys):
+    code, _, err = cli(capsys, "train", "--model", "gpt", "--dataset", f"text:{tmp_path}", "--no-progress")
+    assert code == 1 and "not a regular file" in err, err
+    from handgrad.errors import UsageError
+    from handgrad.train.text import prompt_ids
+
+    with pytest.raises(UsageError, match=r"--prompt: 'T', 'H', 'E' not in"):
+        prompt_ids("abc", "THE", torch.device("cpu"))
+    with pytest.raises(UsageError, match="another Unicode form"):
+        prompt_ids("cafe\u0301", "caf\u00e9", torch.device("cpu"))
+
+
+def test_lr_find_refuses_training_lengths(tmp_path, capsys):
+    code, _, err = cli(capsys, "lr-find", "--model", "lstm", "--dataset", f"text:{make_text(tmp_path)}", "--steps",
+                       "5")
+    assert code == 2 and "--steps and --eval-every are for training" in err, err

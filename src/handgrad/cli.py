@@ -308,6 +308,7 @@ def _resume_changes(args: argparse.Namespace) -> dict:
 
 IMAGE_ONLY = ("--epochs", "--hidden", "--channels", "--init", "--subset", "--no-normalize", "--loss", "--data",
               "--no-fused", "--stats")
+MODEL_ONLY = {"--n-head": ("gpt",), "--no-recompute": ("gpt",), "--hidden-size": ("lstm", "rnn")}
 TEXT_ONLY = ("--block-size", "--d-model", "--n-layer", "--n-head", "--hidden-size", "--eval-every", "--no-recompute")
 
 
@@ -328,6 +329,9 @@ def _config(args: argparse.Namespace) -> TrainConfig:
                              f"{cfg.model}")
         if flag is not None:
             raise UsageError(f"{flag} is for the text models (--model gpt, lstm or rnn), not --model {cfg.model}")
+        for flag, models in MODEL_ONLY.items():
+            if flag in given and cfg.is_text and cfg.model not in models:
+                raise UsageError(f"{flag} is for --model {' or '.join(models)}, not --model {cfg.model}")
     target = getattr(args, "target", None)
     if target is not None:
         given = {tok.split("=", 1)[0] for tok in args.argv if tok.startswith("--")}
@@ -348,6 +352,9 @@ def _config(args: argparse.Namespace) -> TrainConfig:
 def _lr_find(args: argparse.Namespace) -> int:
     from .train.evaluate import lr_find
 
+    if any(tok.split("=", 1)[0] in ("--steps", "--eval-every") for tok in args.argv):
+        raise UsageError("--steps and --eval-every are for training: lr-find takes at most 100 steps, its lr growing "
+                         "from --start-lr to --end-lr")
     if args.run is not None:
         why = "with --run, lr-find uses the run's config.json"
         _given_only(args.argv, {"--run", "--plot", "--data", "--start-lr", "--end-lr"}, why)
@@ -733,7 +740,8 @@ def _unexpected(e: BaseException, args: argparse.Namespace | None = None) -> Non
 
     text = "".join(traceback.format_exception(type(e), e, e.__traceback__))
     where = "no traceback file could be written"
-    for folder in [getattr(args, k, None) for k in ("resume", "out", "run")]:
+    writes = ("resume", "out", "run") if args.command in ("train", "lr-find") else ()  # eval & co only read a run
+    for folder in [getattr(args, k, None) for k in writes]:
         if isinstance(folder, str) and (Path(folder) / MARKER).is_file() and not Path(folder).is_symlink():
             try:  # never through a symbolic link planted in the folder
                 fd = os.open(Path(folder) / ERROR_LOG, os.O_WRONLY | os.O_CREAT | os.O_TRUNC |

@@ -65,9 +65,13 @@ def _read(path: Path) -> str:
     if b"\0" in raw:
         raise DataError(f"{path}: a binary file (it holds NUL bytes), expected UTF-8 text")
     try:
-        return raw.decode("utf-8")
+        return raw.decode("utf-8-sig")  # a byte-order mark is the file's encoding, not a character of its text
     except UnicodeDecodeError as e:
         raise DataError(f"{path}: not UTF-8 text (byte {e.start} is {raw[e.start]:#04x})") from None
+
+
+def _chars(n: int) -> str:
+    return f"{n} character{'' if n == 1 else 's'}"
 
 
 def fortune_files(folder: Path = FORTUNES_DIR) -> list[Path]:
@@ -87,8 +91,10 @@ def load_text(spec: str, fortunes_dir: Path = FORTUNES_DIR, words_file: Path = W
         text, source = _read(words_file), str(words_file)
     elif spec.startswith("text:") and len(spec) > 5:
         path = Path(spec[5:]).expanduser()
-        if not path.is_file():
+        if not path.exists():
             raise DataError(f"{path}: no such file")
+        if not path.is_file():
+            raise DataError(f"{path}: not a regular file (a folder, a device or a pipe), expected a UTF-8 text file")
         text, source = _read(path), str(path.resolve())
     else:
         raise DataError(f"unknown text data set {spec!r}: expected fortunes, words or text:PATH")
@@ -106,7 +112,7 @@ def load_text(spec: str, fortunes_dir: Path = FORTUNES_DIR, words_file: Path = W
 def windows(ids: Tensor, block: int, batch: int, gen: torch.Generator, where: str = "text") -> tuple[Tensor, Tensor]:
     """`batch` windows of `block` characters at seeded random places, and the same shifted by one (the targets)."""
     if ids.numel() <= block:
-        raise DataError(f"{where}: {ids.numel()} characters, shorter than one block of {block} (+1 for the target)")
+        raise DataError(f"{where}: {_chars(ids.numel())}, shorter than one block of {block} (+1 for the target)")
     starts = torch.randint(0, ids.numel() - block, (batch,), generator=gen)
     offsets = torch.arange(block)
     x = ids[starts[:, None] + offsets]  # (batch, block)
@@ -119,7 +125,7 @@ def valid_windows(ids: Tensor, block: int, max_windows: int = 256, where: str = 
     where there are fewer), and their targets: the fixed set a run's valid_loss is measured on."""
     n_full = (ids.numel() - 1) // block
     if n_full < 1:
-        raise DataError(f"{where}: {ids.numel()} characters, shorter than one block of {block} (+1 for the target)")
+        raise DataError(f"{where}: {_chars(ids.numel())}, shorter than one block of {block} (+1 for the target)")
     k = min(n_full, max_windows)
     starts = (torch.arange(k) * n_full // k) * block  # (k,)
     offsets = torch.arange(block)
@@ -129,15 +135,15 @@ def valid_windows(ids: Tensor, block: int, max_windows: int = 256, where: str = 
 class TextLoader:
     """Training batches of (batch, block) windows at seeded random places in `ids`, and their targets.
 
-    An "epoch" is `batches` batches (the stretch between two validations); epoch e's window starts are drawn from a
-    generator seeded with (seed, e), so any batch can be rebuilt on its own (exact resume) and every rank draws the
-    same global batch. Data-parallel: rank `rank` of `world_size` takes its contiguous slice of each global batch.
+    An "epoch" is `batches` batches (the stretch between two validations); batch i of epoch e draws its window
+    starts from a generator seeded with (seed, e, i), so any batch can be rebuilt on its own (exact resume) and every
+    rank draws the same global batch. Data-parallel: rank `rank` of `world_size` takes its contiguous slice of each global batch.
     """
 
     def __init__(self, ids: Tensor, block: int, batch_size: int, batches: int, seed: int = 0, rank: int = 0,
                  world_size: int = 1, where: str = "training text") -> None:
         if ids.numel() <= block:
-            raise DataError(f"{where}: {ids.numel()} characters, shorter than one block of {block} (+1 for the "
+            raise DataError(f"{where}: {_chars(ids.numel())}, shorter than one block of {block} (+1 for the "
                             "target)")
         if batch_size < 1 or batches < 1:
             raise ValueError(f"batch size and batches per epoch must be positive, got {batch_size} and {batches}")
@@ -152,10 +158,10 @@ class TextLoader:
     def global_batch_size(self, i: int) -> int:
         return self.batch_size
 
-    def starts(self, epoch: int) -> Tensor:
-        """(batches, batch_size) window starts of `epoch`."""
-        gen = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
-        return torch.randint(0, self.ids.numel() - self.block, (self.batches, self.batch_size), generator=gen)
+    def starts(self, epoch: int, i: int) -> Tensor:
+        """(batch_size,) window starts of batch i of `epoch`, from a generator seeded with (seed, epoch, i)."""
+        gen = torch.Generator().manual_seed(((self.seed * 1_000_003 + epoch) * 1_000_003 + i) % 2**63)
+        return torch.randint(0, self.ids.numel() - self.block, (self.batch_size,), generator=gen)
 
     def __iter__(self) -> Iterator[tuple[Tensor, Tensor]]:
         batches = self.epoch_batches(self.epoch)
@@ -164,15 +170,17 @@ class TextLoader:
 
     def epoch_batches(self, epoch: int, start: int = 0) -> Iterator[tuple[Tensor, Tensor]]:
         lo, hi = shard_bounds(self.batch_size, self.rank, self.world_size)
-        starts = self.starts(epoch)[:, lo:hi].to(self.ids.device)
         for i in range(start, self.batches):
-            at = starts[i][:, None] + self.offsets  # (batch, block)
+            at = self.starts(epoch, i)[lo:hi].to(self.ids.device)[:, None] + self.offsets  # (batch, block)
             yield self.ids[at], self.ids[at + 1]
 
 
 def check_vocab(saved: str, data: TextData, where: str) -> None:
     """DataError unless `data` has the vocabulary a run was trained with (`saved`)."""
     if saved != data.vocab:
+        if set(saved) == set(data.vocab):
+            raise DataError(f"{where}: the run's vocabulary holds this text's {len(saved)} characters in another order "
+                            "(ids are places in the sorted vocabulary: was vocab.json edited?)")
         extra = sorted(set(data.vocab) - set(saved))[:5]
         missing = sorted(set(saved) - set(data.vocab))[:5]
         raise DataError(f"{where}: the run's vocabulary has {len(saved)} characters, this text's {len(data.vocab)} "

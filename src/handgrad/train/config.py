@@ -22,6 +22,13 @@ OPTIMIZERS = ("sgd", "adam", "adamw")
 SCHEDULES = ("constant", "one-cycle", "cosine", "step")
 
 
+# what a run's weights and optimizer state were trained under: config.json must still say the same when a checkpoint
+# is resumed or loaded (fields a resume may change, or that only say where data or processes are, are not here)
+TRAINED_UNDER = ("model", "model_args", "hidden", "channels", "block_size", "d_model", "n_layer", "n_head",
+                 "hidden_size", "recompute", "steps", "eval_every", "loss", "bs", "opt", "lr", "momentum",
+                 "weight_decay", "schedule", "warmup", "clip", "seed", "init", "normalize", "subset")
+
+
 def is_text_dataset(name: str) -> bool:
     return name in TEXT_DATASETS or (name.startswith("text:") and len(name) > 5)
 
@@ -109,9 +116,12 @@ class TrainConfig:
                   f"{self.n_layer}")
             check(1 <= self.hidden_size <= MAX_WIDTH, f"--hidden-size must be from 1 to {MAX_WIDTH}, got "
                   f"{self.hidden_size}")
-            check(1 <= self.n_head <= MAX_WIDTH and self.width % self.n_head == 0, f"--n-head must divide "
-                  f"--d-model ({self.width}), got {self.n_head}")
-            check(self.eval_every >= 1, f"--eval-every must be at least 1, got {self.eval_every}")
+            check(self.model != "gpt" or (1 <= self.n_head <= MAX_WIDTH and self.width % self.n_head == 0),
+                  f"--n-head must divide --d-model ({self.width}), got {self.n_head}")
+            check(1 <= self.eval_every <= MAX_STEPS, f"--eval-every must be from 1 to {MAX_STEPS}, got "
+                  f"{self.eval_every}")
+            check(self.batch_size >= self.nproc, f"--bs {self.batch_size}: each of the --nproc {self.nproc} "
+                  f"processes needs at least one window of every batch")
         else:
             check(not is_text_dataset(self.dataset), f"--dataset {self.dataset} is text: train a character "
                   f"model on it (--model gpt, lstm or rnn), got --model {self.model}")
@@ -133,6 +143,10 @@ class TrainConfig:
         check(self.clip is None or self.clip > 0, f"--clip must be positive, got {self.clip}")
         check(self.patience is None or self.patience >= 1, f"--patience must be at least 1, got {self.patience}")
         check(self.warmup is None or self.warmup >= 0, f"--warmup must be >= 0, got {self.warmup}")
+        check(self.warmup is None or self.warmup == 0 or self.lr_schedule == "cosine", f"--warmup is for the cosine "
+              f"schedule; this run's is {self.lr_schedule}")
+        check(self.warmup is None or self.total_steps is None or self.warmup < self.total_steps,
+              f"--warmup {self.warmup}: the run takes {self.total_steps} steps; warm-up must end before")
         check(self.save_every >= 0, f"--save-every must be >= 0, got {self.save_every}")
         check(self.subset is None or self.subset >= 1, f"--subset must be positive, got {self.subset}")
         cores = os.cpu_count() or 1

@@ -16,7 +16,7 @@ from .callbacks import LRFinderCB
 from .config import LR_FIND_END, LR_FIND_START, MAX_LR, TrainConfig
 from .learner import Learner
 from .loop import evaluate, make_loss, predict_classes
-from .run import build_model, build_optimizer, prepare_data, resolve_device
+from .run import build_model, build_optimizer, check_trained_under, prepare_data, resolve_device
 from .runfolder import CHECKPOINT, CONFIG, LR_FIND, RunFolder
 from .schema import check_model_tensors
 
@@ -38,6 +38,7 @@ def load_run(path: str | Path) -> tuple[TrainConfig, Module, dict]:
     else:
         model, _ = build_model(cfg, meta["n_in"], len(meta["classes"]), folder.path / CONFIG)
     state = check_model_tensors(tensors, model.state_dict(), folder.path / CHECKPOINT)
+    check_trained_under(meta, cfg, folder.path / CONFIG, folder.path / CHECKPOINT)  # (after the shapes)
     model.load_state_dict(state)
     return cfg, model.eval(), meta
 

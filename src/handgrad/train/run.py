@@ -23,7 +23,7 @@ from ..optim import SGD, Adam, AdamW, Optimizer
 from ..schedules import make_schedule
 from .callbacks import (CheckpointCB, ClipGradCB, EarlyStoppingCB, LambdaCB, MetricsCB, NonFiniteGuardCB, ProgressCB,
                         ScheduleCB, restore)
-from .config import TrainConfig, is_target
+from .config import TRAINED_UNDER, TrainConfig, is_target
 from .learner import Callback, Learner
 from .loop import EpochStats, make_loss, n_outputs, predict_classes
 from .runfolder import CHECKPOINT, CONFIG, RunFolder
@@ -145,20 +145,41 @@ def check_size(cfg: TrainConfig, n_in: int, n_out: int) -> None:
     """UsageError when the widths are out of range, or the model's parameters, gradients and optimizer state
     (16 bytes a parameter) would not fit in this machine's memory: one line instead of an allocation failure or
     the system's OOM killer."""
-    import os
-
     cfg.validate()
     if is_target(cfg.model):  # a class of the user's own: its size is known once it is built
         return
-    n = n_parameters(cfg, n_in, n_out)
-    try:
-        memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    except (ValueError, OSError, AttributeError):
-        memory = 1 << 40
+    n, memory = n_parameters(cfg, n_in, n_out), memory_bytes()
     if 16 * n > memory:
         raise UsageError(f"the {cfg.model} would have {n:,} parameters ({16 * n / 2**30:.1f} GiB with gradients and "
                          f"optimizer state), more than this machine's {memory / 2**30:.1f} GiB of memory; choose "
                          "smaller --hidden / --channels")
+
+
+def memory_bytes() -> int:
+    """This machine's physical memory."""
+    import os
+
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return 1 << 40
+
+
+def trained_under(cfg: TrainConfig) -> dict:
+    """The config fields a checkpoint's weights and optimizer state depend on (recorded in it)."""
+    return {k: getattr(cfg, k) for k in TRAINED_UNDER}
+
+
+def check_trained_under(meta: dict, cfg: TrainConfig, config_path: Path, checkpoint_path: Path) -> None:
+    """DataError when config.json no longer says what the checkpoint was trained under (edited by hand)."""
+    recorded = meta.get("trained_under")
+    if recorded is None:  # a checkpoint from before this was recorded
+        return
+    now = trained_under(cfg)
+    for key in TRAINED_UNDER:
+        if key in recorded and recorded[key] != now[key]:
+            raise DataError(f"{config_path}: key {key!r} is {now[key]!r}, but {checkpoint_path} was trained with "
+                            f"{recorded[key]!r} (config.json edited?)")
 
 
 def build_optimizer(cfg: TrainConfig, model: Module) -> Optimizer:
@@ -214,6 +235,10 @@ def _run(cfg: TrainConfig, d: Dist | None, log: Callable[[str], None], progress:
         cfg = folder.read_config()
         cfg.out = str(folder.path)
         changed = {k: v for k, v in (changes or {}).items() if getattr(cfg, k) != v}
+        if cfg.is_text and ("epochs" in changed or "data" in changed):
+            flag = "--epochs" if "epochs" in changed else "--data"
+            raise UsageError(f"{flag} is for image runs: this text run trains for {cfg.total_steps} steps on "
+                             f"{cfg.dataset}")
         if "epochs" in changed and cfg.lr_schedule != "constant":
             raise UsageError(f"--epochs {changed['epochs']}: this run's {cfg.lr_schedule} schedule was laid out over "
                              f"{cfg.epochs} epochs; only a run with a constant learning rate can be extended")
@@ -253,6 +278,9 @@ def _train(cfg: TrainConfig, d: Dist | None, log: Callable[[str], None], progres
         from .text import SampleCB, prepare_text, read_vocab, text_model
 
         vocab = read_vocab(folder.path) if checkpoint is not None else None
+        if checkpoint is not None and checkpoint[1].get("vocab") != vocab:
+            raise DataError(f"{folder.path / CHECKPOINT}: trained with another vocabulary than "
+                            f"{folder.path / 'vocab.json'}'s")
         text = prepare_text(cfg, device, log, d.rank if d else 0, d.world_size if d else 1, vocab)
         data_name, source = text.data.name, text.data.source
         model, name = text_model(cfg, len(text.data.vocab))
@@ -308,6 +336,8 @@ def _train(cfg: TrainConfig, d: Dist | None, log: Callable[[str], None], progres
 
     opt = build_optimizer(cfg, model)
     total = epochs * len(train_dl) if cfg.total_steps is None else min(cfg.total_steps, epochs * len(train_dl))
+    if cfg.lr_schedule == "cosine" and cfg.warmup_steps >= total > 0:
+        raise UsageError(f"--warmup {cfg.warmup_steps}: the run takes {total} steps; warm-up must end before")
     schedule = make_schedule(cfg.lr_schedule, lr, total, cfg.warmup_steps)
     metrics = MetricsCB(log, cfg.total_steps if text else None)
     callbacks: list[Callback] = [ScheduleCB(schedule), NonFiniteGuardCB(), metrics]
@@ -329,6 +359,7 @@ def _train(cfg: TrainConfig, d: Dist | None, log: Callable[[str], None], progres
         info = ({"vocab": text.data.vocab, "dataset": data_name} if text is not None else
                 {"classes": list(data.classes), "mean": data.mean, "std": data.std, "dataset": data.name,
                  "n_in": n_in})
+        info["trained_under"] = trained_under(cfg)
         callbacks.append(CheckpointCB(folder, cfg.save_every, info))
     learn = Learner(model, loss_fn, opt, train_dl, x_valid, y_valid, n_classes, callbacks, cfg.fused, d,
                     max_steps=cfg.total_steps, eval_bs=64 if text else 2000)
@@ -341,6 +372,7 @@ def _train(cfg: TrainConfig, d: Dist | None, log: Callable[[str], None], progres
                                 checkpoint[1]["opt_steps"], cfg.optimizer == "sgd" and cfg.sgd_momentum > 0)
         check_position(checkpoint[1], path, epochs, len(train_dl), len(model.parameters()),
                        {type(cb).__name__ for cb in callbacks})
+        check_trained_under(checkpoint[1], cfg, folder.path / CONFIG, path)  # (after the shapes: more specific)
         try:
             start_epoch, start_batch = restore(learn, *checkpoint)
         except (KeyError, IndexError, TypeError, ValueError, RuntimeError) as e:
@@ -350,6 +382,11 @@ def _train(cfg: TrainConfig, d: Dist | None, log: Callable[[str], None], progres
             folder.write_config(cfg.to_dict())
             if changed:
                 log("resuming with " + ", ".join(f"{k} {v}" for k, v in changed.items()) + " (config.json updated)")
+        if start_epoch >= epochs or (cfg.total_steps is not None and learn.t >= cfg.total_steps):
+            log(f"this run is finished (step {learn.t}" + (f" of {cfg.total_steps}" if cfg.total_steps else "") +
+                f", epoch {start_epoch} of {epochs}): nothing left to train; to train further, start a new run")
+            return RunResult(cfg, data_name, model, learn.callback(MetricsCB).history,
+                             seconds=time.perf_counter() - start, folder=folder.path)
         log(f"continuing at epoch {start_epoch + 1}, batch {start_batch} (step {learn.t})")
     learn.fit(epochs, start_epoch, start_batch)
     history = metrics.history

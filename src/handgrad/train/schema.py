@@ -21,12 +21,13 @@ from .config import TrainConfig
 CHECKPOINT_META: dict[str, Any] = {
     "epoch": int, "batch": int, "t": int, "opt_steps": int, "opt_hyper": dict, "n_params": int,
     "callbacks": dict, "classes": list[str], "mean": float | None, "std": float | None, "dataset": str,
-    "n_in": int,
+    "n_in": int, "trained_under": dict,
 }
 TEXT_CHECKPOINT_META: dict[str, Any] = {
     "epoch": int, "batch": int, "t": int, "opt_steps": int, "opt_hyper": dict, "n_params": int,
-    "callbacks": dict, "vocab": str, "dataset": str,
+    "callbacks": dict, "vocab": str, "dataset": str, "trained_under": dict,
 }
+OPTIONAL_META = ("trained_under",)  # checkpoints written before it was recorded lack it
 
 
 def type_name(tp: Any) -> str:
@@ -125,7 +126,8 @@ def check_fingerprint(fp: dict, path: Path) -> None:
 def check_meta(meta: object, path: Path) -> dict:
     """The checkpoint's metadata: every key of CHECKPOINT_META (TEXT_CHECKPOINT_META for a text run's), typed."""
     text = isinstance(meta, dict) and "vocab" in meta
-    check_fields(meta, TEXT_CHECKPOINT_META if text else CHECKPOINT_META, f"{path} metadata", required=True)
+    check_fields(meta, TEXT_CHECKPOINT_META if text else CHECKPOINT_META, f"{path} metadata", required=True,
+                 optional=OPTIONAL_META)
     assert isinstance(meta, dict)
     for key in ("epoch", "batch", "t", "opt_steps", "n_params") + (() if text else ("n_in",)):
         if meta[key] < 0:

@@ -64,7 +64,10 @@ def prepare_text(cfg: TrainConfig, device: torch.device, log: Callable[[str], No
     cfg.fingerprint) must get the text it trained on: another vocabulary or changed text is refused in one line.
     cfg then holds the text's absolute source and fingerprint."""
     data = load_text(cfg.dataset)
-    where = f"{cfg.dataset} ({data.source})"
+    if cfg.dataset.startswith("text:"):  # by absolute path: the run folder works from anywhere
+        cfg.dataset = f"text:{data.source}"
+        data.name = cfg.dataset
+    where = f"{cfg.dataset}" if cfg.dataset.startswith("text:") else f"{cfg.dataset} ({data.source})"
     if vocab is not None:
         check_vocab(vocab, data, where)
     if cfg.fingerprint is not None and cfg.fingerprint != data.fingerprint():
@@ -79,8 +82,26 @@ def prepare_text(cfg: TrainConfig, device: torch.device, log: Callable[[str], No
     return TextRun(data, train_dl, x_valid, y_valid)
 
 
+def n_text_parameters(cfg: TrainConfig, vocab: int) -> int:
+    """How many parameters cfg's character model has (counted before building it)."""
+    d, layers = cfg.width, cfg.layers
+    if cfg.model == "gpt":  # embeddings, per block 2 LayerNorms, qkv + out projections, the 4x MLP; final LayerNorm
+        return (vocab + cfg.block_size) * d + layers * (12 * d * d + 13 * d) + 2 * d
+    h, gates = cfg.hidden_size, 4 if cfg.model == "lstm" else 1
+    recurrent = sum(gates * h * ((d if i == 0 else h) + h + 2) for i in range(layers))
+    return vocab * d + recurrent + (h + 1) * vocab
+
+
 def text_model(cfg: TrainConfig, vocab: int) -> tuple[Module, str]:
-    """The character model cfg describes, initialised from cfg.seed, and its one-line name."""
+    """The character model cfg describes, initialised from cfg.seed, and its one-line name; UsageError when its
+    parameters, gradients and optimizer state (16 bytes a parameter) would not fit in this machine's memory."""
+    from .run import memory_bytes
+
+    n, memory = n_text_parameters(cfg, vocab), memory_bytes()
+    if 16 * n > memory:
+        raise UsageError(f"the {cfg.model} would have {n:,} parameters ({16 * n / 2**30:.1f} GiB with gradients and "
+                         f"optimizer state), more than this machine's {memory / 2**30:.1f} GiB of memory; choose a "
+                         "smaller --d-model / --n-layer / --hidden-size")
     torch.manual_seed(cfg.seed)
     if cfg.model == "gpt":
         model = gpt(vocab, cfg.layers, cfg.n_head, cfg.width, cfg.block_size, recompute=cfg.recompute)
@@ -107,20 +128,39 @@ def context_size(model: Module) -> int | None:
 def generate(model: Module, ids: Tensor, tokens: int, temperature: float = 1.0, top_k: int | None = None,
              gen: torch.Generator | None = None, context: int | None = None) -> Tensor:
     """`tokens` more ids after the prompt `ids` (T,), each drawn from softmax(logits / temperature) over the
-    top_k most likely (all with None); the model sees the last `context` ids (all with None). The model is put
-    in eval mode; `gen` is a CPU generator (the caller's draws stay the caller's)."""
+    top_k most likely (all with None). A GPT sees the last `context` ids; a CharRNN reads the prompt once and then
+    one id a step, carrying its hidden state. The model is put in eval mode; `gen` is a CPU generator (the
+    caller's draws stay the caller's)."""
+    from ..models import CharRNN
+
     model.eval()
-    out = ids.clone()
+    drawn = []
+    if isinstance(model, CharRNN):
+        out, state = model.rnn(model.emb(ids[None]))  # the prompt: (1, T, hidden)
+        logits = model.head(out[:, -1])[0]
+        for _ in range(tokens):
+            nxt = _draw(logits, temperature, top_k, gen).to(ids.device)
+            drawn.append(nxt)
+            out, state = model.rnn(model.emb(nxt[None]), state)  # one step: (1, 1, hidden)
+            logits = model.head(out[:, -1])[0]
+        return torch.cat(drawn) if drawn else ids[:0]
+    seq = ids.clone()
     for _ in range(tokens):
-        window = out[-context:] if context else out
-        logits = model(window[None])[0, -1].double()  # (vocab,)
-        if top_k is not None and top_k < logits.numel():
-            cut = torch.topk(logits, top_k).values[-1]
-            logits = logits.masked_fill(logits < cut, float("-inf"))
-        probs = torch.softmax(logits / temperature, dim=-1).cpu()
-        nxt = torch.multinomial(probs, 1, generator=gen).to(out.device)
-        out = torch.cat([out, nxt])
-    return out[ids.numel():]
+        window = seq[-context:] if context else seq
+        nxt = _draw(model(window[None])[0, -1], temperature, top_k, gen).to(ids.device)
+        seq = torch.cat([seq, nxt])
+    return seq[ids.numel():]
+
+
+def _draw(logits: Tensor, temperature: float, top_k: int | None, gen: torch.Generator | None) -> Tensor:
+    """One id from softmax((logits - max) / temperature) over the top_k largest logits: shifting by the max first,
+    a temperature as small as 1e-308 gives 0 for the likeliest and -inf (never inf - inf) for the others."""
+    logits = logits.double()
+    if top_k is not None and top_k < logits.numel():
+        cut = torch.topk(logits, top_k).values[-1]
+        logits = logits.masked_fill(logits < cut, float("-inf"))
+    probs = torch.softmax((logits - logits.max()) / temperature, dim=-1).cpu()
+    return torch.multinomial(probs, 1, generator=gen)
 
 
 def prompt_ids(data_vocab: str, prompt: str, device: torch.device) -> Tensor:
@@ -128,10 +168,14 @@ def prompt_ids(data_vocab: str, prompt: str, device: torch.device) -> Tensor:
     index = {c: i for i, c in enumerate(data_vocab)}
     if not prompt:
         prompt = "\n" if "\n" in index else data_vocab[0]
-    unknown = sorted({c for c in prompt if c not in index})
+    unknown = list(dict.fromkeys(c for c in prompt if c not in index))  # in the prompt's order, once each
     if unknown:
-        raise UsageError(f"--prompt: {''.join(unknown)!r} not in the run's vocabulary of {len(data_vocab)} "
-                         "characters")
+        import unicodedata
+
+        other_form = any(unicodedata.normalize(form, c) != c for c in unknown for form in ("NFC", "NFD"))
+        hint = " (the text may write them in another Unicode form, e.g. decomposed accents)" if other_form else ""
+        raise UsageError(f"--prompt: {', '.join(repr(c) for c in unknown)} not in the run's vocabulary of "
+                         f"{len(data_vocab)} characters{hint}")
     return torch.tensor([index[c] for c in prompt], dtype=torch.long, device=device)
 
 
