@@ -3,7 +3,12 @@ process, same model, same batch, same threads: handgrad, torch eager autograd, t
 GEMM floor (the step's matrix multiplies / convolutions alone at the same shapes).
 
 handgrad's step is the one `handgrad train` takes (`handgrad.fused.training_step`): the fused MLP step
-for the MLPs, the module path inside `lean()` for the CNN.
+for the MLPs, the module path inside `lean()` for the CNN and the character models. The image models take
+(bs, 784) float images, cross-entropy over 10 classes and SGD (lr 1e-3); the character models (a GPT as
+`handgrad train --model gpt` builds it, recomputing the attention probabilities in backward, and a 2-layer
+LSTM) take (bs, 128) token ids of a 96-character vocabulary, cross-entropy over every token
+(`TokenCrossEntropyLoss`; torch: `F.cross_entropy` of the logits flattened to (bs*128, 96)) and AdamW (lr 1e-3,
+weight decay 0.01), handgrad's and torch's.
 
 Step time is the median over rounds. Peak memory is what training needs beyond the parameters and the
 batch: each implementation starts from a fresh state (no gradients, a new optimizer, no kept buffers)
@@ -25,18 +30,25 @@ import torch
 import torch.nn.functional as F
 
 from .interop import to_torch
-from .losses import CrossEntropyLoss
-from .models import cnn, mlp
+from .losses import CrossEntropyLoss, TokenCrossEntropyLoss
+from .models import char_lstm, cnn, gpt, mlp
 from .data import DataLoader
 from .fused import training_step
 from .module import Module
-from .optim import SGD
+from .optim import SGD, AdamW
 
+VOCAB, BLOCK = 96, 128  # the character models' vocabulary (a text's characters) and sequence length
+
+# name: (model, batch size, kind); the kind says what the batch, the loss and the optimizer are (see _task)
 CONFIGS: dict[str, tuple[Callable[[], Module], int, str]] = {
     "mlp-784-50-10-bs64": (lambda: mlp(784, [50], 10), 64, "mlp"),
     "mlp-784-1024-1024-10-bs256": (lambda: mlp(784, [1024, 1024], 10), 256, "mlp"),
     "cnn-bs128": (lambda: cnn(10, (16, 32, 64)), 128, "cnn"),
+    "gpt-4l-4h-d128-block128-bs32": (lambda: gpt(VOCAB, n_layer=4, n_head=4, d_model=128, block_size=BLOCK,
+                                                 recompute=True), 32, "gpt"),
+    "lstm-2l-h256-d64-seq128-bs32": (lambda: char_lstm(VOCAB, d=64, hidden=256, num_layers=2), 32, "lstm"),
 }
+TEXT_KINDS = ("gpt", "lstm")
 IMPLS = ("handgrad", "eager", "compile", "gemm_floor")
 
 
@@ -95,21 +107,39 @@ def _peak_mb(fresh: Callable[[], Callable[[], None]], device: torch.device) -> f
 
 
 def _gemm_floor(model: Module, x: torch.Tensor) -> Callable[[], None]:
-    """The step's matrix multiplies (Linear) and convolutions (Conv2d) alone, at the shapes they have:
-    forward, weight gradient, and input gradient for every layer but the first."""
-    from .layers import Conv2d, Linear
+    """The step's matrix multiplies and convolutions alone, at the shapes they have, on stand-in tensors:
+
+    - Linear, TiedLinear, Conv2d: forward, weight gradient, and input gradient for every layer but the one
+      that reads the data (an image batch); behind an Embedding every layer needs its input gradient;
+    - MultiheadAttention: the input projection (one GEMM for q, k and v when they are one tensor) and the
+      output projection as Linear layers; per head QK^T and PV forward, and dP = dO V^T, dV = P^T dO,
+      dQ = dS K, dK = dS^T Q backward, batched over batch x heads, as full L x S products (the masked blocks
+      that a causal step may skip are counted; what a step recomputes in backward is not);
+    - LSTM / RNN, per layer: the input projection of all steps as one GEMM, one h_{t-1} W_hh^T per step forward,
+      one dpre_t W_hh per step backward, dW_ih and dW_hh as one GEMM each over all steps, and the input
+      gradient as one GEMM (what torch's CPU LSTM computes as well).
+    """
+    from .layers import LSTM, RNN, Conv2d, Embedding, Linear, MultiheadAttention, TiedLinear
 
     model(x)
     ops: list[Callable[[], object]] = []
-    first = True
+    # the layer reading an image batch needs no input gradient; behind an Embedding (token ids) every one does
+    first = not any(isinstance(m, Embedding) for m in model.modules())
+    inner = {id(m.out_proj) for m in model.modules() if isinstance(m, MultiheadAttention)}  # counted with their MHA
+
+    def randn(*shape: int) -> torch.Tensor:
+        return torch.randn(*shape, device=x.device, dtype=torch.get_default_dtype() if x.dtype == torch.long
+                           else x.dtype)
+
+    def linear(rows: int, n_in: int, n_out: int, dx: bool) -> None:
+        """Y = X W (forward), dW = X^T dY, and dX = dY W^T if dx."""
+        a, w, dy = randn(rows, n_in), randn(n_in, n_out), randn(rows, n_out)
+        ops.extend([lambda: a @ w, lambda: a.t() @ dy] + ([lambda: dy @ w.t()] if dx else []))
+
     for m in model.modules():
-        if isinstance(m, Linear):
-            a, w = m.args[0], m.weight.detach()
-            a2 = a.reshape(-1, a.shape[-1])
-            dy = torch.randn(a2.shape[0], w.shape[1], device=a.device)
-            ops += [lambda a2=a2, w=w: a2 @ w, lambda a2=a2, dy=dy: a2.t() @ dy]
-            if not first:
-                ops.append(lambda dy=dy, w=w: dy @ w.t())
+        if isinstance(m, (Linear, TiedLinear)) and id(m) not in inner:
+            a = m.args[0]
+            linear(a.numel() // m.in_features, m.in_features, m.out_features, not first)
         elif isinstance(m, Conv2d):
             a, w = m.args[0], m.weight.detach()
             dy = torch.randn_like(m.out)
@@ -117,6 +147,40 @@ def _gemm_floor(model: Module, x: torch.Tensor) -> Callable[[], None]:
             ops += [lambda a=a, w=w, m=m: F.conv2d(a, w, None, m.stride, m.padding, m.dilation, m.groups),
                     lambda a=a, w=w, m=m, dy=dy, mask=mask: torch.ops.aten.convolution_backward(
                         dy, a, w, None, m.stride, m.padding, m.dilation, False, (0, 0), m.groups, mask)]
+        elif isinstance(m, MultiheadAttention):
+            query, key, value = m.args[:3]
+            e, d = m.embed_dim, m.head_dim
+            length, source = (query.shape[1], key.shape[1]) if m.batch_first else (query.shape[0], key.shape[0])
+            n = query.numel() // (length * e)
+            if query is key and key is value:  # self-attention: q, k, v from one GEMM
+                linear(n * length, e, 3 * e, not first)
+            else:
+                for rows in (length, source, source):
+                    linear(n * rows, e, e, not first)
+            linear(n * length, e, e, True)  # out_proj
+            q, k, v = randn(n * m.num_heads, length, d), randn(n * m.num_heads, source, d), \
+                randn(n * m.num_heads, source, d)
+            p = randn(n * m.num_heads, length, source)
+            ops += [lambda q=q, k=k: torch.bmm(q, k.transpose(1, 2)),  # S = Q K^T
+                    lambda p=p, v=v: torch.bmm(p, v),  # O = P V
+                    lambda q=q, v=v: torch.bmm(q, v.transpose(1, 2)),  # dP = dO V^T (dO shaped as Q)
+                    lambda p=p, q=q: torch.bmm(p.transpose(1, 2), q),  # dV = P^T dO
+                    lambda p=p, k=k: torch.bmm(p, k),  # dQ = dS K
+                    lambda p=p, q=q: torch.bmm(p.transpose(1, 2), q)]  # dK = dS^T Q
+        elif isinstance(m, (LSTM, RNN)):
+            seq = m.args[0]
+            steps, n = (seq.shape[1], seq.shape[0]) if m.batch_first else seq.shape[:2]
+            hid, g = m.hidden_size, m.GATES * m.hidden_size
+            for k in range(m.num_layers):
+                n_in = m.input_size if k == 0 else hid
+                xs, hs, dpre = randn(steps * n, n_in), randn(steps * n, hid), randn(steps * n, g)
+                w_ih, w_hh, h, dpre_t = randn(g, n_in), randn(g, hid), randn(n, hid), randn(n, g)
+                ops += [lambda xs=xs, w=w_ih: xs @ w.t()]  # the input projection of all steps
+                ops += [lambda h=h, w=w_hh: h @ w.t()] * steps  # h_{t-1} W_hh^T, step by step
+                ops += [lambda d=dpre_t, w=w_hh: d @ w] * steps  # dh_{t-1} = dpre_t W_hh, step by step
+                ops += [lambda d=dpre, xs=xs: d.t() @ xs, lambda d=dpre, hs=hs: d.t() @ hs]  # dW_ih, dW_hh
+                if not first or k > 0:
+                    ops.append(lambda d=dpre, w=w_ih: d @ w)  # dX
         else:
             continue
         first = False
@@ -128,31 +192,54 @@ def _gemm_floor(model: Module, x: torch.Tensor) -> Callable[[], None]:
     return run
 
 
+@dataclass
+class Task:
+    """What one training step of a config reads and runs: the batch, handgrad's loss and optimizer, and torch's."""
+
+    x: torch.Tensor
+    y: torch.Tensor
+    loss: Callable[[], Module]  # handgrad's loss module
+    torch_loss: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+    optimizer: Callable[[list], object]  # handgrad's, given the parameters
+    torch_optimizer: Callable[[list], torch.optim.Optimizer]
+
+
+def _task(kind: str, bs: int, device: torch.device) -> Task:
+    if kind in TEXT_KINDS:  # next-character prediction over every token, AdamW (as `handgrad train` on text)
+        return Task(torch.randint(0, VOCAB, (bs, BLOCK), device=device),
+                    torch.randint(0, VOCAB, (bs, BLOCK), device=device), TokenCrossEntropyLoss,
+                    lambda out, y: F.cross_entropy(out.reshape(-1, out.shape[-1]), y.reshape(-1)),
+                    lambda ps: AdamW(ps, lr=1e-3, weight_decay=0.01),
+                    lambda ps: torch.optim.AdamW(ps, lr=1e-3, weight_decay=0.01))
+    return Task(torch.randn(bs, 784, device=device), torch.randint(0, 10, (bs,), device=device), CrossEntropyLoss,
+                F.cross_entropy, lambda ps: SGD(ps, lr=1e-3), lambda ps: torch.optim.SGD(ps, lr=1e-3))
+
+
 def bench_config(name: str, device: torch.device, rounds: int = 5, steps: int = 10,
                  impls: tuple[str, ...] = IMPLS, log: Callable[[str], None] = print) -> list[Row]:
-    make, bs, _ = CONFIGS[name]
+    make, bs, kind = CONFIGS[name]
     torch.manual_seed(0)
     model = make().to(device)
     twin, ctwin = to_torch(model), to_torch(model)
     compiled = None
-    x = torch.randn(bs, 784, device=device)
-    y = torch.randint(0, 10, (bs,), device=device)
+    task = _task(kind, bs, device)
+    x, y = task.x, task.y
 
     def handgrad_fresh() -> Callable[[], None]:
         for p in model.parameters():
             p.g = None
             p.__dict__.pop("_gbuf", None)
-        step = training_step(model, CrossEntropyLoss(), SGD(model.parameters(), lr=1e-3))
+        step = training_step(model, task.loss(), task.optimizer(model.parameters()))
         return lambda: step(x, y)
 
     def torch_fresh(net: torch.nn.Module, run: torch.nn.Module | None = None) -> Callable[[], None]:
         for p in net.parameters():
             p.grad = None
-        topt = torch.optim.SGD(net.parameters(), lr=1e-3)
-        run = run or net
+        topt = task.torch_optimizer(list(net.parameters()))
+        run = net if run is None else run  # (not `run or net`: a compiled module's truth asks its model for len())
 
         def fn() -> None:
-            loss = F.cross_entropy(run(x), y)
+            loss = task.torch_loss(run(x), y)
             topt.zero_grad(set_to_none=False)
             loss.backward()
             topt.step()
@@ -161,7 +248,8 @@ def bench_config(name: str, device: torch.device, rounds: int = 5, steps: int = 
 
     def compile_fresh() -> Callable[[], None]:
         nonlocal compiled
-        compiled = compiled or torch.compile(ctwin)
+        if compiled is None:
+            compiled = torch.compile(ctwin)
         return torch_fresh(ctwin, compiled)
 
     fresh: dict[str, Callable[[], Callable[[], None]]] = {
@@ -259,7 +347,7 @@ def plot(rows: list[Row], path: Path, about: str = "") -> Path:
             ax.set_axisbelow(True)
         axes[0, col].set_title(f"{cfg}: time per step (lower is faster)", fontsize=10)
         axes[1, col].set_title(f"{cfg}: peak memory (lower is leaner)", fontsize=10)
-    fig.suptitle("one training step (forward, loss, backward, SGD update)" + (f"\n{about}" if about else ""))
+    fig.suptitle("one training step (forward, loss, backward, optimizer step)" + (f"\n{about}" if about else ""))
     return _save(fig, path)
 
 

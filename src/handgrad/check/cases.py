@@ -229,6 +229,40 @@ def _nll(gen: torch.Generator) -> Case:
     return Case("NLLLoss", NLLLoss(), (_randn(gen, n, c), _labels(gen, n, c)))
 
 
+def _position(gen: torch.Generator) -> Case:
+    from ..layers.transformer import PositionEmbedding
+
+    n, t, d = _dim(gen, 1, 3), _dim(gen, 1, 5), _dim(gen, 1, 6)
+    return Case(f"PositionEmbedding({t + 2}, {d})", PositionEmbedding(t + 2, d), (_randn(gen, n, t, d),))
+
+
+def _block(gen: torch.Generator) -> Case:
+    from ..layers.transformer import Block
+
+    heads = _dim(gen, 1, 2)
+    d, n, t = heads * _dim(gen, 1, 3), _dim(gen, 1, 3), _dim(gen, 1, 5)
+    recompute = bool(_dim(gen, 0, 1))
+    return Case(f"Block({d}, {heads}{', recompute' if recompute else ''})", Block(d, heads, recompute=recompute),
+                (_randn(gen, n, t, d),))
+
+
+def _linear_cross_entropy(gen: torch.Generator) -> Case:
+    from ..layers.fused_output import LinearCrossEntropy
+
+    n, d, c = _dim(gen, 1, 9), _dim(gen, 1, 6), _dim(gen, 2, 10)
+    chunk = _dim(gen, 1, 4)
+    return Case(f"LinearCrossEntropy({d}, {c}, chunk={chunk})", LinearCrossEntropy(d, c, bias=True, chunk=chunk),
+                (_randn(gen, n, d), _labels(gen, n, c)))
+
+
+def _token_cross_entropy(gen: torch.Generator) -> Case:
+    from ..losses import TokenCrossEntropyLoss
+
+    n, t, c = _dim(gen, 1, 3), _dim(gen, 1, 5), _dim(gen, 2, 8)
+    return Case("TokenCrossEntropyLoss", TokenCrossEntropyLoss(),
+                (_randn(gen, n, t, c) * 3, torch.randint(0, c, (n, t), generator=gen)))
+
+
 def _in_eval(make: Callable[[torch.Generator], Case]) -> Callable[[torch.Generator], Case]:
     return lambda gen: _eval(make(gen))
 
@@ -272,6 +306,10 @@ BUILTIN_CASES: dict[str, Callable[[torch.Generator], Case]] = {
     "RNN": _recurrent("RNN"),  # last: the cases before draw the shapes they always drew
     "LSTM": _recurrent("LSTM"),
     "MultiheadAttention": _attention,
+    "PositionEmbedding": _position,
+    "Block": _block,
+    "LinearCrossEntropy": _linear_cross_entropy,
+    "TokenCrossEntropyLoss": _token_cross_entropy,
 }
 
 

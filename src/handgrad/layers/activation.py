@@ -70,14 +70,11 @@ class GeneralRelu(Module):
         return f"leak={self.leak}, sub={self.sub}, maxv={self.maxv}"
 
 
-def _normal_cdf(x: Tensor) -> Tensor:
-    return 0.5 * (1.0 + torch.erf(x * (1.0 / math.sqrt(2.0))))
-
-
 class GELU(Module):
     """Y = X Phi(X) (exact), or 0.5 X (1 + tanh(sqrt(2/pi) (X + 0.044715 X^3))) with approximate='tanh'."""
 
     K = math.sqrt(2.0 / math.pi)
+    PIECE = 1 << 18  # elements per piece of the backward's arithmetic (1 MiB in float32)
 
     def __init__(self, approximate: str = "none") -> None:
         super().__init__()
@@ -85,18 +82,32 @@ class GELU(Module):
             raise ValueError(f"GELU approximate must be 'none' or 'tanh', got {approximate!r}")
         self.approximate = approximate
 
+    def backward_reads_output(self) -> bool:
+        return False  # the derivative comes from the input
+
     def forward(self, x: Tensor) -> Tensor:
-        if self.approximate == "tanh":
-            return 0.5 * x * (1.0 + torch.tanh(self.K * (x + 0.044715 * x.pow(3))))
-        return x * _normal_cdf(x)
+        return torch.nn.functional.gelu(x, approximate=self.approximate)  # torch's kernel: one pass
 
     def bwd(self, dy: Tensor, x: Tensor) -> Tensor:
-        """exact: dX = dY (Phi(X) + X phi(X));  tanh: dX = dY (0.5 (1 + t) + 0.5 X (1 - t^2) K (1 + 3 c X^2))."""
+        """exact: dX = dY (Phi(X) + X phi(X)),  phi(X) = exp(-X^2 / 2) / sqrt(2 pi);
+        tanh: dX = dY (0.5 (1 + t) + 0.5 X (1 - t^2) K (1 + 3 c X^2)),  t = tanh(K (X + c X^3))."""
         if self.approximate == "tanh":
             t = torch.tanh(self.K * (x + 0.044715 * x.pow(3)))
             return dy * (0.5 * (1.0 + t) + 0.5 * x * (1.0 - t * t) * self.K * (1.0 + 3 * 0.044715 * x * x))
-        pdf = torch.exp(-0.5 * x * x) * (1.0 / math.sqrt(2.0 * math.pi))
-        return dy * (_normal_cdf(x) + x * pdf)
+        # Phi(X) + X phi(X) = (1 + erf(X / sqrt 2) + sqrt(2 / pi) X exp(-X^2 / 2)) / 2, formed PIECE elements at a
+        # time (the temporaries stay small and in cache); inside lean(), dX is written over the output, which only the
+        # next layer read (its backward has run)
+        out = self.out
+        reuse = self.lean and self.out_private and isinstance(out, Tensor) and out.is_contiguous()
+        dx = out if reuse else torch.empty(dy.shape, dtype=dy.dtype, device=dy.device)
+        xs, dys, dxs = x.reshape(-1), dy.reshape(-1), dx.view(-1)
+        zero = x.new_zeros(())
+        for lo in range(0, xs.numel(), self.PIECE):
+            xp, dyp = xs[lo:lo + self.PIECE], dys[lo:lo + self.PIECE]
+            e = torch.addcmul(zero, xp, xp, value=-0.5).exp_()  # exp(-X^2 / 2)
+            t = torch.mul(xp, 1.0 / math.sqrt(2.0)).erf_().addcmul_(xp, e, value=math.sqrt(2.0 / math.pi))
+            torch.addcmul(dyp, dyp, t, out=dxs[lo:lo + self.PIECE]).mul_(0.5)  # dY (1 + t) / 2
+        return dx
 
     def extra_repr(self) -> str:
         return f"approximate={self.approximate!r}"

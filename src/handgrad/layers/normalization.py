@@ -11,14 +11,6 @@ from torch import Tensor
 from ..module import Module, Parameter, add_grad
 
 
-def normalize_grad(g: Tensor, xhat: Tensor, invstd: Tensor, dims: tuple[int, ...]) -> Tensor:
-    """dX = invstd * (g - mean(g) - xhat * mean(g * xhat)), means over the normalised `dims`, g = dY * gamma.
-
-    The closed form of differentiating xhat = (X - mean(X)) / sqrt(var(X) + eps) through mean and var.
-    """
-    return invstd * (g - g.mean(dims, keepdim=True) - xhat * (g * xhat).mean(dims, keepdim=True))
-
-
 def check_eps(owner: str, eps: object) -> None:
     """Raise ValueError unless eps is a positive finite number (it keeps 1 / sqrt(var + eps) finite)."""
     if not (isinstance(eps, numbers.Real) and not isinstance(eps, bool) and math.isfinite(eps) and eps > 0):
@@ -184,32 +176,43 @@ class LayerNorm(Module):
         return tuple(range(x.dim() - k, x.dim()))
 
     def forward(self, x: Tensor) -> Tensor:
-        dims = self._dims(x)
-        mean = x.mean(dims, keepdim=True)
-        var = x.var(dims, keepdim=True, unbiased=False)
-        self.invstd = (var + self.eps).rsqrt()  # (..., 1, ..., 1)
-        self.xhat = (x - mean) * self.invstd
-        y = self.xhat if self.weight is None else self.xhat * self.weight
-        return y if self.bias is None else y + self.bias
+        self._dims(x)
+        # torch's fused kernel for the forward (statistics in one pass); backward keeps the mean and 1/std
+        y, self.mean, self.invstd = torch.native_layer_norm(x, self.normalized_shape, self.weight, self.bias, self.eps)
+        return y
+
+    def backward_reads_output(self) -> bool:
+        return False
 
     def bwd(self, dy: Tensor, x: Tensor) -> Tensor | None:
-        """dX = invstd (g - mean(g) - xhat mean(g xhat)), g = dY gamma; dgamma = sum(dY xhat), dbeta = sum(dY),
-        the sums over the leading dims (none for an unbatched input: then dgamma = dY xhat, dbeta = dY)."""
-        dims = self._dims(x)
-        lead = tuple(range(x.dim() - len(dims)))
+        """xhat = (X - mean) invstd, rebuilt from X and the statistics forward kept;
+        dgamma = sum(dY xhat), dbeta = sum(dY), the sums over the leading dims (none for an unbatched input);
+        dX = invstd (g - mean(g) - xhat mean(g xhat)), g = dY gamma, the means over the normalised dims.
 
-        def sum_lead(t: Tensor) -> Tensor:  # t.sum(()) would sum over every dim
-            return t.sum(lead) if lead else t
-
-        g = dy
-        if self.weight is not None:
-            add_grad(self.weight, sum_lead(dy * self.xhat))
-            g = dy * self.weight
+        Worked on rows of D = prod(normalized_shape) values: the row means of g and g xhat are matrix-vector
+        products with gamma, and dX is formed in place over xhat."""
+        self._dims(x)
+        d = math.prod(self.normalized_shape)
+        mean, invstd = self.mean.reshape(-1, 1), self.invstd.reshape(-1, 1)  # (M, 1)
+        if self.lean:  # nothing reads them any more: their memory goes with this backward
+            self.mean = self.invstd = None
+        x2, dy2 = x.reshape(-1, d), dy.reshape(-1, d)  # (M, D); an unbatched input is one row
+        batched = x.dim() > len(self.normalized_shape)
+        xhat = torch.sub(x2, mean).mul_(invstd)
+        dyx = dy2 * xhat
+        gamma = None if self.weight is None else self.weight.reshape(d)
+        if gamma is not None:
+            add_grad(self.weight, (dyx.sum(0) if batched else dyx[0]).view(self.normalized_shape))
         if self.bias is not None:
-            add_grad(self.bias, sum_lead(dy))
+            add_grad(self.bias, (dy2.sum(0) if batched else dy2[0]).view(self.normalized_shape))
         if not self.needs_input_grad:
             return None
-        return normalize_grad(g, self.xhat, self.invstd, dims)
+        mean_gx = (dyx @ gamma if gamma is not None else dyx.sum(1)).div_(d)[:, None]  # mean(g xhat), (M, 1)
+        mean_g = (dy2 @ gamma if gamma is not None else dy2.sum(1)).div_(d)[:, None]  # mean(g)
+        del dyx
+        dx = xhat.mul_(mean_gx.neg_()).sub_(mean_g)  # - xhat mean(g xhat) - mean(g)
+        dx = dx.addcmul_(dy2, gamma) if gamma is not None else dx.add_(dy2)  # + g
+        return dx.mul_(invstd).view(x.shape)
 
     def extra_repr(self) -> str:
         return f"{self.normalized_shape}, eps={self.eps}, elementwise_affine={self.weight is not None}"

@@ -19,7 +19,7 @@ import math
 import torch
 from torch import Tensor
 
-from ..module import Module, Parameter, accumulate_mm, accumulate_sum
+from ..module import Module, Parameter, accumulate_mm, add_grad
 
 
 class _Recurrent(Module):
@@ -75,7 +75,7 @@ class _Recurrent(Module):
         t, n, i = x.shape
         xw = x.reshape(t * n, i) @ w_ih.t()
         if b_ih is not None:
-            xw = xw + (b_ih + b_hh)
+            xw.add_(b_ih + b_hh)  # in place (torch's addmm spreads the bias over its output first, which costs more)
         return xw.view(t, n, -1)
 
     def _weight_grads(self, k: int, dpre: Tensor, x: Tensor, h_prev: Tensor) -> Tensor | None:
@@ -87,8 +87,9 @@ class _Recurrent(Module):
         accumulate_mm(w_ih, d2.t(), x.reshape(t * n, -1))  # (G*H, I)
         accumulate_mm(w_hh, d2.t(), h_prev.reshape(t * n, -1))  # (G*H, H)
         if b_ih is not None:
-            accumulate_sum(b_ih, d2, 0)
-            accumulate_sum(b_hh, d2, 0)
+            db = d2.sum(0)
+            add_grad(b_ih, db)
+            add_grad(b_hh, db)
         return (d2 @ w_ih).view(t, n, -1)
 
     def _output(self, y: Tensor) -> Tensor:
@@ -168,6 +169,9 @@ class LSTM(_Recurrent):
     c_t = f * c_{t-1} + i * g,  h_t = o * tanh(c_t), per layer.
 
     forward(x, hx=None) with hx = (h0, c0) -> (output (T, N, H), (h_n, c_n) (num_layers, N, H) each).
+
+    Per layer the forward keeps, for all steps, the gates (T, N, 4H) (i, f, o after their sigmoid; the g block
+    holds its sigmoid too, unused), g and tanh(c_t) (T, N, H), the cells c_0..c_T and the states h_0..h_T.
     """
 
     GATES = 4
@@ -181,64 +185,112 @@ class LSTM(_Recurrent):
         h0 = self._state(None if hx is None else hx[0], n, x, "h0")
         c0 = self._state(None if hx is None else hx[1], n, x, "c0")
         hid = self.hidden_size
-        inputs, states, cells, gates, h_n, c_n = [], [], [], [], [], []
+        # Without autograd, every step writes into buffers that hold all the steps (out=, the gates in place over
+        # the input projection); when autograd records this forward (`handgrad check` differentiates it), the
+        # same steps make new tensors, stacked at the end.
+        records = torch.is_grad_enabled() and any(t.requires_grad for t in (x, h0, c0, *self.parameters()))
+        inputs, states, cells, gates, gs, tcs, h_n, c_n = [], [], [], [], [], [], [], []
         layer_in = x
         for k in range(self.num_layers):
-            _, w_hh, _, _ = self._weights(k)
+            w_hh_t = self._weights(k)[1].t()  # (H, 4H)
             xw = self._input_projection(layer_in, k)  # (T, N, 4H)
-            h_list, c_list, a_list = [h0[k]], [c0[k]], []  # stacked once (autograd can run this forward too)
-            for t in range(t_steps):
-                pre = torch.addmm(xw[t], h_list[-1], w_hh.t())  # (N, 4H)
-                ifo = torch.sigmoid(pre)
-                i, f, o = ifo[:, :hid], ifo[:, hid:2 * hid], ifo[:, 3 * hid:]
-                g = torch.tanh(pre[:, 2 * hid:3 * hid])
-                c = f * c_list[-1] + i * g  # c_t = f c_{t-1} + i g
-                c_list.append(c)
-                h_list.append(o * torch.tanh(c))  # h_t = o tanh(c_t)
-                a_list.append(torch.cat([i, f, g, o], 1))  # (N, 4H): the gates after their nonlinearities
-            hs, cs = torch.stack(h_list), torch.stack(c_list)  # (T+1, N, H)
-            acts = torch.stack(a_list)  # (T, N, 4H)
+            if records:
+                hs, cs, acts, g_seq, tc_seq = [h0[k]], [c0[k]], [], [], []
+                outs = [(xw_t, None, None, None, None, None, None) for xw_t in xw.unbind(0)]
+            else:
+                w_hh_t = w_hh_t.contiguous()  # row-major: MKL runs the T small GEMMs below faster with it
+                hs, cs = x.new_empty(t_steps + 1, n, hid), x.new_empty(t_steps + 1, n, hid)
+                hs[0], cs[0] = h0[k], c0[k]
+                acts, g_seq, tc_seq = xw, x.new_empty(t_steps, n, hid), x.new_empty(t_steps, n, hid)
+                # step t: its input projection, written over by its gates (i, f, g, o: views made once), then where
+                # g, tanh(c_t), c_t and h_t go
+                gates_t = zip(*(xw[..., j * hid:(j + 1) * hid].unbind(0) for j in range(4)))
+                outs = list(zip(xw.unbind(0), xw.unbind(0), gates_t, g_seq.unbind(0), tc_seq.unbind(0),
+                                cs[1:].unbind(0), hs[1:].unbind(0)))
+            h, c = h0[k], c0[k]
+            for xw_t, a_out, views, g_out, tc_out, c_out, h_out in outs:
+                pre = torch.addmm(xw_t, h, w_hh_t, out=a_out)  # (N, 4H) pre-activations
+                i, f, g, o = views or (pre[:, j * hid:(j + 1) * hid] for j in range(4))
+                g = torch.tanh(g, out=g_out)
+                a = pre.sigmoid_()  # i, f, o (views of it)
+                c = torch.mul(f, c, out=c_out).addcmul_(i, g)  # c_t = f c_{t-1} + i g
+                tc = torch.tanh(c, out=tc_out)
+                h = torch.mul(o, tc, out=h_out)  # h_t = o tanh(c_t)
+                if records:
+                    for seq, v in zip((hs, cs, acts, g_seq, tc_seq), (h, c, a, g, tc)):
+                        seq.append(v)
+            if records:
+                hs, cs, acts, g_seq, tc_seq = (torch.stack(seq) for seq in (hs, cs, acts, g_seq, tc_seq))
             inputs.append(layer_in)
-            states.append(hs)
-            cells.append(cs)
-            gates.append(acts)
+            states.append(hs)  # (T+1, N, H)
+            cells.append(cs)  # (T+1, N, H)
+            gates.append(acts)  # (T, N, 4H)
+            gs.append(g_seq)  # (T, N, H)
+            tcs.append(tc_seq)  # (T, N, H)
             h_n.append(hs[-1])
             c_n.append(cs[-1])
             layer_in = hs[1:]
-        self.inputs, self.states, self.cells, self.gates = inputs, states, cells, gates
+        self.inputs, self.states, self.cells, self.gates, self.gs, self.tcs = inputs, states, cells, gates, gs, tcs
         return self._output(layer_in), (torch.stack(h_n), torch.stack(c_n))
+
+    TIME_BLOCK = 32  # backward: steps whose factors are formed together, just before their steps run
+
+    @staticmethod
+    def _factors(acts: Tensor, g: Tensor, tc: Tensor, c_prev: Tensor, out: Tensor, carry: Tensor) -> None:
+        """For a run of steps (.., N, .): the factors of dpre_t = [di, df, dg, do] = out * [dc_t, dc_t, dc_t, dh_t],
+        out = [g i (1 - i), c_{t-1} f (1 - f), i (1 - g^2), tanh(c_t) o (1 - o)], and carry = o (1 - tanh^2 c_t),
+        dh_t's share of dc_t."""
+        hid = g.shape[-1]
+        i, f, o = acts[..., :hid], acts[..., hid:2 * hid], acts[..., 3 * hid:]
+        one = acts.new_ones(())
+        torch.addcmul(i, i, i, value=-1.0, out=out[..., :hid]).mul_(g)
+        torch.addcmul(f, f, f, value=-1.0, out=out[..., hid:2 * hid]).mul_(c_prev)
+        torch.addcmul(one, g, g, value=-1.0, out=out[..., 2 * hid:3 * hid]).mul_(i)
+        torch.addcmul(o, o, o, value=-1.0, out=out[..., 3 * hid:]).mul_(tc)
+        torch.addcmul(one, tc, tc, value=-1.0, out=carry).mul_(o)
 
     def bwd(self, douts: tuple, x: Tensor, hx: tuple[Tensor, Tensor] | None = None
             ) -> tuple[Tensor | None, tuple[Tensor, Tensor] | None]:
         """Backpropagation through time, per layer from the top, steps in reverse:
-        dh = dY_t + dh_{t+1},  dc = dc_{t+1} + dh * o * (1 - tanh^2 c_t);
-        do = dh * tanh c_t,  di = dc * g,  dg = dc * i,  df = dc * c_{t-1},  dc_{t-1} = dc * f;
-        through the nonlinearities: di * i (1 - i), df * f (1 - f), dg * (1 - g^2), do * o (1 - o) -> dpre_t;
-        dh_{t-1} = dpre_t @ W_hh; then dW_ih = sum dpre_t^T x_t, dW_hh = sum dpre_t^T h_{t-1}, db = sum dpre_t,
-        dx_t = dpre_t @ W_ih."""
+        dh_t = dY_t + dpre_{t+1} @ W_hh,  dc_t = dc_{t+1} * f_{t+1} + dh_t * o_t (1 - tanh^2 c_t);
+        the gates' pre-activation gradients dpre_t = [di, df, dg, do] with
+        di = dc_t g i (1 - i),  df = dc_t c_{t-1} f (1 - f),  dg = dc_t i (1 - g^2),  do = dh_t tanh(c_t) o (1 - o);
+        then dW_ih = sum dpre_t^T x_t, dW_hh = sum dpre_t^T h_{t-1}, db_ih = db_hh = sum dpre_t, dx_t = dpre_t @ W_ih,
+        each one GEMM over all steps. The factors that do not depend on dh_t and dc_t (see _factors) are formed
+        TIME_BLOCK steps at a time into dpre's memory, just before those steps scale them."""
         dout, (dh_n, dc_n) = douts
         dy = self._output(dout)  # (T, N, H)
         hid = self.hidden_size
         dh0, dc0 = torch.empty_like(dh_n), torch.empty_like(dc_n)
         for k in reversed(range(self.num_layers)):
-            _, w_hh, _, _ = self._weights(k)
-            hs, cs, acts = self.states[k], self.cells[k], self.gates[k]
-            t_steps = acts.shape[0]
-            dpre = torch.empty_like(acts)  # (T, N, 4H)
-            dh, dc = dh_n[k], dc_n[k]
-            for t in reversed(range(t_steps)):
-                i, f, g, o = acts[t].split(hid, dim=1)
-                tc = torch.tanh(cs[t + 1])
-                dh = dy[t] + dh
-                dc = dc + dh * o * (1 - tc * tc)
-                di, df, dg, do = dpre[t].split(hid, dim=1)
-                torch.mul(dc * g, i * (1 - i), out=di)
-                torch.mul(dc * cs[t], f * (1 - f), out=df)
-                torch.mul(dc * i, 1 - g * g, out=dg)
-                torch.mul(dh * tc, o * (1 - o), out=do)
-                dc = dc * f
-                dh = dpre[t] @ w_hh  # (N, H)
+            w_hh = self._weights(k)[1]  # (4H, H)
+            hs, cs, acts, g, tc = self.states[k], self.cells[k], self.gates[k], self.gs[k], self.tcs[k]
+            t_steps, n, _ = acts.shape
+            dpre, carry = torch.empty_like(acts), torch.empty_like(tc)  # (T, N, 4H), (T, N, H)
+            steps = list(zip(dpre.unbind(0), dy.unbind(0), carry.unbind(0)))
+            f = acts[..., hid:2 * hid].unbind(0)
+            dh, dc = dh_n[k], dc_n[k].clone()
+            for hi in range(t_steps, 0, -self.TIME_BLOCK):
+                lo = max(hi - self.TIME_BLOCK, 0)
+                self._factors(acts[lo:hi], g[lo:hi], tc[lo:hi], cs[lo:hi], dpre[lo:hi], carry[lo:hi])
+                for t in range(hi - 1, lo - 1, -1):
+                    d, dy_t, carry_t = steps[t]
+                    if t == t_steps - 1:
+                        dh = dy_t + dh
+                    else:
+                        dh = torch.addmm(dy_t, steps[t + 1][0], w_hh)  # (N, H)
+                        dc = dc.mul_(f[t + 1])
+                    dc.addcmul_(dh, carry_t)
+                    d[:, :3 * hid].view(n, 3, hid).mul_(dc[:, None])  # di, df, dg
+                    d[:, 3 * hid:].mul_(dh)  # do
+            if t_steps:
+                dh, dc = dpre[0] @ w_hh, dc * f[0]
             dh0[k], dc0[k] = dh, dc
+            del acts, g, tc, carry, steps, f
+            if self.lean:  # this layer's saved tensors are read for the last time below
+                self.cells[k] = self.gates[k] = self.gs[k] = self.tcs[k] = None
             dy = self._weight_grads(k, dpre, self.inputs[k], hs[:-1])
+            if self.lean:
+                self.states[k] = self.inputs[k] = None
         dx = self._output(dy) if self.needs_input_grad else None
         return dx, ((dh0, dc0) if hx is not None else None)
