@@ -311,6 +311,8 @@ def build_op(op: tuple, ctx: dict) -> hg.Module:
         return Opaque(op[1], op[2])
     if kind == "rnn":
         return RecurrentOut(*op[1:])
+    if kind == "recompute":  # activation checkpointing: the body run again in backward
+        return hg.layers.Recompute(build_op(op[1], ctx))
     if kind == "attn":
         return SelfAttention(*op[1:])
     if kind == "block":  # GPT-2's pre-LayerNorm block (causal self-attention, 4x GELU MLP)
@@ -359,9 +361,10 @@ def walk(ops: tuple):
 
 KINDS = {"linear", "conv", "bn", "ln", "act", "dropout", "flatten", "unflatten", "maxpool", "avgpool", "adaptive",
          "seq", "empty", "residual", "reuse", "tied", "embed", "tiedout", "user_scale", "user_view", "replay_view",
-         "loop", "fanout", "userchain", "opaque", "rnn", "attn", "block", "posemb"}
+         "loop", "fanout", "userchain", "opaque", "rnn", "attn", "block", "posemb", "recompute"}
 USER_KINDS = {"user_scale", "user_view", "replay_view", "loop", "fanout", "userchain", "opaque"}
 NO_TWIN = USER_KINDS | {"rnn", "attn"}  # modules without bwd of the fuzz suite's own, wrapping built-in layers
+NO_TWIN |= {"recompute"}  # (torch.utils.checkpoint runs a BatchNorm's forward twice: its running statistics differ)
 
 
 @dataclass(frozen=True)
@@ -508,7 +511,7 @@ def op_for(draw, shape: tuple, depth: int, preserve: bool, user: bool, ctx: dict
     if ctx.get("emb") is not None and kind == "flat" and shape[1] == ctx["emb"] and not preserve:
         choices += ["tiedout"]
     if depth < 2:
-        choices += ["seq", "residual", "reuse"]
+        choices += ["seq", "residual", "reuse", "recompute"]
         if user:
             choices += ["fanout", "userchain"]
     if user:
@@ -602,6 +605,9 @@ def op_for(draw, shape: tuple, depth: int, preserve: bool, user: bool, ctx: dict
         if draw(st.booleans()):
             shortcut, _ = draw(op_for(shape, depth + 1, True, user, ctx))
         return ("residual", ("seq", body), shortcut), shape
+    if choice == "recompute":
+        ops, out = draw(chain(shape, depth + 1, preserve, user, ctx, max_len=3))
+        return ("recompute", ("seq", ops)), out
     if choice == "reuse":
         block, _ = draw(op_for(shape, depth + 1, True, user, ctx))
         between = None

@@ -64,6 +64,23 @@ def test_character_model_rows_time_both_steps_and_their_memory(monkeypatch):
         assert rows[0].peak_mb > 0 and rows[1].peak_mb > 0 and rows[2].peak_mb is None
 
 
+def test_the_checkpointed_gpt_row_keeps_less_than_the_plain_gpt_and_is_timed_against_it(monkeypatch):
+    """The checkpoint row's handgrad model wraps its blocks in Recompute; its torch side (and floor) is the plain
+    GPT with the same weights; handgrad's peak is below eager's there (the full-size figure: README)."""
+    from handgrad.bench import CONFIGS, TORCH_SIDE
+    from handgrad.layers import Recompute
+    from handgrad.models import gpt
+
+    name = "gpt-4l-4h-d128-block128-bs32-checkpoint"
+    assert sum(isinstance(m, Recompute) for m in CONFIGS[name][0]().modules()) == 4
+    monkeypatch.setitem(CONFIGS, name, (lambda: gpt(96, 3, 2, 32, 128, recompute=True, checkpoint=True), 4, "gpt"))
+    monkeypatch.setitem(TORCH_SIDE, name, lambda: gpt(96, 3, 2, 32, 128))
+    rows = bench_config(name, torch.device("cpu"), rounds=1, steps=1, impls=("handgrad", "eager", "gemm_floor"),
+                        log=lambda s: None)
+    assert all(r.step_ms > 0 and not r.note for r in rows), rows
+    assert rows[0].peak_mb < 0.8 * rows[1].peak_mb, rows
+
+
 def test_a_compiled_model_without_len_is_benched(monkeypatch):
     """torch.compile of a twin that is not a Sequential: its truth value would ask the model for len(); the bench
     never takes it (the LSTM row's compile once failed so)."""

@@ -1,5 +1,6 @@
 """A tiny GPT (float64) against its torch twin: logits, every gradient, and 5 AdamW steps, step for step."""
 
+import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -107,3 +108,62 @@ def test_recompute_gives_the_same_gradients_and_the_check_passes():
         torch.testing.assert_close(p.g, q.g, rtol=1e-12, atol=1e-14, msg=lambda m, n=name: f"{n}: {m}")
     block = hg.layers.transformer.Block(4, 2, dtype=D)
     assert hg.check.check_module(block, torch.randn(2, 3, 4, dtype=D)).passed
+
+
+@pytest.mark.parametrize("dropout_in_body", [False, True])
+def test_block_checkpointing_matches_the_plain_gpt_and_its_torch_checkpoint_twin(dropout_in_body):
+    """gpt(checkpoint=True) wraps each block in Recompute: the same loss and gradients as the plain GPT, inside
+    lean() and out, and as its torch twin (torch.utils.checkpoint); a Dropout inside a recomputed body draws the
+    same mask again in backward."""
+    from handgrad.interop import to_torch
+
+    torch.manual_seed(2)
+    plain = hg.models.gpt(11, 2, 2, 8, 6, dtype=D)
+    torch.manual_seed(2)
+    ckpt = hg.models.gpt(11, 2, 2, 8, 6, checkpoint=True, dtype=D)
+    if dropout_in_body:
+        for model in (plain, ckpt):
+            for block in [m for m in model if isinstance(m, (hg.Sequential, hg.layers.Recompute))]:
+                seq = block.body if isinstance(block, hg.layers.Recompute) else block
+                seq.layers.insert(1, hg.Dropout(0.3))
+    assert [type(m).__name__ for m in ckpt][2:4] == ["Recompute", "Recompute"]
+    idx, y = torch.randint(0, 11, (3, 6)), torch.randint(0, 11, (3, 6))
+    grads = []
+    for model, lean in ((plain, False), (ckpt, False), (ckpt, True)):
+        step = hg.WithLoss(model, hg.TokenCrossEntropyLoss())
+        torch.manual_seed(9)  # the dropout masks
+        with hg.lean(lean):
+            loss = step(idx, y)
+            model.zero_grad()
+            step.backward(needs_input_grad=False)
+        grads.append((float(loss), [p.g.clone() for p in model.parameters()]))
+    for loss, gs in grads[1:]:
+        assert loss == grads[0][0]
+        for a, b in zip(grads[0][1], gs):
+            torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-14)
+    if not dropout_in_body:
+        twin = to_torch(ckpt)
+        assert type(twin[2]).__name__ == "TorchRecompute"
+        loss_t = F.cross_entropy(twin(idx).reshape(-1, 11), y.reshape(-1))
+        loss_t.backward()
+        assert float(loss_t.detach()) == pytest.approx(grads[0][0], rel=1e-12)
+        ref = dict(twin.named_parameters())
+        transposed = {f"{n}.weight" for n, m in ckpt.named_modules() if isinstance(m, hg.Linear)}
+        for name, p in ckpt.named_parameters():
+            got = p.g.t() if name in transposed else p.g
+            torch.testing.assert_close(got, ref[name].grad, rtol=1e-9, atol=1e-12)
+
+
+def test_recompute_forgets_what_its_body_saved_and_keeps_running_statistics():
+    """After Recompute's forward nothing of its body's record is alive but the input; its backward leaves a
+    BatchNorm's running statistics as the one forward left them."""
+    body = hg.Sequential(hg.Linear(4, 6, dtype=D), hg.BatchNorm1d(6, dtype=D), hg.ReLU(), hg.Linear(6, 3, dtype=D))
+    r = hg.layers.Recompute(body)
+    x = torch.randn(5, 4, dtype=D)
+    r(x)
+    assert all(m.__dict__.get("args") == () and m.__dict__.get("out") is None for m in body.layers)
+    assert "xhat" not in body.layers[1].__dict__  # what BatchNorm's forward saved for its backward
+    stats = body.layers[1].running_mean.clone()
+    r.backward(torch.randn(5, 3, dtype=D))
+    assert torch.equal(body.layers[1].running_mean, stats) and x.g is not None
+    assert hg.check.check_module(hg.layers.Recompute(hg.Sequential(hg.Linear(4, 3, dtype=D), hg.Tanh())), x).passed

@@ -46,7 +46,15 @@ CONFIGS: dict[str, tuple[Callable[[], Module], int, str]] = {
     "cnn-bs128": (lambda: cnn(10, (16, 32, 64)), 128, "cnn"),
     "gpt-4l-4h-d128-block128-bs32": (lambda: gpt(VOCAB, n_layer=4, n_head=4, d_model=128, block_size=BLOCK,
                                                  recompute=True), 32, "gpt"),
+    "gpt-4l-4h-d128-block128-bs32-checkpoint": (lambda: gpt(VOCAB, n_layer=4, n_head=4, d_model=128,
+                                                            block_size=BLOCK, recompute=True, checkpoint=True),
+                                                32, "gpt"),
     "lstm-2l-h256-d64-seq128-bs32": (lambda: char_lstm(VOCAB, d=64, hidden=256, num_layers=2), 32, "lstm"),
+}
+# configs whose torch side is another model with the same weights: the checkpointed GPT against the plain one
+# (eager and compiled autograd keep every block's activations), so that the rows show what checkpointing saves
+TORCH_SIDE: dict[str, Callable[[], Module]] = {
+    "gpt-4l-4h-d128-block128-bs32-checkpoint": lambda: gpt(VOCAB, n_layer=4, n_head=4, d_model=128, block_size=BLOCK),
 }
 TEXT_KINDS = ("gpt", "lstm")
 IMPLS = ("handgrad", "eager", "compile", "gemm_floor")
@@ -220,7 +228,15 @@ def bench_config(name: str, device: torch.device, rounds: int = 5, steps: int = 
     make, bs, kind = CONFIGS[name]
     torch.manual_seed(0)
     model = make().to(device)
-    twin, ctwin = to_torch(model), to_torch(model)
+    plain = None
+    if name in TORCH_SIDE:
+        torch.manual_seed(0)
+        plain = TORCH_SIDE[name]().to(device)
+        for p, q in zip(plain.parameters(), model.parameters(), strict=True):  # the same weights, in order
+            p.data.copy_(q.data)
+        twin, ctwin = to_torch(plain), to_torch(plain)
+    else:
+        twin, ctwin = to_torch(model), to_torch(model)
     compiled = None
     task = _task(kind, bs, device)
     x, y = task.x, task.y
@@ -256,7 +272,7 @@ def bench_config(name: str, device: torch.device, rounds: int = 5, steps: int = 
         "handgrad": handgrad_fresh,
         "eager": lambda: torch_fresh(twin),
         "compile": compile_fresh,
-        "gemm_floor": lambda: _gemm_floor(model, x),
+        "gemm_floor": lambda: _gemm_floor(plain if name in TORCH_SIDE else model, x),  # (a Recompute keeps no args)
     }
     # build each step (compiling where asked), then time them in interleaved rounds, so that a slow
     # stretch of the machine hits every implementation alike; the median round counts

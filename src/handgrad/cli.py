@@ -77,6 +77,9 @@ def _add_train_args(t: argparse.ArgumentParser, d: TrainConfig) -> None:
                    help="text: steps between two validations, each with a sample of generated text")
     t.add_argument("--no-recompute", dest="recompute", action="store_false",
                    help="gpt: keep the attention probabilities for backward instead of recomputing them")
+    t.add_argument("--checkpoint", action="store_true",
+                   help="gpt: keep only each block's input and recompute the block in backward (about half the "
+                        "peak memory, a third more time per step)")
     t.add_argument("--loss", default=d.loss, choices=LOSSES, help=f"default {d.loss}")
     t.add_argument("--epochs", type=int, default=d.epochs, help="image models: passes over the training set")
     t.add_argument("--bs", "--batch-size", dest="bs", type=int, default=d.bs,
@@ -308,8 +311,9 @@ def _resume_changes(args: argparse.Namespace) -> dict:
 
 IMAGE_ONLY = ("--epochs", "--hidden", "--channels", "--init", "--subset", "--no-normalize", "--loss", "--data",
               "--no-fused", "--stats")
-MODEL_ONLY = {"--n-head": ("gpt",), "--no-recompute": ("gpt",), "--hidden-size": ("lstm", "rnn")}
-TEXT_ONLY = ("--block-size", "--d-model", "--n-layer", "--n-head", "--hidden-size", "--eval-every", "--no-recompute")
+MODEL_ONLY = {"--n-head": ("gpt",), "--no-recompute": ("gpt",), "--checkpoint": ("gpt",), "--hidden-size": ("lstm", "rnn")}
+TEXT_ONLY = ("--block-size", "--d-model", "--n-layer", "--n-head", "--hidden-size", "--eval-every", "--no-recompute",
+             "--checkpoint")
 
 
 def _config(args: argparse.Namespace) -> TrainConfig:

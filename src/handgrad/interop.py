@@ -180,6 +180,19 @@ class TorchCharRNN(nn.Module):
         return self.head(self.rnn(self.emb(idx))[0])
 
 
+class TorchRecompute(nn.Module):
+    """torch.nn twin of Recompute: body under torch.utils.checkpoint (its activations recomputed in backward)."""
+
+    def __init__(self, body: nn.Module) -> None:
+        super().__init__()
+        self.body = body
+
+    def forward(self, x: Tensor) -> Tensor:
+        from torch.utils.checkpoint import checkpoint
+
+        return checkpoint(self.body, x, use_reentrant=False) if torch.is_grad_enabled() else self.body(x)
+
+
 def _sequence_models() -> None:
     from .layers.transformer import CausalSelfAttention, PositionEmbedding
     from .models import CharRNN
@@ -205,6 +218,9 @@ def _sequence_models() -> None:
                     "lstm" if isinstance(m.rnn, nn.LSTM) else "rnn")
         c.emb, c.rnn, c.head = (_structure_from_torch(x) for x in (m.emb, m.rnn, m.head))
         return c
+
+    _TO_TORCH[L.Recompute] = lambda m: TorchRecompute(_structure_to_torch(m.body))
+    _FROM_TORCH[TorchRecompute] = lambda m: L.Recompute(_structure_from_torch(m.body))
 
     _TO_TORCH[CharRNN] = lambda m: TorchCharRNN(*(_structure_to_torch(x) for x in (m.emb, m.rnn, m.head)))
     _FROM_TORCH[TorchCharRNN] = char_from
@@ -331,7 +347,7 @@ def from_torch(module: nn.Module) -> Module:
     return model
 
 
-__all__ = ["TorchCausalSelfAttention", "TorchCharRNN", "TorchGeneralRelu", "TorchPositionEmbedding", "TorchResidual",
+__all__ = ["TorchCausalSelfAttention", "TorchCharRNN", "TorchGeneralRelu", "TorchPositionEmbedding", "TorchRecompute", "TorchResidual",
            "from_torch", "to_torch"]
 
 

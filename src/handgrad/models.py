@@ -37,10 +37,14 @@ def cnn(n_out: int = 10, channels: Iterable[int] = (16, 32, 64),
 
 
 def gpt(vocab: int, n_layer: int, n_head: int, d_model: int, block_size: int, *, recompute: bool = False,
-        dtype: torch.dtype | None = None, device: torch.device | str | None = None) -> Sequential:
+        checkpoint: bool = False, dtype: torch.dtype | None = None,
+        device: torch.device | str | None = None) -> Sequential:
     """A GPT: token embedding + learned position embedding, n_layer pre-LayerNorm blocks (causal self-attention,
     4x GELU MLP), a final LayerNorm and the output projection tied to the token embedding. Maps token indices
-    (N, T) with T <= block_size to logits (N, T, vocab)."""
+    (N, T) with T <= block_size to logits (N, T, vocab).
+
+    recompute: each attention recomputes its probabilities in backward; checkpoint: each block is a Recompute
+    (only its input kept, the block run again in backward)."""
     from .layers import Embedding, LayerNorm, TiedLinear
     from .layers.transformer import Block, PositionEmbedding
 
@@ -49,6 +53,8 @@ def gpt(vocab: int, n_layer: int, n_head: int, d_model: int, block_size: int, *,
     with torch.no_grad():
         emb.weight.mul_(0.02)  # GPT-2's N(0, 0.02^2)
     blocks = [Block(d_model, n_head, recompute=recompute, **kw) for _ in range(n_layer)]
+    if checkpoint:
+        blocks = [L.Recompute(b) for b in blocks]
     return Sequential(emb, PositionEmbedding(block_size, d_model, **kw), *blocks, LayerNorm(d_model, **kw),
                       TiedLinear(emb.weight))
 

@@ -6,6 +6,7 @@ from .dropout import Dropout
 from .embedding import Embedding
 from .fused_output import LinearCrossEntropy
 from .attention import MultiheadAttention
+from .checkpoint import Recompute
 from .linear import Linear, TiedLinear
 from .normalization import BatchNorm1d, BatchNorm2d, LayerNorm
 from .pooling import AdaptiveAvgPool2d, AvgPool2d, MaxPool2d
@@ -16,5 +17,5 @@ from .shape import Flatten, Unflatten
 __all__ = [
     "AdaptiveAvgPool2d", "AvgPool2d", "BatchNorm1d", "BatchNorm2d", "Conv2d", "Dropout", "Embedding", "Flatten",
     "GELU", "GeneralRelu", "LSTM", "LayerNorm", "LeakyReLU", "Linear", "LinearCrossEntropy", "LogSoftmax", "MaxPool2d",
-    "MultiheadAttention", "RNN", "ReLU", "Residual", "SiLU", "Sigmoid", "Softmax", "Tanh", "TiedLinear", "Unflatten", "conv_bn", "res_block",
+    "MultiheadAttention", "RNN", "ReLU", "Recompute", "Residual", "SiLU", "Sigmoid", "Softmax", "Tanh", "TiedLinear", "Unflatten", "conv_bn", "res_block",
 ]

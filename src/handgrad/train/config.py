@@ -25,7 +25,7 @@ SCHEDULES = ("constant", "one-cycle", "cosine", "step")
 # what a run's weights and optimizer state were trained under: config.json must still say the same when a checkpoint
 # is resumed or loaded (fields a resume may change, or that only say where data or processes are, are not here)
 TRAINED_UNDER = ("model", "model_args", "hidden", "channels", "block_size", "d_model", "n_layer", "n_head",
-                 "hidden_size", "recompute", "steps", "eval_every", "loss", "bs", "opt", "lr", "momentum",
+                 "hidden_size", "recompute", "checkpoint", "steps", "eval_every", "loss", "bs", "opt", "lr", "momentum",
                  "weight_decay", "schedule", "warmup", "clip", "seed", "init", "normalize", "subset")
 
 
@@ -57,6 +57,7 @@ class TrainConfig:
     n_head: int = 4  # gpt: attention heads
     hidden_size: int = 256  # lstm/rnn: hidden state size
     recompute: bool = True  # gpt: recompute the attention probabilities in backward instead of keeping them
+    checkpoint: bool = False  # gpt: keep only each block's input, the block recomputed in backward (less memory)
     steps: int | None = None  # a cap on optimizer steps (any model); text models train for this many (default 1000)
     eval_every: int = 100  # text: steps between two validations (with a generated sample)
     loss: str = "cross-entropy"  # or "mse", as in the seeds: one output regressing the class index

@@ -104,9 +104,10 @@ def text_model(cfg: TrainConfig, vocab: int) -> tuple[Module, str]:
                          "smaller --d-model / --n-layer / --hidden-size")
     torch.manual_seed(cfg.seed)
     if cfg.model == "gpt":
-        model = gpt(vocab, cfg.layers, cfg.n_head, cfg.width, cfg.block_size, recompute=cfg.recompute)
+        model = gpt(vocab, cfg.layers, cfg.n_head, cfg.width, cfg.block_size, recompute=cfg.recompute,
+                    checkpoint=cfg.checkpoint)
         return model, (f"GPT {_n(cfg.layers, 'layer')}, {_n(cfg.n_head, 'head')}, d_model {cfg.width}, block {cfg.block_size}, "
-                       f"vocab {vocab}")
+                       f"vocab {vocab}" + (", blocks recomputed in backward" if cfg.checkpoint else ""))
     make = char_lstm if cfg.model == "lstm" else char_rnn
     model = make(vocab, cfg.width, cfg.hidden_size, cfg.layers)
     return model, (f"{cfg.model.upper()} {_n(cfg.layers, 'layer')}, hidden {cfg.hidden_size}, embedding {cfg.width}, "
