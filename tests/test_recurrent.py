@@ -116,8 +116,12 @@ def test_a_model_reading_an_lstms_outputs_is_replayed_and_sums_a_reused_lstm():
 
 def test_bad_inputs_are_one_line():
     lstm = hg.LSTM(3, 4, num_layers=2)
-    with pytest.raises(ValueError, match=r"^LSTM\(3, 4\) expects input \[T, N, input_size\] with input_size 3, got"):
+    with pytest.raises(ValueError, match=r"^LSTM\(3, 4\) expects input \[T, N, input_size\] \(or unbatched \[T, "
+                                         r"input_size\]\) with input_size 3, got \[5, 2, 7\]"):
         lstm(torch.randn(5, 2, 7))
+    with pytest.raises(ValueError, match=r"^LSTM: with an unbatched input \(T, input_size\) the states are "
+                                         r"\(num_layers, hidden_size\), got \[2, 1, 4\]"):
+        lstm(torch.randn(5, 3), (torch.zeros(2, 1, 4), torch.zeros(2, 4)))
     with pytest.raises(ValueError, match=r"^LSTM: h0 must be \[2, 2, 4\] \(num_layers, batch, hidden_size\), got"):
         lstm(torch.randn(5, 2, 3), (torch.zeros(1, 2, 4), torch.zeros(2, 2, 4)))
     with pytest.raises(ValueError, match=r"^RNN: nonlinearity must be 'tanh' or 'relu'"):
@@ -210,3 +214,32 @@ def test_wrap_takes_the_initial_state_and_passes_gradcheck(cell):
         torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
     assert torch.autograd.gradcheck(lambda x, h0, c0: outputs(w, x, h0, c0), (x, h0, c0))
     assert w(x, None)[0].shape == w(x)[0].shape == (5, 2, 4)
+
+
+@pytest.mark.parametrize("kind", ["LSTM", "RNN"])
+@pytest.mark.parametrize("batch_first", [False, True])
+@pytest.mark.parametrize("with_state", [False, True])
+def test_unbatched_input_as_torch_takes_it(kind, batch_first, with_state):
+    """An input (T, input_size) and states (num_layers, hidden_size): outputs without a batch dim, and every
+    gradient (x, the states, the weights) as torch's under autograd."""
+    torch.manual_seed(4)
+    mine, theirs, _ = twins(kind, (5, 1, 3, 4, 2, batch_first, True))
+    x = torch.randn(5, 3, dtype=D)
+    states = [torch.randn(2, 4, dtype=D) for _ in range(2 if kind == "LSTM" else 1)]
+    state = (tuple(states) if kind == "LSTM" else states[0]) if with_state else None
+    out, st = mine(x, state)
+    xt, st_t = x.clone().requires_grad_(), [s.clone().requires_grad_() for s in states]
+    out_t, st_out_t = theirs(xt, (tuple(st_t) if kind == "LSTM" else st_t[0]) if with_state else None)
+    mine_states = list(st) if kind == "LSTM" else [st]
+    their_states = list(st_out_t) if kind == "LSTM" else [st_out_t]
+    assert out.shape == out_t.shape == (5, 4) and all(s.shape == (2, 4) for s in mine_states)
+    torch.testing.assert_close(out, out_t.detach(), rtol=1e-12, atol=1e-14)
+    dout = torch.randn(5, 4, dtype=D)
+    dstates = [torch.randn(2, 4, dtype=D) for _ in mine_states]
+    mine.backward((dout, tuple(dstates)) if kind == "LSTM" else (dout, dstates[0]))
+    (out_t * dout).sum().add(sum((s * d).sum() for s, d in zip(their_states, dstates))).backward()
+    torch.testing.assert_close(x.g, xt.grad, rtol=1e-9, atol=1e-12)
+    if with_state:
+        for s, t in zip(states, st_t):
+            torch.testing.assert_close(s.g, t.grad, rtol=1e-9, atol=1e-12)
+    assert_params_match(mine, theirs)

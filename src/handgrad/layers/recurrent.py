@@ -2,7 +2,7 @@
 
 Names, shapes and layouts are torch.nn's (`weight_ih_l{k}` (G*H, I), `weight_hh_l{k}` (G*H, H), `bias_ih_l{k}`,
 `bias_hh_l{k}`; the LSTM's gates in torch's order i, f, g, o), so each loads torch's state_dict and back. Inputs are
-(T, N, I), or (N, T, I) with batch_first; the forward returns (output, h_n) for RNN and (output, (h_n, c_n)) for
+(T, N, I), or (N, T, I) with batch_first, or unbatched (T, I) with states (num_layers, H); the forward returns (output, h_n) for RNN and (output, (h_n, c_n)) for
 LSTM, as torch does. backward takes the gradient of the first output, or a tuple of them all (the others count
 as zero).
 
@@ -49,11 +49,39 @@ class _Recurrent(Module):
         d = self.__dict__
         return d[f"weight_ih_l{k}"], d[f"weight_hh_l{k}"], d.get(f"bias_ih_l{k}"), d.get(f"bias_hh_l{k}")
 
+    def _batched(self, x: Tensor, state: object) -> tuple[Tensor, object]:
+        """An unbatched input (T, I) and its states (num_layers, H), as torch takes them, as a batch of one; sets
+        self.unbatched (the forward's return and the backward's gradients lose that batch dim again)."""
+        self.unbatched = isinstance(x, Tensor) and x.dim() == 2
+        if not self.unbatched:
+            return x, state
+
+        def one(s: object) -> object:
+            if isinstance(s, Tensor):
+                if s.dim() != 2:
+                    raise ValueError(f"{type(self).__name__}: with an unbatched input (T, input_size) the states "
+                                     f"are (num_layers, hidden_size), got {list(s.shape)}")
+                return s.unsqueeze(1)
+            return type(s)(one(t) for t in s) if isinstance(s, (tuple, list)) else s
+        return x.unsqueeze(0 if self.batch_first else 1), one(state)
+
+    def _unbatched(self, out: Tensor | None, state: object) -> tuple[Tensor | None, object]:
+        """The output (or its gradient) and the states without the batch dim of one an unbatched input got."""
+        if not self.__dict__.get("unbatched"):
+            return out, state
+
+        def drop(s: object) -> object:
+            if isinstance(s, Tensor):
+                return s.squeeze(1)
+            return type(s)(drop(t) for t in s) if isinstance(s, (tuple, list)) else s
+        return (None if out is None else out.squeeze(0 if self.batch_first else 1)), drop(state)
+
     def _check_input(self, x: Tensor) -> Tensor:
         """x as (T, N, I)."""
         name = type(self).__name__
         if not isinstance(x, Tensor) or x.dim() != 3 or x.shape[-1] != self.input_size:
-            layout = "[N, T, input_size]" if self.batch_first else "[T, N, input_size]"
+            layout = "[N, T, input_size] (or unbatched [T, input_size])" if self.batch_first else \
+                "[T, N, input_size] (or unbatched [T, input_size])"
             got = list(x.shape) if isinstance(x, Tensor) else type(x).__name__
             raise ValueError(f"{name}({self.input_size}, {self.hidden_size}) expects input {layout} with input_size "
                              f"{self.input_size}, got {got}")
@@ -119,6 +147,7 @@ class RNN(_Recurrent):
         self.nonlinearity = nonlinearity
 
     def forward(self, x: Tensor, h0: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        x, h0 = self._batched(x, h0)
         x = self._check_input(x)  # (T, N, I)
         t_steps, n, _ = x.shape
         h0 = self._state(h0, n, x, "h0")
@@ -137,7 +166,7 @@ class RNN(_Recurrent):
             h_n.append(hs[-1])
             layer_in = hs[1:]
         self.inputs, self.states = inputs, states
-        return self._output(layer_in), torch.stack(h_n)
+        return self._unbatched(self._output(layer_in), torch.stack(h_n))
 
     def bwd(self, douts: tuple[Tensor, Tensor], x: Tensor, h0: Tensor | None = None
             ) -> tuple[Tensor | None, Tensor | None]:
@@ -145,6 +174,8 @@ class RNN(_Recurrent):
         da_t = (dY_t + dh_{t+1} from step t+1) * act'(a_t),  dh_t (to step t-1) = da_t @ W_hh;
         dW_ih = sum_t da_t^T x_t, dW_hh = sum_t da_t^T h_{t-1}, db_ih = db_hh = sum_t da_t, dx_t = da_t @ W_ih."""
         dout, dh_n = douts
+        if self.unbatched:
+            dout, dh_n = dout.unsqueeze(0 if self.batch_first else 1), dh_n.unsqueeze(1)
         dy = self._output(dout)  # (T, N, H), the top layer's output gradient
         dh0 = torch.empty_like(dh_n)
         for k in reversed(range(self.num_layers)):
@@ -161,7 +192,7 @@ class RNN(_Recurrent):
             dh0[k] = dh
             dy = self._weight_grads(k, dpre, self.inputs[k], hs[:-1])
         dx = self._output(dy) if self.needs_input_grad else None
-        return dx, (dh0 if h0 is not None else None)
+        return self._unbatched(dx, dh0 if h0 is not None else None)
 
 
 class LSTM(_Recurrent):
@@ -178,6 +209,7 @@ class LSTM(_Recurrent):
 
     def forward(self, x: Tensor, hx: tuple[Tensor, Tensor] | None = None
                 ) -> tuple[Tensor, tuple[Tensor, Tensor]]:
+        x, hx = self._batched(x, hx)
         x = self._check_input(x)  # (T, N, I)
         t_steps, n, _ = x.shape
         if hx is not None and not (isinstance(hx, (tuple, list)) and len(hx) == 2):
@@ -231,7 +263,7 @@ class LSTM(_Recurrent):
             c_n.append(cs[-1])
             layer_in = hs[1:]
         self.inputs, self.states, self.cells, self.gates, self.gs, self.tcs = inputs, states, cells, gates, gs, tcs
-        return self._output(layer_in), (torch.stack(h_n), torch.stack(c_n))
+        return self._unbatched(self._output(layer_in), (torch.stack(h_n), torch.stack(c_n)))
 
     TIME_BLOCK = 32  # backward: steps whose factors are formed together, just before their steps run
 
@@ -259,6 +291,8 @@ class LSTM(_Recurrent):
         each one GEMM over all steps. The factors that do not depend on dh_t and dc_t (see _factors) are formed
         TIME_BLOCK steps at a time into dpre's memory, just before those steps scale them."""
         dout, (dh_n, dc_n) = douts
+        if self.unbatched:
+            dout, dh_n, dc_n = dout.unsqueeze(0 if self.batch_first else 1), dh_n.unsqueeze(1), dc_n.unsqueeze(1)
         dy = self._output(dout)  # (T, N, H)
         hid = self.hidden_size
         dh0, dc0 = torch.empty_like(dh_n), torch.empty_like(dc_n)
@@ -293,4 +327,4 @@ class LSTM(_Recurrent):
             if self.lean:
                 self.states[k] = self.inputs[k] = None
         dx = self._output(dy) if self.needs_input_grad else None
-        return dx, ((dh0, dc0) if hx is not None else None)
+        return self._unbatched(dx, (dh0, dc0) if hx is not None else None)
