@@ -17,6 +17,8 @@ def lin(x: Tensor, w: Tensor, b: Tensor | None) -> Tensor:
     """Y = X @ W + b   (X: (N, n_in), W: (n_in, n_out), b: (n_out,)) -> (N, n_out)."""
     if b is not None and x.dim() == 2:
         return torch.addmm(b, x, w)  # bias fused into the matrix multiply
+    if b is not None and x.dim() > 2 and x.is_contiguous():  # (..., n_in): its rows as one matrix, the same fusion
+        return torch.addmm(b, x.view(-1, x.shape[-1]), w).view(*x.shape[:-1], w.shape[-1])
     y = x @ w
     return y if b is None else y + b
 
