@@ -361,8 +361,8 @@ def plot(rows: list[Row], path: Path, about: str = "") -> Path:
             ax.tick_params(axis="x", labelsize=8)
             ax.grid(axis="y", color="0.92")
             ax.set_axisbelow(True)
-        axes[0, col].set_title(f"{cfg}: time per step (lower is faster)", fontsize=10)
-        axes[1, col].set_title(f"{cfg}: peak memory (lower is leaner)", fontsize=10)
+        axes[0, col].set_title(f"{cfg}\ntime per step (lower is faster)", fontsize=10)
+        axes[1, col].set_title(f"{cfg}\npeak memory (lower is leaner)", fontsize=10)
     fig.suptitle("one training step (forward, loss, backward, optimizer step)" + (f"\n{about}" if about else ""))
     return _save(fig, path)
 
