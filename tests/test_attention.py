@@ -80,3 +80,25 @@ def test_bad_inputs_are_one_line():
     attention = hg.MultiheadAttention(4, 2)
     with pytest.raises(ValueError, match=r"^MultiheadAttention\(4, 2\) expects key \[L, N, E\] with E = 4, got"):
         attention(torch.randn(3, 2, 4), torch.randn(3, 2, 5), torch.randn(3, 2, 4))
+
+
+@pytest.mark.parametrize("recompute", [False, True])
+def test_a_row_whose_keys_are_all_masked_attends_to_nothing_as_torch(recompute):
+    """need_weights=False: torch gives 0 for a query row whose every key is masked, and finite gradients; so does
+    handgrad (not NaN from the softmax of an all -inf row)."""
+    torch.manual_seed(0)
+    theirs = torch.nn.MultiheadAttention(4, 2, batch_first=True, dtype=D)
+    mine = hg.MultiheadAttention(4, 2, batch_first=True, recompute=recompute, dtype=D)
+    mine.load_state_dict(theirs.state_dict())
+    x = torch.randn(2, 3, 4, dtype=D)
+    mask = torch.zeros(3, 3, dtype=torch.bool)
+    mask[1] = True
+    out, _ = mine(x, x, x, attn_mask=mask, need_weights=False)
+    xt = x.clone().requires_grad_()
+    out_t, _ = theirs(xt, xt, xt, attn_mask=mask, need_weights=False)
+    dy = torch.randn_like(out)
+    mine.backward(dy)
+    (out_t * dy).sum().backward()
+    torch.testing.assert_close(out, out_t.detach(), rtol=1e-12, atol=1e-14)
+    torch.testing.assert_close(x.g, xt.grad, rtol=1e-9, atol=1e-12)
+    assert torch.isfinite(x.g).all() and torch.isfinite(mine.in_proj_weight.g).all()

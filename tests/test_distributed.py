@@ -14,6 +14,8 @@ import pytest
 import torch
 from dist_worker import train
 
+import handgrad as hg
+
 from handgrad.data import DataLoader, locate
 from handgrad.data.loader import shard_bounds
 from handgrad.train.runfolder import RunFolder
@@ -354,3 +356,53 @@ def test_a_rank_that_never_comes_stops_the_others_with_one_line(tmp_path, npz):
     last = alone.stderr.strip().splitlines()[-1]  # (torch's C++ layer may log its own warnings before it)
     assert re.fullmatch(r"handgrad: error: rank 0 could not join the group of 2 ranks at 127\.0\.0\.1:\d+ within "
                         r"3 s: .*", last), alone.stderr[-1000:]
+
+
+@pytest.mark.parametrize("shape", ["reused", "shared across the boundary", "tied across the boundary"])
+def test_gradient_sync_waits_for_a_recompute_whose_body_holds_the_parameter(shape):
+    """A Recompute lets its body's calls go in forward: the bucketed all_reduce must still wait for the body's
+    parameters until the Recompute's backward has run the body again (reuse, a layer shared across the boundary,
+    an Embedding inside tied to a TiedLinear outside): the same gradients as without the sync."""
+    import torch.distributed as dist
+
+    from handgrad.distributed import GradSync
+
+    class Waits:
+        def wait(self, work, what):
+            work.wait()
+
+    def gradients(recompute, sync):
+        torch.manual_seed(0)
+        if shape == "tied across the boundary":
+            emb = hg.Embedding(5, 4, dtype=torch.float64)
+            body = hg.Sequential(emb, hg.Tanh())
+            outer = hg.layers.TiedLinear(emb.weight)
+            model = hg.Sequential(hg.layers.Recompute(body) if recompute else body, outer,
+                                  hg.Flatten(1, -1), hg.Linear(15, 2, dtype=torch.float64))
+            x = torch.randint(0, 5, (3, 3))
+        else:
+            body = hg.Sequential(hg.Linear(4, 4, dtype=torch.float64), hg.Tanh())
+            r = hg.layers.Recompute(body) if recompute else body
+            second = r if shape == "reused" else body[0]
+            model = hg.Sequential(r, second, hg.Linear(4, 2, dtype=torch.float64))
+            x = torch.randn(3, 4, dtype=torch.float64)
+        step = hg.WithLoss(model, hg.CrossEntropyLoss())
+        y = torch.tensor([0, 1, 1])
+        if sync:
+            s = GradSync(Waits(), model.parameters(), bucket_mb=1e-6, model=model)  # a bucket per parameter
+            s.begin(1.0)
+            with s.overlapping():
+                step(x, y)
+                step.backward(needs_input_grad=False)
+            s.finish()
+        else:
+            step(x, y)
+            step.backward(needs_input_grad=False)
+        return [p.g.clone() for p in model.parameters()]
+
+    if not dist.is_initialized():
+        dist.init_process_group("gloo", store=dist.HashStore(), rank=0, world_size=1)
+    plain = gradients(False, False)
+    for got in (gradients(True, False), gradients(True, True)):
+        for a, b in zip(plain, got):
+            torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-14)

@@ -167,3 +167,21 @@ def test_recompute_forgets_what_its_body_saved_and_keeps_running_statistics():
     r.backward(torch.randn(5, 3, dtype=D))
     assert torch.equal(body.layers[1].running_mean, stats) and x.g is not None
     assert hg.check.check_module(hg.layers.Recompute(hg.Sequential(hg.Linear(4, 3, dtype=D), hg.Tanh())), x).passed
+
+
+def test_the_torch_twin_of_recompute_keeps_running_statistics_as_handgrad_does():
+    """torch.utils.checkpoint alone runs a BatchNorm's forward twice a step; TorchRecompute restores its buffers
+    after the recomputation, as Recompute does: running statistics equal after a training step."""
+    torch.manual_seed(0)
+    model = hg.Sequential(hg.layers.Recompute(hg.Sequential(hg.Linear(4, 3, dtype=D), hg.BatchNorm1d(3, dtype=D))))
+    twin = hg.interop.to_torch(model)
+    x = torch.randn(5, 4, dtype=D)
+    y = model(x)
+    model.backward(torch.ones_like(y))
+    twin(x.clone().requires_grad_()).sum().backward()
+    ours, theirs = model.state_dict(), twin.state_dict()
+    assert int(theirs["0.body.1.num_batches_tracked"]) == 1
+    for name in ("0.body.1.running_mean", "0.body.1.running_var"):
+        torch.testing.assert_close(ours[name], theirs[name], rtol=1e-12, atol=1e-14)
+    with pytest.raises(TypeError, match="Recompute expects a handgrad Module as its body, got Linear"):
+        hg.layers.Recompute(torch.nn.Linear(2, 2))

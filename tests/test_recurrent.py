@@ -122,6 +122,11 @@ def test_bad_inputs_are_one_line():
     with pytest.raises(ValueError, match=r"^LSTM: with an unbatched input \(T, input_size\) the states are "
                                          r"\(num_layers, hidden_size\), got \[2, 1, 4\]"):
         lstm(torch.randn(5, 3), (torch.zeros(2, 1, 4), torch.zeros(2, 4)))
+    with pytest.raises(ValueError, match=r"^RNN: h0 must be \[2, 3\] \(num_layers, hidden_size\) for an unbatched input, "
+                                         r"got \[1, 3\]"):
+        hg.RNN(2, 3, 2)(torch.randn(4, 2), torch.randn(1, 3))
+    with pytest.raises(ValueError, match=r"^RNN\(2, 3\): the input holds no time step"):
+        hg.RNN(2, 3)(torch.randn(0, 2))
     with pytest.raises(ValueError, match=r"^LSTM: h0 must be \[2, 2, 4\] \(num_layers, batch, hidden_size\), got"):
         lstm(torch.randn(5, 2, 3), (torch.zeros(1, 2, 4), torch.zeros(2, 2, 4)))
     with pytest.raises(ValueError, match=r"^RNN: nonlinearity must be 'tanh' or 'relu'"):

@@ -236,9 +236,14 @@ class GradSync:
         # (a module used twice, tied weights); without the model, once its own module's backward ran
         self.owners: dict[int, list[Module]] = {}
         if model is not None:
+            from .layers.checkpoint import Recompute
+
             for m in model.modules():
                 for _, p in m._own_parameters():
                     self.owners.setdefault(id(p), []).append(m)
+                if isinstance(m, Recompute):  # its body's calls are let go in forward: the Recompute's call stands
+                    for p in m.body.parameters():  # for them until its backward has run the body's again
+                        self.owners.setdefault(id(p), []).append(m)
         bucket_mb = BUCKET_MB if bucket_mb is None else bucket_mb
         self.params = list(params)
         # buckets in reverse order: backward produces the last layers' gradients first
@@ -264,8 +269,12 @@ class GradSync:
         self.seen: set[int] = set()
 
     def ready(self, module: Module) -> None:
-        """Backward has finished `module`: its own parameters' gradients are final for this step."""
-        for _, p in module._own_parameters():
+        """Backward has finished `module`: its own parameters' gradients are final for this step (and its
+        sub-modules', where they waited for it: a Recompute's body)."""
+        own = [p for _, p in module._own_parameters()]
+        if not own:
+            own = [p for m in module.modules() for _, p in m._own_parameters() if id(p) not in self.seen]
+        for p in own:
             b = self.where.get(id(p))
             if any(_has_pending(m, self.first_call) for m in self.owners.get(id(p), (module,))):
                 continue

@@ -181,7 +181,9 @@ class TorchCharRNN(nn.Module):
 
 
 class TorchRecompute(nn.Module):
-    """torch.nn twin of Recompute: body under torch.utils.checkpoint (its activations recomputed in backward)."""
+    """torch.nn twin of Recompute: body under torch.utils.checkpoint (its activations recomputed in backward).
+    As Recompute, the recomputation leaves the body's buffers (BatchNorm's running statistics) as the forward
+    left them (torch's checkpoint alone would update them twice a step)."""
 
     def __init__(self, body: nn.Module) -> None:
         super().__init__()
@@ -190,7 +192,23 @@ class TorchRecompute(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         from torch.utils.checkpoint import checkpoint
 
-        return checkpoint(self.body, x, use_reentrant=False) if torch.is_grad_enabled() else self.body(x)
+        if not torch.is_grad_enabled():
+            return self.body(x)
+        runs = []
+
+        def run(inp: Tensor) -> Tensor:
+            if not runs:  # the forward
+                runs.append(1)
+                return self.body(inp)
+            kept = [b.clone() for b in self.body.buffers()]  # the recomputation in backward
+            try:
+                return self.body(inp)
+            finally:  # (torch stops a recomputation early by raising, once it has what backward needs)
+                with torch.no_grad():
+                    for b, k in zip(self.body.buffers(), kept):
+                        b.copy_(k)
+
+        return checkpoint(run, x, use_reentrant=False)
 
 
 def _sequence_models() -> None:

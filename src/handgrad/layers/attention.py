@@ -98,9 +98,13 @@ class MultiheadAttention(Module):
         """P = softmax(Q K^T / sqrt(d) + mask) over the keys, from the pre-scaled Q; the mask added in place over
         the scores."""
         scores = torch.bmm(q, k.transpose(1, 2))
-        if mask is not None:
-            scores.add_(mask)
-        return torch.softmax(scores, dim=-1)
+        if mask is None:
+            return torch.softmax(scores, dim=-1)
+        scores.add_(mask)
+        p = torch.softmax(scores, dim=-1)
+        if not self.__dict__.get("causal"):  # a row whose keys a mask hides all attends to nothing: P = 0, as torch
+            p.masked_fill_(torch.isneginf(scores).all(-1, keepdim=True), 0.0)  # (not NaN from exp(-inf - -inf))
+        return p
 
     ROW_BLOCK = 64  # causal attention: query rows per block
     CHUNK_FLOATS = 1 << 20  # scores per chunk of heads and block of rows (4 MiB in float32)
@@ -156,6 +160,7 @@ class MultiheadAttention(Module):
                                                                                         w.split(e), bs))
         mask = self._mask(attn_mask, is_causal, length, source, q)
         causal = is_causal and attn_mask is None  # only then are the keys after a row known to be masked
+        self.causal = causal  # (read by _probs: a causal row always sees its own key)
         whole = need_weights or not self.recompute  # P is returned or kept: made whole
         o_parts, p = [], None
         for hs, blocks in self._tiles(q.shape[0], length, source, causal, whole):

@@ -37,6 +37,8 @@ class Recompute(Module):
 
     def __init__(self, body: Module) -> None:
         super().__init__()
+        if not isinstance(body, Module):
+            raise TypeError(f"Recompute expects a handgrad Module as its body, got {type(body).__name__}")
         self.body = body
 
     def backward_reads_output(self) -> bool:

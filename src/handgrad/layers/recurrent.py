@@ -79,6 +79,9 @@ class _Recurrent(Module):
     def _check_input(self, x: Tensor) -> Tensor:
         """x as (T, N, I)."""
         name = type(self).__name__
+        if isinstance(x, Tensor) and x.dim() == 3 and x.shape[1 if self.batch_first else 0] == 0:
+            raise ValueError(f"{name}({self.input_size}, {self.hidden_size}): the input holds no time step (a sequence "
+                             "length of 0); expected at least one")
         if not isinstance(x, Tensor) or x.dim() != 3 or x.shape[-1] != self.input_size:
             layout = "[N, T, input_size] (or unbatched [T, input_size])" if self.batch_first else \
                 "[T, N, input_size] (or unbatched [T, input_size])"
@@ -93,6 +96,9 @@ class _Recurrent(Module):
             return like.new_zeros(shape)
         if not isinstance(h, Tensor) or tuple(h.shape) != shape:
             got = list(h.shape) if isinstance(h, Tensor) else type(h).__name__
+            if self.__dict__.get("unbatched") and isinstance(h, Tensor):  # say it in the shapes the user gave
+                raise ValueError(f"{type(self).__name__}: {what} must be {[shape[0], shape[2]]} (num_layers, "
+                                 f"hidden_size) for an unbatched input, got {[got[0], got[2]]}")
             raise ValueError(f"{type(self).__name__}: {what} must be {list(shape)} (num_layers, batch, hidden_size), "
                              f"got {got}")
         return h
