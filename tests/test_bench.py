@@ -1,10 +1,12 @@
 import json
 import subprocess
 import sys
+import time
 
 import pytest
 import torch
 
+import handgrad as hg
 from handgrad.bench import _gemm_floor, bench_config
 from handgrad.data import locate
 from handgrad.models import mlp
@@ -136,3 +138,38 @@ def test_gemm_floor_of_the_character_models(kind):
 
     model = gpt(96, 2, 2, 8, 16) if kind == "gpt" else char_lstm(96, 4, 8, 2)
     _gemm_floor(model, torch.randint(0, 96, (2, 16)))()  # attention / LSTM products included: no error
+
+
+def test_a_row_under_the_floor_is_flagged(monkeypatch):
+    """A step measured faster than its matrix multiplies alone means the floor is not one: the row says so."""
+    import handgrad.bench as bench
+
+    def slow_floor(model, x):
+        return lambda: time.sleep(0.02)
+
+    monkeypatch.setattr(bench, "_gemm_floor", slow_floor)
+    rows = bench_config("mlp-784-50-10-bs64", torch.device("cpu"), rounds=1, steps=2,
+                        impls=("handgrad", "eager", "gemm_floor"), log=lambda s: None)
+    assert all("UNDER THE FLOOR" in r.note for r in rows[:2]), rows
+    assert "UNDER THE FLOOR" not in rows[2].note
+
+
+def test_the_floor_takes_each_convolution_in_its_fastest_layout_and_computes_the_same():
+    """_fastest_conv times NCHW against channels-last and keeps the faster; whichever it keeps computes the
+    convolution's forward and both gradients as the plain NCHW kernels do."""
+    import torch.nn.functional as F
+
+    from handgrad.bench import _fastest_conv
+
+    torch.manual_seed(0)
+    conv = hg.Conv2d(3, 8, 3, stride=2, padding=1)
+    a, dy = torch.randn(4, 3, 12, 12), None
+    out = conv(a)
+    dy = torch.randn_like(out)
+    fwd, bwd = _fastest_conv(a, conv.weight.detach(), dy, conv, (True, True, False))
+    torch.testing.assert_close(fwd(), F.conv2d(a, conv.weight, None, 2, 1))
+    dx, dw, _ = bwd()
+    ref = torch.ops.aten.convolution_backward(dy, a, conv.weight, None, (2, 2), (1, 1), (1, 1), False, (0, 0), 1,
+                                              (True, True, False))
+    torch.testing.assert_close(dx, ref[0], rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(dw, ref[1], rtol=1e-4, atol=1e-5)
