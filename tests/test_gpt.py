@@ -185,3 +185,15 @@ def test_the_torch_twin_of_recompute_keeps_running_statistics_as_handgrad_does()
         torch.testing.assert_close(ours[name], theirs[name], rtol=1e-12, atol=1e-14)
     with pytest.raises(TypeError, match="Recompute expects a handgrad Module as its body, got Linear"):
         hg.layers.Recompute(torch.nn.Linear(2, 2))
+
+
+def test_a_backward_asked_of_a_recomputed_body_says_why_it_cannot_run():
+    body = hg.Sequential(hg.Linear(3, 2, dtype=D), hg.Tanh())
+    r = hg.layers.Recompute(body)
+    y = r(torch.randn(4, 3, dtype=D))
+    with pytest.raises(RuntimeError, match="^Sequential.backward: its latest call ran inside a Recompute, which let go"):
+        body.backward(torch.ones_like(y))
+    r.backward(torch.ones_like(y))  # the Recompute's own backward runs it again
+    assert body[0].weight.g is not None
+    body(torch.randn(4, 3, dtype=D))  # a call of its own afterwards: its backward runs as usual
+    body.backward(torch.ones(4, 2, dtype=D))

@@ -281,6 +281,9 @@ class Module:
         if call is None:
             if "_last" not in self.__dict__:
                 raise RuntimeError(f"{type(self).__name__}.backward called before any forward")
+            if self.__dict__.get("_let_go") is self.__dict__["_last"]:
+                raise RuntimeError(f"{type(self).__name__}.backward: its latest call ran inside a Recompute, which let "
+                                   "go of what it saved; run the Recompute's backward (it runs this one again)")
             raise RuntimeError(
                 f"{type(self).__name__}.backward called twice for one forward; run the forward again first (a "
                 "second backward would count every gradient twice; outside a Module's forward only the latest "

@@ -29,6 +29,7 @@ def _forget(call: calls.Call) -> None:
     call.events.clear()
     call.args, call.out = (), None
     d["args"], d["out"] = (), None
+    d["_let_go"] = call  # for the one-line error of a backward asked of it (see Module.backward)
     call.done = True  # nothing is left to run backward on: a stray backward of it raises
 
 
