@@ -235,6 +235,7 @@ class GradSync:
         # a parameter's gradient is final once no module holding it has a call left to backpropagate
         # (a module used twice, tied weights); without the model, once its own module's backward ran
         self.owners: dict[int, list[Module]] = {}
+        self.recomputes: set[int] = set()
         if model is not None:
             from .layers.checkpoint import Recompute
 
@@ -242,7 +243,8 @@ class GradSync:
                 for _, p in m._own_parameters():
                     self.owners.setdefault(id(p), []).append(m)
                 if isinstance(m, Recompute):  # its body's calls are let go in forward: the Recompute's call stands
-                    for p in m.body.parameters():  # for them until its backward has run the body's again
+                    self.recomputes.add(id(m))  # for them until its backward has run the body's again
+                    for p in m.body.parameters():
                         self.owners.setdefault(id(p), []).append(m)
         bucket_mb = BUCKET_MB if bucket_mb is None else bucket_mb
         self.params = list(params)
@@ -272,7 +274,7 @@ class GradSync:
         """Backward has finished `module`: its own parameters' gradients are final for this step (and its
         sub-modules', where they waited for it: a Recompute's body)."""
         own = [p for _, p in module._own_parameters()]
-        if not own:
+        if id(module) in self.recomputes:
             own = [p for m in module.modules() for _, p in m._own_parameters() if id(p) not in self.seen]
         for p in own:
             b = self.where.get(id(p))

@@ -28,13 +28,9 @@ def load_run(path: str | Path) -> tuple[TrainConfig, Module, dict]:
     cfg = folder.read_config()
     tensors, meta = folder.load_checkpoint()
     if cfg.is_text:
-        from .text import read_vocab, text_model
+        from .text import run_vocab, text_model
 
-        vocab = read_vocab(folder.path)
-        if meta.get("vocab") != vocab:
-            raise DataError(f"{folder.path / CHECKPOINT}: trained with another vocabulary than "
-                            f"{folder.path / 'vocab.json'}'s")
-        model, _ = text_model(cfg, len(vocab))
+        model, _ = text_model(cfg, len(run_vocab(folder.path, meta)))
     else:
         model, _ = build_model(cfg, meta["n_in"], len(meta["classes"]), folder.path / CONFIG)
     state = check_model_tensors(tensors, model.state_dict(), folder.path / CHECKPOINT)

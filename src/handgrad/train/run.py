@@ -275,12 +275,9 @@ def _train(cfg: TrainConfig, d: Dist | None, log: Callable[[str], None], progres
     fingerprint = cfg.fingerprint
     text = None
     if cfg.is_text:  # a character model: windows of text, token-level cross-entropy, samples
-        from .text import SampleCB, prepare_text, read_vocab, text_model
+        from .text import SampleCB, prepare_text, run_vocab, text_model
 
-        vocab = read_vocab(folder.path) if checkpoint is not None else None
-        if checkpoint is not None and checkpoint[1].get("vocab") != vocab:
-            raise DataError(f"{folder.path / CHECKPOINT}: trained with another vocabulary than "
-                            f"{folder.path / 'vocab.json'}'s")
+        vocab = run_vocab(folder.path, checkpoint[1]) if checkpoint is not None else None
         text = prepare_text(cfg, device, log, d.rank if d else 0, d.world_size if d else 1, vocab)
         data_name, source = text.data.name, text.data.source
         model, name = text_model(cfg, len(text.data.vocab))

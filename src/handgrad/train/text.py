@@ -23,6 +23,7 @@ from ..models import char_lstm, char_rnn, gpt
 from ..module import Module
 from .config import TrainConfig
 from .learner import Callback, Learner
+from .runfolder import CHECKPOINT
 
 VOCAB = "vocab.json"
 SAMPLE_TOKENS = 200  # characters of each sample printed during training
@@ -50,6 +51,16 @@ def read_vocab(folder: Path) -> str:
         raise DataError(f"{path}: not a vocabulary file ({type(e).__name__}: {e})") from None
     if not isinstance(vocab, str) or not vocab or len(set(vocab)) != len(vocab):
         raise DataError(f"{path}: expected a string of distinct characters under 'vocab'")
+    return vocab
+
+
+def run_vocab(folder: Path, meta: dict) -> str:
+    """The vocabulary of a text run: its vocab.json, which must be the one its checkpoint (metadata `meta`) was
+    trained with."""
+    vocab = read_vocab(folder)
+    if meta.get("vocab") != vocab:
+        raise DataError(f"{folder / CHECKPOINT}: trained with another vocabulary than "
+                        f"{folder / VOCAB}'s")
     return vocab
 
 
