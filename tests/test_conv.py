@@ -29,13 +29,31 @@ def conv_case(c, dtype):
     return conv, ref, x
 
 
-@pytest.mark.parametrize("pointwise", [False, True], ids=["conv-form", "pointwise-gemm"])
+@pytest.mark.parametrize("pointwise,unfold", [(False, 0), (True, 27), (True, 10**9)],
+                         ids=["conv-form", "pointwise-gemm", "unfold-gemm"])
 @given(c=conv_configs())
-def test_conv2d_matches_torch_float64(c, pointwise):
-    """Both ways of computing the gradients of 1x1 kernels (GEMMs, or the convolution forms)."""
+def test_conv2d_matches_torch_float64(c, pointwise, unfold):
+    """Every way of computing the gradients: the convolution forms, GEMMs for 1x1 kernels, and dW as a GEMM
+    over unfolded patches (for few input channels by default; forced for every kernel in 'unfold-gemm')."""
     conv, ref, x = conv_case(c, torch.float64)
-    conv.POINTWISE = pointwise  # this instance only
+    conv.POINTWISE, conv.UNFOLD_MAX = pointwise, unfold  # this instance only
     check_against_torch(conv, ref, x)
+
+
+@given(c=conv_configs())
+def test_input_grad_added_into_a_given_tensor(c):
+    """_input_grad(dY, X, into) adds dX into `into` (in place, for the fused CNN step's residual sums)."""
+    conv, _, x = conv_case(c, torch.float64)
+    conv = conv.double()
+    dy = torch.randn_like(conv(x))
+    for pointwise in (False, True):
+        conv.POINTWISE = pointwise
+        alone = conv._input_grad(dy, x)
+        base = torch.randn_like(x)
+        into = base.clone()
+        got = conv._input_grad(dy, x, into)
+        assert got is into
+        torch.testing.assert_close(got, base + alone, rtol=1e-12, atol=1e-12)
 
 
 @given(conv_configs())

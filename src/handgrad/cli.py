@@ -108,7 +108,7 @@ def _add_train_args(t: argparse.ArgumentParser, d: TrainConfig) -> None:
     t.add_argument("--no-check", dest="check", action="store_false", help="skip the first-batch gradient check")
     t.add_argument("--no-download", dest="download", action="store_false", help="never try to download data")
     t.add_argument("--no-fused", dest="fused", action="store_false",
-                   help="train MLPs through the module path (lean), not the fused step")
+                   help="train MLPs and CNNs through the module path (lean), not the fused step")
     t.add_argument("--no-normalize", dest="normalize", action="store_false",
                    help="feed pixels in [0, 1] as the seeds did, instead of standardising them")
 

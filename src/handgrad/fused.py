@@ -55,6 +55,11 @@ def unsupported(model: Module, loss_fn: Module) -> str | None:
         return "layers share a parameter (tied weights)"
     if not all(isinstance(p, Parameter) for p in params):
         return "a layer's parameters are plain tensors (Lin(w, b))"
+    return loss_unsupported(loss_fn)
+
+
+def loss_unsupported(loss_fn: Module) -> str | None:
+    """Why LossGrad cannot take `loss_fn`, or None when it can."""
     if type(loss_fn) not in (CrossEntropyLoss, MSELoss):
         return f"the loss is {type(loss_fn).__name__} (fused: CrossEntropyLoss, MSELoss)"
     if loss_fn.reduction not in ("mean", "sum"):
@@ -79,6 +84,7 @@ class FusedStep:
                            for lin in self.linears]
         self.plans: dict[tuple, tuple[list[tuple[Tensor, Tensor | None]], Tensor]] = {}
         self._with_loss: WithLoss | None = None  # the module path, for inputs that are not [N, F]
+        self.loss_grad = LossGrad(loss_fn)
 
     def _plan(self, x: Tensor) -> tuple[list[tuple[Tensor, Tensor | None]], Tensor]:
         """Per linear: its output buffer (N, out) and the buffer for the gradient of its input (N, in);
@@ -156,7 +162,18 @@ class FusedStep:
         return loss
 
     def _loss_and_grad(self, out: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
-        """The loss (as the loss module computes it) and its gradient with respect to `out`."""
+        return self.loss_grad(out, y)
+
+
+class LossGrad:
+    """`(loss, dL/d out)` of CrossEntropyLoss or MSELoss in one pass: the loss as the loss module computes it,
+    and its gradient formed from the loss's own log-probabilities (no backward pass of the loss)."""
+
+    def __init__(self, loss_fn: Module) -> None:
+        self.loss_fn = loss_fn
+        self._minus_cache: tuple[Tensor | None, tuple | None] = (None, None)
+
+    def __call__(self, out: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
         mean = self.loss_fn.reduction == "mean"
         if isinstance(self.loss_fn, MSELoss):
             diff = _mse_diff(out, y)  # (N, C) or (N,)
@@ -173,7 +190,7 @@ class FusedStep:
 
     def _minus(self, like: Tensor, value: float) -> Tensor:
         """A cached (N, 1) tensor filled with `value` (the -1/N of the one-hot term)."""
-        cached, key = getattr(self, "_minus_cache", (None, None))
+        cached, key = self._minus_cache
         if key != (like.shape, like.dtype, like.device, value):
             cached = torch.full_like(like, value)
             self._minus_cache = cached, (like.shape, like.dtype, like.device, value)
@@ -194,9 +211,22 @@ def module_step(with_loss: WithLoss, opt: Optimizer, x: Tensor, y: Tensor, step:
 
 def training_step(model: Module, loss_fn: Module, opt: Optimizer) -> Callable[[Tensor, Tensor], Tensor]:
     """The fastest hand-written training step for (model, loss_fn, opt): `step(x, y)` runs forward, loss,
-    backward and the optimizer step, and returns the loss. The fused step where the model is an MLP,
-    else the module path inside `lean()` (activations freed as backward goes)."""
-    if unsupported(model, loss_fn) is None:
-        return FusedStep(model, loss_fn, opt)
+    backward and the optimizer step, and returns the loss. The fused step where the model is an MLP or a
+    CNN, else the module path inside `lean()` (activations freed as backward goes)."""
+    fused = fused_step(model, loss_fn, opt)
+    if fused is not None:
+        return fused
     with_loss = WithLoss(model, loss_fn)
     return lambda x, y: module_step(with_loss, opt, x, y)
+
+
+def fused_step(model: Module, loss_fn: Module, opt: Optimizer) -> "FusedStep | FusedCNNStep | None":
+    """The fused step for (model, loss_fn, opt): FusedStep for an MLP, FusedCNNStep for a CNN; None when neither
+    takes it."""
+    from . import fused_cnn
+
+    if unsupported(model, loss_fn) is None:
+        return FusedStep(model, loss_fn, opt)
+    if fused_cnn.unsupported(model, loss_fn) is None:
+        return fused_cnn.FusedCNNStep(model, loss_fn, opt)
+    return None

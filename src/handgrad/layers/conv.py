@@ -75,19 +75,23 @@ class Conv2d(Module):
         if self.bias is not None:
             add_grad(self.bias, dy.sum((0, 2, 3)))
         add_grad(self.weight, self._weight_grad(dy, x))
-        if not self.needs_input_grad:
-            return None
+        return self._input_grad(dy, x) if self.needs_input_grad else None
+
+    def _input_grad(self, dy: Tensor, x: Tensor, into: Tensor | None = None) -> Tensor:
+        """dX = conv_transpose2d(dY, W), sized as X (output_padding recovers the rows a stride dropped);
+        added into `into` (and that returned) when given."""
         if self._pointwise():
-            return self._pointwise_input_grad(dy, x)
+            return self._pointwise_input_grad(dy, x, into)
         out_pad = tuple(
             size - ((out - 1) * s - 2 * p + d * (k - 1) + 1)
             for size, out, s, p, d, k in zip(x.shape[2:], dy.shape[2:], self.stride, self.padding, self.dilation,
                                             self.kernel_size)
         )
-        return F.conv_transpose2d(dy, self.weight, None, self.stride, self.padding, out_pad, self.groups,
-                                  self.dilation)  # (N, C, H, W)
+        dx = F.conv_transpose2d(dy, self.weight, None, self.stride, self.padding, out_pad, self.groups,
+                                self.dilation)  # (N, C, H, W)
+        return dx if into is None else into.add_(dx)
 
-    def _pointwise_input_grad(self, dy: Tensor, x: Tensor) -> Tensor:
+    def _pointwise_input_grad(self, dy: Tensor, x: Tensor, into: Tensor | None = None) -> Tensor:
         """1x1 kernel: dX[n, :, s h - p, s w - p] = W.T @ dY[n, :, h, w] (per group), zero at pixels no output read."""
         g, (ph, pw), (sh, sw) = self.groups, self.padding, self.stride
         cg, og = self.in_channels // g, self.out_channels // g
@@ -97,16 +101,25 @@ class Conv2d(Module):
                 for i in range(g)]
         sub = (rows[0] if g == 1 else torch.cat(rows, 1)).view(n, self.in_channels, ho, wo)
         if (sh, sw, ph, pw) == (1, 1, 0, 0):
-            return sub
+            return sub if into is None else into.add_(sub)
+        if into is not None and (ph, pw) == (0, 0):  # only the pixels the kernel read get gradient
+            into[:, :, ::sh, ::sw][:, :, :ho, :wo].add_(sub)
+            return into
         dx = dy.new_zeros(n, self.in_channels, h + 2 * ph, w + 2 * pw)
         dx[:, :, ::sh, ::sw][:, :, :ho, :wo] = sub
-        return dx[:, :, ph:ph + h, pw:pw + w].contiguous() if (ph, pw) != (0, 0) else dx
+        dx = dx[:, :, ph:ph + h, pw:pw + w].contiguous() if (ph, pw) != (0, 0) else dx
+        return dx if into is None else into.add_(dx)
 
     # 1x1 kernels take GEMMs for both gradients (POINTWISE); False forces the convolution forms for every
     # kernel (tests compare both). Measured on CPU for the model zoo's strided 1x1 shortcuts: the GEMMs take
     # a quarter to a half of the convolution forms' time; for 3x3 kernels the convolution form beats a GEMM
     # over unfolded patches by 1.4-3x.
     POINTWISE = True
+    # a layer with at most this many weights per output channel (C_in kh kw: a 3x3 kernel over the 1 or 3
+    # channels of an image) takes dW as a GEMM over its unfolded patches (N kh kw C_in L values, small here);
+    # measured on CPU for the CNN's stem (1 -> 16, 3x3, 28x28): a third of the convolution form's time. 0 turns
+    # it off (tests compare both)
+    UNFOLD_MAX = 27
 
     def _pointwise(self) -> bool:
         return self.POINTWISE and self.kernel_size == (1, 1)
@@ -115,7 +128,7 @@ class Conv2d(Module):
         """dW[o, c, i, j] = sum_{n,h,w} dY[n, o, h, w] X[n, c, s h + d i - p, s w + d j - p], per group, as
         either a convolution of X (batch and channels swapped) with dY as the kernel, its stride and dilation
         trading places, or, for 1x1 kernels, dW = sum_n dY[n] @ Xs[n].T with Xs = X padded and sampled at
-        the stride (N, Cg, Ho*Wo)."""
+        the stride (N, Cg, Ho*Wo), or, for few input channels, dW = sum_n dY[n] @ unfold(X)[n].T."""
         (kh, kw), g = self.kernel_size, self.groups
         cg, og = self.in_channels // g, self.out_channels // g
         n, (ho, wo) = x.shape[0], dy.shape[2:]
@@ -124,6 +137,10 @@ class Conv2d(Module):
             (ph, pw), (sh, sw) = self.padding, self.stride
             xs = F.pad(x, (pw, pw, ph, ph)) if (ph, pw) != (0, 0) else x
             xs = xs[:, :, ::sh, ::sw][:, :, :ho, :wo]  # (N, C, Ho, Wo): the pixels the 1x1 kernel reads
+        if not pointwise and g == 1 and cg * kh * kw <= self.UNFOLD_MAX:  # few input channels (the data's)
+            cols = F.unfold(x, (kh, kw), self.dilation, self.padding, self.stride)  # (N, C kh kw, Ho Wo)
+            dw = torch.bmm(dy.reshape(n, og, ho * wo), cols.transpose(1, 2)).sum(0)  # (Og, C kh kw)
+            return dw.view(og, cg, kh, kw)
         parts = []
         for i in range(g):
             dyg = dy[:, i * og:(i + 1) * og]

@@ -75,7 +75,7 @@ class TrainConfig:
     device: str = "cpu"
     init: str = "kaiming"
     check: bool = True  # check hand-written gradients on the first batch before training
-    fused: bool = True  # the fused MLP step where it applies (MLP, SGD without momentum)
+    fused: bool = True  # the fused step where it applies (MLP with SGD without momentum; CNN)
     torch_twin: bool = False  # also train the torch.nn twin, same weights and batches, and compare
     download: bool = True
     normalize: bool = True  # standardise images with the training set's mean and std

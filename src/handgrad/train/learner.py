@@ -9,8 +9,10 @@ Two ways through a batch:
   after_backward, optimizer step;
 - the fused path (`handgrad.fused.FusedStep`), for MLPs trained with SGD without momentum: forward,
   backward and update in one pass, then after_backward (no `.g` exists; a batch with a non-finite loss
-  was not applied). It is used only when no callback sets `needs_module_step` (callbacks acting
-  between forward and step, or on activations and `.g`).
+  was not applied); for CNNs (`handgrad.fused_cnn.FusedCNNStep`, any optimizer): forward, loss and
+  backward into `.g` keeping only the convolutions' outputs, after_backward, optimizer step. Either is
+  used only when no callback sets `needs_module_step` (callbacks acting between forward and step, or on
+  activations and `.g`).
 
 Data-parallel (`dist`): each rank runs either path on its slice of the global batch without stepping,
 `GradSync` sums the weighted gradients over the ranks, then after_backward and the step. Every rank
@@ -26,7 +28,8 @@ from torch import Tensor
 
 from ..data import DataLoader
 from ..distributed import Dist, GradSync, average_buffers
-from ..fused import FusedStep, unsupported
+from ..fused import FusedStep, fused_step
+from ..fused_cnn import FusedCNNStep
 from ..module import Module, WithLoss, lean
 from ..optim import Optimizer
 from .loop import evaluate
@@ -75,9 +78,8 @@ class Learner:
         self.x_valid, self.y_valid, self.n_classes = x_valid, y_valid, n_classes
         self.callbacks = sorted(callbacks, key=lambda cb: cb.order)
         self.step_module = WithLoss(model, loss_fn)
-        usable = fused and unsupported(model, loss_fn) is None and \
-            not any(cb.needs_module_step for cb in self.callbacks)
-        self.fused = FusedStep(model, loss_fn, opt) if usable else None
+        usable = fused and not any(cb.needs_module_step for cb in self.callbacks)
+        self.fused: FusedStep | FusedCNNStep | None = fused_step(model, loss_fn, opt) if usable else None
         self.dist = dist
         self.max_steps = max_steps  # stop once t reaches it (the epoch then ends: validation, after_epoch)
         self.eval_bs = eval_bs  # rows per validation forward
@@ -139,6 +141,10 @@ class Learner:
             elif self.fused is not None and self.fused.fused_update():
                 self.loss = self.fused(xb, yb)  # forward, loss, backward and SGD update in one pass
                 self("after_backward")
+            elif isinstance(self.fused, FusedCNNStep):
+                self.loss = self.fused(xb, yb, step=False)  # forward, loss, backward into .g (keeping less)
+                self("after_backward")
+                self.opt.step()
             else:
                 self._forward_backward(xb, yb)
                 self("after_backward")
