@@ -7,7 +7,7 @@ random shapes, in float32 and float64, in train and eval mode. Each model runs o
 
 1. plain module path: out = model(x); model.backward(dy)
 2. the same inside handgrad.lean()
-3. handgrad.training_step(model, loss_fn, opt) (the fused MLP step where it applies, else the lean path)
+3. handgrad.training_step(model, loss_fn, opt) (the fused MLP or CNN step where it applies, else the lean path)
 4. the Learner's batch step (Learner._one_batch, fused or module path)
 5. handgrad.interop.wrap(model) inside a torch graph, used twice in one graph (two inputs, or w(w(x)))
 
@@ -56,7 +56,9 @@ import handgrad.layers.activation as activation
 import handgrad.layers.linear as _linear
 from fuzz_models import Case, cases, mlp_cases, walk
 from handgrad.data import DataLoader
+from handgrad import fused_cnn
 from handgrad.fused import FusedStep, unsupported
+from handgrad.fused_cnn import FusedCNNStep
 from handgrad.interop import to_torch, wrap
 from handgrad.layers.normalization import _BatchNorm
 from handgrad.train import Learner
@@ -529,8 +531,11 @@ def training_step_path(case: Case, loss: tuple, opt: tuple, batches) -> TrainRun
     loss_fn = handgrad_loss(loss)
     step = hg.training_step(model, loss_fn, handgrad_optimizer(opt, model.parameters()))
     fusable = unsupported(model, loss_fn) is None
+    cnn = not fusable and fused_cnn.unsupported(model, loss_fn) is None
     assert isinstance(step, FusedStep) == fusable, f"training_step took the {type(step).__name__} path"
-    event(f"training_step: {'fused' if fusable else 'module path (lean)'}{', update fused' if fusable and step.fused_update() else ''}")
+    assert isinstance(step, FusedCNNStep) == cnn, f"training_step took the {type(step).__name__} path"
+    event(f"training_step: {'fused' if fusable else 'fused CNN' if cnn else 'module path (lean)'}"
+          f"{', update fused' if fusable and step.fused_update() else ''}")
     losses, error = _steps(step, batches)
     return TrainRun(losses, model.state_dict(), error)
 
