@@ -173,3 +173,27 @@ def test_the_floor_takes_each_convolution_in_its_fastest_layout_and_computes_the
                                               (True, True, False))
     torch.testing.assert_close(dx, ref[0], rtol=1e-4, atol=1e-5)
     torch.testing.assert_close(dw, ref[1], rtol=1e-4, atol=1e-5)
+
+
+def test_cnn_time_to_accuracy_runs_every_contender_on_the_same_batches(monkeypatch):
+    """The CNN's time to accuracy: handgrad, eager and (when torch.compile works) compile, each from the same
+    weights over the same batches and learning rates; a failing compiler is reported, not fatal. (Small stand-in
+    data: the real run is `handgrad bench`'s.)"""
+    from types import SimpleNamespace
+
+    from handgrad.bench import format_time_to_accuracy, time_to_accuracy
+
+    gen = torch.Generator().manual_seed(0)
+    y = torch.randint(0, 3, (512,), generator=gen)
+    x = torch.randn(512, 784, generator=gen) * 0.3 + y[:, None].float()  # three separable classes
+    data = SimpleNamespace(x_train=x[:384], y_train=y[:384], x_valid=x[384:], y_valid=y[384:], classes=["a", "b", "c"])
+    monkeypatch.setattr(torch, "compile", lambda m: (_ for _ in ()).throw(RuntimeError("no compiler")))
+    logged = []
+    res = time_to_accuracy(torch.device("cpu"), "cnn", target=0.9, every=1, max_epochs=1, data=data,
+                           log=logged.append)
+    assert [r.impl for r in res] == ["handgrad", "eager"] and any("no compiler" in s for s in logged)
+    for r in res:
+        assert r.model == "cnn" and (r.seconds is not None) == (r.valid_acc >= 0.9)
+    assert res[0].batches == res[1].batches  # the same batches until the same accuracy
+    assert abs(res[0].valid_acc - res[1].valid_acc) < 0.02
+    assert "cnn-fashion-mnist-0.90" in format_time_to_accuracy(res)
