@@ -2,7 +2,7 @@
 
 Same weights, same batch, same thread count, in one process; the two are timed in
 alternating rounds and the medians compared. handgrad's step is the one `handgrad train` takes
-(`handgrad.training_step`: the module path inside `lean()`), with the same allocator setting.
+(`handgrad.training_step`: the fused CNN step, `handgrad.fused_cnn`), with the same allocator setting.
 
     python benchmarks/cnn_step.py [--bs 128] [--channels 16,32,64] [--rounds 7] [--steps 10] [--device cpu]
 """
