@@ -82,23 +82,25 @@ class FusedStep:
         layers = list(model)
         self.relu_after = [layers.index(lin) + 1 < len(layers) and isinstance(layers[layers.index(lin) + 1], ReLU)
                            for lin in self.linears]
-        self.plans: dict[tuple, tuple[list[tuple[Tensor, Tensor | None]], Tensor]] = {}
+        self.plans: dict[tuple, tuple[list[tuple[Tensor, Tensor | None]], Tensor, list[Tensor], list[Tensor]]] = {}
         self._with_loss: WithLoss | None = None  # the module path, for inputs that are not [N, F]
         self.loss_grad = LossGrad(loss_fn)
 
-    def _plan(self, x: Tensor) -> tuple[list[tuple[Tensor, Tensor | None]], Tensor]:
+    def _plan(self, x: Tensor) -> tuple[list[tuple[Tensor, Tensor | None]], Tensor, list[Tensor], list[Tensor]]:
         """Per linear: its output buffer (N, out) and the buffer for the gradient of its input (N, in);
-        and a vector of N ones (db = dY.T @ 1). Kept between steps for this batch size, dtype and device
-        (and the weights' storage: `to()` moves them)."""
-        key = (x.shape[0], x.dtype, x.device, self.linears[0].weight.data_ptr())
+        a vector of N ones (db = dY.T @ 1); and the transposed views the backward reads (each output buffer's,
+        each weight's: making a view costs as much as a small op). Kept between steps for this batch size,
+        dtype and device, and the weights' storage (`to()` moves them, `.data =` replaces them)."""
+        key = (x.shape[0], x.dtype, x.device, *(lin.weight.data_ptr() for lin in self.linears))
         plan = self.plans.get(key)
         if plan is None:
             if len(self.plans) > 4:  # e.g. a last, smaller batch of each epoch; keep few
                 self.plans.clear()
             n, like = x.shape[0], dict(dtype=x.dtype, device=x.device)
-            plan = self.plans[key] = ([(torch.empty(n, lin.out_features, **like),
-                                        torch.empty(n, lin.in_features, **like) if i else None)
-                                       for i, lin in enumerate(self.linears)], torch.ones(n, **like))
+            bufs = [(torch.empty(n, lin.out_features, **like), torch.empty(n, lin.in_features, **like) if i else None)
+                    for i, lin in enumerate(self.linears)]
+            plan = self.plans[key] = (bufs, torch.ones(n, **like), [out.t() for out, _ in bufs],
+                                      [lin.weight.t() for lin in self.linears])
         return plan
 
     def fused_update(self) -> bool:
@@ -119,7 +121,7 @@ class FusedStep:
         if x.shape[1] != linears[0].in_features:
             raise ValueError(f"Linear({linears[0].in_features} -> {linears[0].out_features}) expects input "
                              f"[N, {linears[0].in_features}], got {list(x.shape)}")
-        plan, ones = self._plan(x)
+        plan, ones, outs_t, weights_t = self._plan(x)
         # forward: acts[i] is the input of linear i (acts[0] = x), after its ReLU
         acts = [x]
         for lin, (out, _), relu in zip(linears, plan, relu_after):
@@ -141,13 +143,14 @@ class FusedStep:
         for i in range(len(linears) - 1, -1, -1):
             lin, a, w = linears[i], acts[i], linears[i].weight
             # dX = dY @ W.T from the old weights; its ReLU mask comes after dW, which still reads a
-            dx = torch.mm(d, w.t(), out=plan[i][1]) if i else None
+            dx = torch.mm(d, weights_t[i], out=plan[i][1]) if i else None
+            a_t = outs_t[i - 1] if i else a.t()  # X.T: a kept view of the previous output buffer
             if fused:  # W <- W (1 - lr wd) - lr X.T @ dY,  b <- b (1 - lr wd) - lr dY.T @ 1
-                w.addmm_(a.t(), d, beta=1 - lr * wd, alpha=-lr)
+                w.addmm_(a_t, d, beta=1 - lr * wd, alpha=-lr)
                 if lin.bias is not None:
                     lin.bias.addmv_(d.t(), ones, beta=1 - lr * wd, alpha=-lr)
             else:
-                accumulate_mm(w, a.t(), d)
+                accumulate_mm(w, a_t, d)
                 if lin.bias is not None:
                     accumulate_sum(lin.bias, d, 0)
                 for hook in Module._post_backward_hooks:  # e.g. start this layer's gradient all-reduce
@@ -184,7 +187,7 @@ class LossGrad:
         logp = torch.log_softmax(out, dim=1)  # (N, C), the forward kernel (max-shifted)
         scale = 1.0 / max(out.shape[0], 1) if mean else 1.0
         picked = pick_classes(logp, y)  # (N, 1)
-        loss = picked.mean().neg_() if mean else picked.sum().neg_()
+        loss = picked.sum().mul_(-scale)  # -mean or -sum (a sum and a product: cheaper than mean here)
         d = logp.exp_().mul_(scale)  # softmax * scale
         return loss, d.scatter_add_(1, y[:, None], self._minus(picked, -scale))
 
