@@ -188,12 +188,22 @@ def test_cnn_time_to_accuracy_runs_every_contender_on_the_same_batches(monkeypat
     x = torch.randn(512, 784, generator=gen) * 0.3 + y[:, None].float()  # three separable classes
     data = SimpleNamespace(x_train=x[:384], y_train=y[:384], x_valid=x[384:], y_valid=y[384:], classes=["a", "b", "c"])
     monkeypatch.setattr(torch, "compile", lambda m: (_ for _ in ()).throw(RuntimeError("no compiler")))
+    import handgrad.train.loop as loop
+
+    real, modes = loop.evaluate, []
+
+    def spy(net, *args, **kw):  # scored as `handgrad train` scores: batch norms on their running statistics
+        modes.append(net.training)
+        return real(net, *args, **kw)
+
+    monkeypatch.setattr(loop, "evaluate", spy)
     logged = []
     res = time_to_accuracy(torch.device("cpu"), "cnn", target=0.9, every=1, max_epochs=1, data=data,
                            log=logged.append)
     assert [r.impl for r in res] == ["handgrad", "eager"] and any("no compiler" in s for s in logged)
     for r in res:
         assert r.model == "cnn" and (r.seconds is not None) == (r.valid_acc >= 0.9)
+    assert modes and not any(modes)
     assert res[0].batches == res[1].batches  # the same batches until the same accuracy
     assert abs(res[0].valid_acc - res[1].valid_acc) < 0.02
     assert "cnn-fashion-mnist-0.90" in format_time_to_accuracy(res)

@@ -220,6 +220,8 @@ def test_backward_hooks_hear_of_every_layer_once():
      "AdaptiveAvgPool2d(output_size=(2, 2)) has no fused form"),
     (lambda: hg.Sequential(hg.Linear(4, 2)), "the model has no Conv2d"),
     (lambda: hg.Sequential(hg.Conv2d(1, 2, 3), hg.AdaptiveAvgPool2d(1), hg.Flatten()), "does not end with Linear"),
+    (lambda: hg.Sequential(hg.Conv2d(1, 2, 3), hg.BatchNorm2d(2), hg.ReLU(), hg.Flatten(start_dim=2),
+                           hg.Linear(1, 4), hg.ReLU(), hg.Flatten(), hg.Linear(8, 3)), "not flattened to [N, F]"),
     (lambda: (lambda c: hg.Sequential(c, c, hg.AdaptiveAvgPool2d(1), hg.Flatten(), hg.Linear(1, 2)))(
         hg.Conv2d(1, 1, 3, padding=1)), "used more than once"),
 ])
@@ -263,6 +265,27 @@ def test_batch_norm_of_one_value_per_channel_is_refused_in_one_line():
     step = FusedCNNStep(model, hg.CrossEntropyLoss(), hg.SGD(model.parameters(), lr=0.1))
     with pytest.raises(ValueError, match=r"more than one value per channel; got input \[1, 2, 1, 1\]"):
         step(torch.randn(1, 1, 3, 3), torch.tensor([0]))
+
+
+def test_a_callback_acting_after_the_loss_keeps_the_module_path():
+    """after_loss runs between forward and backward, a moment the fused step does not have: a callback that
+    defines it gets the module path, where it runs every batch."""
+    from handgrad.data import DataLoader
+    from handgrad.train.learner import Callback, Learner
+
+    class Count(Callback):
+        seen = 0
+
+        def after_loss(self, learn):
+            Count.seen += 1
+
+    x, y = torch.randn(64, 784), torch.randint(0, 10, (64,))
+    model = cnn(10, (4, 8))
+    learn = Learner(model, hg.CrossEntropyLoss(), hg.AdamW(model.parameters(), lr=1e-2),
+                    DataLoader(x, y, 32, shuffle=True, seed=0), x[:32], y[:32], 10, callbacks=[Count()])
+    assert learn.fused is None
+    learn.fit(1)
+    assert Count.seen == 2
 
 
 def test_the_learner_trains_cnns_through_the_fused_step():

@@ -43,8 +43,8 @@ def test_training_step_builds_no_autograd_graph(monkeypatch, fused):
     def gradients(learn):  # the loss, weights, their .g, and the fused step's buffers
         tensors.extend([learn.loss, *model.parameters(), *(p.g for p in model.parameters())])
         if learn.fused is not None:
-            for plan, ones in learn.fused.plans.values():
-                tensors.extend([ones, *(t for pair in plan for t in pair)])
+            for plan, ones, outs_t, weights_t in learn.fused.plans.values():
+                tensors.extend([ones, *(t for pair in plan for t in pair), *outs_t, *weights_t])
 
     callbacks = [LambdaCB("after_batch", gradients)] + ([] if fused else [LambdaCB("after_loss", activations)])
     learn = Learner(model, hg.CrossEntropyLoss(), hg.SGD(model.parameters(), lr=0.1), DataLoader(x, y, 32), x, y,

@@ -462,26 +462,38 @@ def time_to_accuracy(device: torch.device, model_kind: str = "mlp", target: floa
 
         return fn, topt
 
+    def scored(net, loss: Callable) -> Callable[[], float]:
+        """Validation accuracy as `handgrad train` reports it: in eval mode (running statistics), then back."""
+        def score() -> float:
+            net.eval()
+            try:
+                return evaluate(net, loss, data.x_valid, data.y_valid, n_classes)[1]
+            finally:
+                net.train()
+        return score
+
     eager_fn, eager_opt = torch_step(twin, twin)
     contenders: list[tuple[str, Callable, Callable[[float], None], Callable[[], float], float | None]] = [
         ("handgrad", step, lambda lr: setattr(opt, "lr", lr),
-         lambda: evaluate(model, loss_fn, data.x_valid, data.y_valid, n_classes)[1], None),
+         scored(model, loss_fn), None),
         ("eager", eager_fn, lambda lr: [g.__setitem__("lr", lr) for g in eager_opt.param_groups],
-         lambda: evaluate(twin, tloss, data.x_valid, data.y_valid, n_classes)[1], None),
+         scored(twin, tloss), None),
     ]
     if compile and model_kind == "cnn":
         start = time.perf_counter()
-        try:  # compile on a batch, then put back what that changed (running statistics), off the clock
+        try:  # compile for both batch sizes an epoch has (full, last), then put back what that changed, off the clock
             compiled = torch.compile(ctwin)
             comp_fn, comp_opt = torch_step(ctwin, compiled)
             saved = {k: v.clone() for k, v in ctwin.state_dict().items()}
-            tloss(compiled(data.x_train[:cfg.batch_size]), data.y_train[:cfg.batch_size]).backward()
+            last = len(data.x_train) % cfg.batch_size
+            for n in {cfg.batch_size, last or cfg.batch_size}:
+                tloss(compiled(data.x_train[:n]), data.y_train[:n]).backward()
             ctwin.load_state_dict(saved)
             for p in ctwin.parameters():
                 p.grad = None
             _sync(device)
             contenders.append(("compile", comp_fn, lambda lr: [g.__setitem__("lr", lr) for g in comp_opt.param_groups],
-                               lambda: evaluate(ctwin, tloss, data.x_valid, data.y_valid, n_classes)[1],
+                               scored(ctwin, tloss),
                                time.perf_counter() - start))
         except Exception as e:  # torch.compile needs a working C++ toolchain: report, do not abort the bench
             log(f"  time to {target:.2f} compile: failed: {type(e).__name__}: {str(e).splitlines()[0][:80]}")

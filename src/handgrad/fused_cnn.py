@@ -376,6 +376,12 @@ def _compile(module: Module, seen: set[int] | None = None) -> list:
             nodes.append(_Reshape(m))
             i += 1
         elif kind is Linear:
+            before = nodes[-1] if nodes else None
+            flat = isinstance(before, _Linear) or (isinstance(before, _Reshape) and type(before.module) is Flatten
+                                                   and before.module.start_dim == 1 and before.module.end_dim == -1)
+            if not flat:
+                raise Unsupported("a Linear whose input is not flattened to [N, F] (fused: after Flatten() or "
+                                  "another Linear)")
             nodes.append(_Linear(m, relu_next(i + 1)))
             i += 1 + relu_next(i + 1)
         else:
@@ -399,12 +405,12 @@ def unsupported(model: Module, loss_fn: Module) -> str | None:
     """Why (model, loss_fn) cannot take the fused CNN step, or None when it can."""
     if type(model) is not Sequential or not len(model):
         return "the model is not a Sequential"
+    if not any(isinstance(m, Conv2d) for m in model.modules()):
+        return "the model has no Conv2d"
     try:
         nodes = _compile(model)
     except Unsupported as e:
         return str(e)
-    if not any(isinstance(m, Conv2d) for m in model.modules()):
-        return "the model has no Conv2d"
     if not isinstance(nodes[-1], _Linear):
         return "the model does not end with Linear"
     mods = list(model.modules())

@@ -78,7 +78,9 @@ class Learner:
         self.x_valid, self.y_valid, self.n_classes = x_valid, y_valid, n_classes
         self.callbacks = sorted(callbacks, key=lambda cb: cb.order)
         self.step_module = WithLoss(model, loss_fn)
-        usable = fused and not any(cb.needs_module_step for cb in self.callbacks)
+        # a callback with an after_loss acts between forward and backward: the fused steps have no such moment
+        usable = fused and not any(cb.needs_module_step or callable(getattr(cb, "after_loss", None))
+                                   for cb in self.callbacks)
         self.fused: FusedStep | FusedCNNStep | None = fused_step(model, loss_fn, opt) if usable else None
         self.dist = dist
         self.max_steps = max_steps  # stop once t reaches it (the epoch then ends: validation, after_epoch)
