@@ -50,12 +50,17 @@ def unsupported(model: Module, loss_fn: Module) -> str | None:
             return f"{a.__name__} followed by {b.__name__} is not a Linear/ReLU chain"
     if len({id(m) for m in model}) != len(model):
         return "a layer is used more than once (the module path gives every use its own record)"
-    params = [p for m in model for _, p in m._own_parameters()]
+    return params_unsupported(model) or loss_unsupported(loss_fn)
+
+
+def params_unsupported(model: Module) -> str | None:
+    """Why a fused step cannot own `model`'s parameters (tied, or plain tensors), or None when it can."""
+    params = [p for m in model.modules() for _, p in m._own_parameters()]
     if len({id(p) for p in params}) != len(params):
         return "layers share a parameter (tied weights)"
     if not all(isinstance(p, Parameter) for p in params):
         return "a layer's parameters are plain tensors (Lin(w, b))"
-    return loss_unsupported(loss_fn)
+    return None
 
 
 def loss_unsupported(loss_fn: Module) -> str | None:

@@ -30,9 +30,9 @@ import torch
 from torch import Tensor
 
 from .functional import lin, relu_grads_
-from .fused import LossGrad, loss_unsupported
+from .fused import LossGrad, loss_unsupported, module_step, params_unsupported
 from .layers import AdaptiveAvgPool2d, BatchNorm2d, Conv2d, Flatten, Linear, ReLU, Residual, Unflatten
-from .module import Module, Parameter, Sequential, accumulate_mm, accumulate_sum, add_grad
+from .module import Module, Sequential, WithLoss, accumulate_mm, accumulate_sum, add_grad
 from .optim import Optimizer
 
 Source = Callable[[], Tensor] | Tensor  # how a node gets its input again in backward: kept, or rebuilt
@@ -56,13 +56,27 @@ def _check_sum(body: Tensor, shortcut_shape: torch.Size) -> None:
                          "differ; give a shortcut that projects X to the body's shape")
 
 
-class _ConvBN:
+class _Rebuilt:
+    """A node whose output is not kept but rebuilt (`rebuild`) from what its forward kept."""
+
+    saved: tuple | None = None
+    cache: Tensor | None = None
+
+    def rebuild(self, into: Tensor | None = None) -> Tensor:
+        raise NotImplementedError
+
+    def output(self) -> Tensor:
+        """The output rebuilt, once per backward: the consumers of it share it."""
+        if self.cache is None:
+            self.cache = self.rebuild()
+        return self.cache
+
+
+class _ConvBN(_Rebuilt):
     """Conv2d [-> BatchNorm2d] [-> ReLU]: keeps Z - mean and invstd; Y is rebuilt from them."""
 
     def __init__(self, conv: Conv2d, bn: BatchNorm2d | None, relu: bool) -> None:
         self.conv, self.bn, self.relu = conv, bn, relu
-        self.saved: tuple | None = None
-        self.cache: Tensor | None = None
         # reads the data (kept by the caller anyway): Z is computed again from it when needed instead of kept
         # (a convolution of the few input channels is cheap; its Z is the largest activation of the step)
         self.recompute_z = False
@@ -70,19 +84,12 @@ class _ConvBN:
     def _z(self) -> Tensor:
         """Z - mean: as kept, or computed again from the input (the same calls as forward: the same bits)."""
         src, xc, _, mean = self.saved
-        if xc is not None:
-            return xc
-        conv = self.conv
-        z = torch.nn.functional.conv2d(_materialize(src), conv.weight, conv.bias, conv.stride, conv.padding,
-                                       conv.dilation, conv.groups)
-        return z.sub_(mean)
+        return xc if xc is not None else self.conv.forward(_materialize(src)).sub_(mean)
 
     def forward(self, x: Tensor, src: Source, into: Tensor | None = None) -> tuple[Tensor, Source]:
         """(Y, how to get Y again); with `into` (a residual sum), Y is added into it and that is returned."""
-        conv, bn = self.conv, self.bn
-        conv._check(x)
-        z = torch.nn.functional.conv2d(x, conv.weight, conv.bias, conv.stride, conv.padding, conv.dilation,
-                                       conv.groups)  # (N, C, H, W)
+        bn = self.bn
+        z = self.conv.forward(x)  # (N, C, H, W), after the layer's own input checks
         if into is not None:
             _check_sum(into, z.shape)
         if bn is None:
@@ -129,12 +136,6 @@ class _ConvBN:
             y.clamp_min_(0.0)
         return y if into is None else into.add_(y)
 
-    def output(self) -> Tensor:
-        """Y rebuilt (once per backward: the consumers of Y share it)."""
-        if self.cache is None:
-            self.cache = self.rebuild()
-        return self.cache
-
     def backward(self, box: list[Tensor], need_dx: bool, into: Tensor | None = None) -> tuple[Tensor | None, Tensor]:
         """(dX, X): the input gradient (None unless need_dx; added into `into` when given) and the input as rebuilt
         for the weight gradient. dY comes in `box` (taken out of it: this holds its only reference)."""
@@ -168,13 +169,11 @@ class _ConvBN:
         return (conv._input_grad(dz, x, into) if need_dx else None), x
 
 
-class _Residual:
+class _Residual(_Rebuilt):
     """relu?(body(X) + shortcut(X)); the sum is rebuilt from the branches' outputs in backward."""
 
-    def __init__(self, block: Residual, body: list, shortcut: list | None, relu: bool) -> None:
-        self.block, self.body, self.shortcut, self.relu = block, body, shortcut, relu
-        self.saved: tuple | None = None
-        self.cache: Tensor | None = None
+    def __init__(self, body: list, shortcut: list | None, relu: bool) -> None:
+        self.body, self.shortcut, self.relu = body, shortcut, relu
 
     def forward(self, x: Tensor, src: Source, into: Tensor | None = None) -> tuple[Tensor, Source]:
         yb, b = _forward(self.body, x, src)
@@ -197,23 +196,18 @@ class _Residual:
         """The block's output again, by the same calls as forward (the same bits)."""
         b, src, s = self.saved
         last = self.body[-1]
-        out = last.rebuild() if callable(b) and hasattr(last, "rebuild") else _materialize(b).clone()
+        out = last.rebuild() if callable(b) and isinstance(last, _Rebuilt) else _materialize(b).clone()
         if self.shortcut is None:
             out.add_(_materialize(src))
         else:
             tail = self.shortcut[-1]
-            if hasattr(tail, "rebuild"):
+            if isinstance(tail, _Rebuilt):
                 tail.rebuild(into=out)
             else:
                 out.add_(_materialize(s))
         if self.relu:
             out.clamp_min_(0.0)
         return out if into is None else into.add_(out)
-
-    def output(self) -> Tensor:
-        if self.cache is None:
-            self.cache = self.rebuild()
-        return self.cache
 
     def backward(self, box: list[Tensor], need_dx: bool, into: Tensor | None = None) -> tuple[Tensor | None, Tensor]:
         """dX = body.bwd(dY') + shortcut.bwd(dY') (dY' itself for the identity), dY' = dY (out > 0); the
@@ -237,7 +231,7 @@ class _Pool:
 
     def forward(self, x: Tensor, src: Source) -> tuple[Tensor, Source]:
         self.pool._window(x)
-        self.shape, self.src = x.shape, src
+        self.shape = x.shape
         out = x.mean((2, 3), keepdim=True)
         return out, out
 
@@ -302,7 +296,7 @@ def _forward(nodes: list, x: Tensor, src: Source, into: Tensor | None = None) ->
     """Forward through a chain: (its output, how to get it again); with `into`, the output is added into it."""
     for i, node in enumerate(nodes):
         if into is not None and i == len(nodes) - 1:
-            if isinstance(node, (_ConvBN, _Residual)):
+            if isinstance(node, _Rebuilt):
                 return node.forward(x, src, into)
             x, src = node.forward(x, src)
             _check_sum(into, x.shape)
@@ -317,9 +311,9 @@ def _backward(nodes: list, box: list[Tensor], need_dx: bool,
     each node holds the only reference and frees it as soon as it is used); returns (dX, X) of the first
     node, dX added into `into` when given."""
     x = None
+    first = next((i for i, n in enumerate(nodes) if not isinstance(n, _Reshape)), len(nodes))
     for i in range(len(nodes) - 1, -1, -1):  # a node needs dX if anything before it has parameters
-        need = need_dx or any(not isinstance(n, _Reshape) for n in nodes[:i])
-        dx, x = nodes[i].backward(box, need, into if i == 0 else None)
+        dx, x = nodes[i].backward(box, need_dx or i > first, into if i == 0 else None)
         box = [dx]
         del dx
     return box.pop(), x
@@ -367,7 +361,7 @@ def _compile(module: Module, seen: set[int] | None = None) -> list:
             shortcut = None if m.shortcut is None else _compile(m.shortcut, seen)
             if not body or (shortcut is not None and not shortcut):
                 raise Unsupported("a Residual branch is empty")
-            nodes.append(_Residual(m, body, shortcut, relu_next(i + 1)))
+            nodes.append(_Residual(body, shortcut, relu_next(i + 1)))
             i += 1 + relu_next(i + 1)
         elif kind is AdaptiveAvgPool2d and m.output_size == (1, 1):
             nodes.append(_Pool(m))
@@ -413,13 +407,7 @@ def unsupported(model: Module, loss_fn: Module) -> str | None:
         return str(e)
     if not isinstance(nodes[-1], _Linear):
         return "the model does not end with Linear"
-    mods = list(model.modules())
-    params = [p for m in mods for _, p in m._own_parameters()]
-    if len({id(p) for p in params}) != len(params):
-        return "layers share a parameter (tied weights)"
-    if not all(isinstance(p, Parameter) for p in params):
-        return "a layer's parameters are plain tensors"
-    return loss_unsupported(loss_fn)
+    return params_unsupported(model) or loss_unsupported(loss_fn)
 
 
 class FusedCNNStep:
@@ -442,9 +430,6 @@ class FusedCNNStep:
 
     def __call__(self, x: Tensor, y: Tensor, step: bool = True) -> Tensor:
         if not all(bn.training for bn in self.bns):  # running statistics: the module path's forward
-            from .fused import module_step
-            from .module import WithLoss
-
             if self._with_loss is None:
                 self._with_loss = WithLoss(self.model, self.loss_fn)
             return module_step(self._with_loss, self.opt, x, y, step)
@@ -464,7 +449,7 @@ class FusedCNNStep:
     def _clear(self, nodes: list) -> None:
         """Drop whatever a step left (all of it, after a step that raised half-way)."""
         for node in nodes:
-            for attr in ("saved", "cache", "x", "y", "src"):
+            for attr in ("saved", "cache", "x", "y"):
                 if hasattr(node, attr):
                     setattr(node, attr, None)
             if isinstance(node, _Residual):

@@ -7,10 +7,11 @@ of that batch, epoch or fit. No autograd anywhere: the backward is the model's h
 Two ways through a batch:
 - the module path: forward, after_loss, backward inside `lean()` (activations freed as it goes),
   after_backward, optimizer step;
-- the fused path (`handgrad.fused.FusedStep`), for MLPs trained with SGD without momentum: forward,
-  backward and update in one pass, then after_backward (no `.g` exists; a batch with a non-finite loss
-  was not applied); for CNNs (`handgrad.fused_cnn.FusedCNNStep`, any optimizer): forward, loss and
-  backward into `.g` keeping only the convolutions' outputs, after_backward, optimizer step. Either is
+- the fused path (`handgrad.fused.FusedStep` for MLPs, `handgrad.fused_cnn.FusedCNNStep` for CNNs):
+  with SGD without momentum on an MLP, forward, backward and update in one pass, then after_backward
+  (no `.g` exists; a batch with a non-finite loss was not applied); otherwise forward, loss and
+  backward into `.g` (a CNN's keeping only the convolutions' outputs), after_backward, the optimizer's
+  step. Either is
   used only when no callback sets `needs_module_step` (callbacks acting between forward and step, or on
   activations and `.g`).
 
@@ -143,7 +144,7 @@ class Learner:
             elif self.fused is not None and self.fused.fused_update():
                 self.loss = self.fused(xb, yb)  # forward, loss, backward and SGD update in one pass
                 self("after_backward")
-            elif isinstance(self.fused, FusedCNNStep):
+            elif self.fused is not None:
                 self.loss = self.fused(xb, yb, step=False)  # forward, loss, backward into .g (keeping less)
                 self("after_backward")
                 self.opt.step()
