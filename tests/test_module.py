@@ -169,6 +169,28 @@ def test_to_casts_parameters_in_place():
     assert all(a is b for a, b in zip(before, model.parameters()))  # an optimizer's references stay valid
 
 
+@pytest.mark.parametrize("call", ["dtype", "device_dtype", "keywords", "tensor"])
+def test_to_takes_torch_nn_module_to_arguments(call):
+    model = hg.Sequential(hg.Linear(3, 2), hg.BatchNorm1d(2))
+    args, kwargs = {"dtype": ((torch.float64,), {}), "device_dtype": (("cpu", torch.float64), {}),
+                    "keywords": ((), {"device": "cpu", "dtype": torch.float64}),
+                    "tensor": ((torch.zeros(1, dtype=torch.float64),), {})}[call]
+    assert model.to(*args, **kwargs) is model
+    assert {p.dtype for p in model.parameters()} == {torch.float64}
+    bn = model[1]
+    assert bn.running_mean.dtype == torch.float64 and bn.num_batches_tracked.dtype == torch.int64
+    torch.testing.assert_close(model(torch.ones(4, 3, dtype=torch.float64)).shape, torch.Size([4, 2]))
+
+
+@pytest.mark.parametrize("arg, message", [(torch.int64, "floating point dtype, got torch.int64"),
+                                          (1.5, "expects a device, a dtype or a tensor, got float")])
+def test_to_rejects_what_is_not_a_device_or_float_dtype(arg, message):
+    model = hg.Linear(3, 2)
+    with pytest.raises(TypeError, match=message):
+        model.to(arg)
+    assert model.weight.dtype == torch.float32  # nothing changed
+
+
 def test_state_dict_round_trips_with_torch_linear_both_ways():
     torch.manual_seed(3)
     lin = hg.Linear(6, 4)

@@ -390,12 +390,25 @@ class Module:
     def eval(self) -> Module:
         return self.train(False)
 
-    def to(self, device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> Module:
-        """Move (or cast) every parameter and buffer in place; returns self.
+    def to(self, *args: torch.device | str | int | torch.dtype | Tensor,
+           device: torch.device | str | int | None = None, dtype: torch.dtype | None = None) -> Module:
+        """Move (or cast) every parameter and buffer in place; returns self. Called as torch.nn.Module.to:
+        to(device), to(dtype), to(device, dtype), to(tensor) (its device and dtype), or by keyword.
 
         Parameters keep their identity (an optimizer holding them still updates the
         model); their `.g` is dropped, since it no longer matches.
         """
+        for a in args:
+            if isinstance(a, torch.dtype):
+                dtype = a
+            elif isinstance(a, Tensor):
+                device, dtype = a.device, a.dtype
+            elif isinstance(a, (torch.device, str, int)):
+                device = a
+            else:
+                raise TypeError(f"Module.to expects a device, a dtype or a tensor, got {type(a).__name__}: {a!r}")
+        if dtype is not None and not dtype.is_floating_point:
+            raise TypeError(f"Module.to: parameters can only take a floating point dtype, got {dtype}")
         for m in self.modules():
             for _, p in m._own_parameters():
                 p.data = p.data.to(device=device, dtype=dtype)
