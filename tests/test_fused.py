@@ -293,3 +293,34 @@ def test_inputs_other_than_n_by_f_take_the_module_path_and_train_like_torch(mome
         torch.testing.assert_close(loss, tloss.detach(), rtol=1e-12, atol=1e-12)
     for name, t in twin.state_dict().items():
         torch.testing.assert_close(model.state_dict()[name], t, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("model", ["mlp", "cnn", "unfused"])
+@pytest.mark.parametrize("loss", ["ce", "mse"])
+def test_an_empty_batch_is_refused_before_anything_changes(model, loss):
+    """Every training path (the fused MLP and CNN steps, the module path) refuses a batch of no examples with
+    the same one-line error, the model and the optimizer untouched (it gave -0.0, nan or a gradient-shape
+    error depending on the path)."""
+    from handgrad.fused import fused_step, module_step
+    from handgrad.models import cnn
+
+    torch.manual_seed(0)
+    net = {"mlp": lambda: mlp(8, [5], 3), "cnn": lambda: cnn(3, (4, 8), image=(1, 6, 6)),
+           "unfused": lambda: hg.Sequential(hg.Linear(8, 5), hg.ReLU(), hg.Dropout(0.0), hg.Linear(5, 3))}[model]()
+    x = torch.randn(0, 36 if model == "cnn" else 8)
+    loss_fn = hg.CrossEntropyLoss() if loss == "ce" else hg.MSELoss()
+    y = torch.zeros(0, dtype=torch.long) if loss == "ce" else torch.zeros(0, 3)
+    opt = hg.SGD(net.parameters(), lr=0.1, momentum=0.9)
+    before = copy.deepcopy(net.state_dict())
+    steps = [lambda: module_step(WithLoss(net, loss_fn), opt, x, y)]
+    if model != "unfused":  # Dropout: no fused step
+        fused = fused_step(net, loss_fn, opt)
+        assert fused is not None
+        steps.append(lambda: fused(x, y))
+    for step in steps:
+        with pytest.raises(ValueError, match=r"^training step: expected a batch of at least one example, got an "
+                                             r"empty batch \(input \[0, \d+\]\)$"):
+            step()
+    for k, v in net.state_dict().items():
+        assert torch.equal(v, before[k]), k
+    assert opt.steps == 0 and not any(opt.state_dict()["state"][i] for i in range(len(opt.params)))

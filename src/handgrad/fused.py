@@ -118,6 +118,7 @@ class FusedStep:
     def __call__(self, x: Tensor, y: Tensor, step: bool = True) -> Tensor:
         """One training step; with step=False only forward, loss and the gradients into `.g` (the caller
         runs the optimizer, e.g. after averaging the gradients over ranks)."""
+        check_batch(x)
         linears, relu_after = self.linears, self.relu_after
         if x.dim() != 2:  # Linear on [..., F] (a sequence, an unbatched input): the module path
             if self._with_loss is None:
@@ -205,9 +206,17 @@ class LossGrad:
         return cached
 
 
+def check_batch(x: Tensor) -> None:
+    """A training step needs at least one example (an empty batch has no mean loss, and nothing to learn)."""
+    if x.dim() and x.shape[0] == 0:
+        raise ValueError(f"training step: expected a batch of at least one example, got an empty batch (input "
+                         f"{list(x.shape)})")
+
+
 def module_step(with_loss: WithLoss, opt: Optimizer, x: Tensor, y: Tensor, step: bool = True) -> Tensor:
     """The module path's training step inside `lean()`: forward, loss, hand-written backward into `.g`, and the
     optimizer's step (unless step=False); returns the loss."""
+    check_batch(x)
     with lean():
         loss = with_loss(x, y)
         opt.zero_grad()

@@ -30,7 +30,7 @@ import torch
 from torch import Tensor
 
 from .functional import lin, relu_grads_
-from .fused import LossGrad, loss_unsupported, module_step, params_unsupported
+from .fused import LossGrad, check_batch, loss_unsupported, module_step, params_unsupported
 from .layers import AdaptiveAvgPool2d, BatchNorm2d, Conv2d, Flatten, Linear, ReLU, Residual, Unflatten
 from .module import Module, Sequential, WithLoss, accumulate_mm, accumulate_sum, add_grad
 from .optim import Optimizer
@@ -429,6 +429,7 @@ class FusedCNNStep:
         return False  # the optimizer steps after the backward (gradients in .g)
 
     def __call__(self, x: Tensor, y: Tensor, step: bool = True) -> Tensor:
+        check_batch(x)
         if not all(bn.training for bn in self.bns):  # running statistics: the module path's forward
             if self._with_loss is None:
                 self._with_loss = WithLoss(self.model, self.loss_fn)
