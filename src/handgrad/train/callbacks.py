@@ -9,6 +9,7 @@ from collections.abc import Callable
 import torch
 from tqdm.auto import tqdm
 
+from ..distributed import average_buffers
 from ..errors import TrainingError
 from ..module import lean
 from ..optim import clip_grad_norm
@@ -259,8 +260,14 @@ class CheckpointCB(Callback):
         metrics = learn.callback(MetricsCB)
         if metrics is not None:
             metrics.flush()
-        if learn.dist is not None and not learn.dist.is_main:
-            return  # data-parallel: only rank 0 writes (every rank holds the same weights)
+        if learn.dist is not None:
+            # every rank holds the same weights, but BatchNorm running statistics of its own slices: averaged
+            # here mid-epoch (at an epoch's end validating has just averaged them), so that every rank, resumed
+            # from rank 0's, holds what it held
+            if batch:
+                average_buffers(learn.dist, learn.model)
+            if not learn.dist.is_main:
+                return  # only rank 0 writes
         tensors = {f"model.{k}": v for k, v in learn.model.state_dict().items()}
         opt_state = learn.opt.state_dict()
         for i, state in enumerate(opt_state["state"]):
