@@ -182,13 +182,60 @@ def test_to_takes_torch_nn_module_to_arguments(call):
     torch.testing.assert_close(model(torch.ones(4, 3, dtype=torch.float64)).shape, torch.Size([4, 2]))
 
 
-@pytest.mark.parametrize("arg, message", [(torch.int64, "floating point dtype, got torch.int64"),
-                                          (1.5, "expects a device, a dtype or a tensor, got float")])
-def test_to_rejects_what_is_not_a_device_or_float_dtype(arg, message):
+@pytest.mark.parametrize("args, kwargs, message", [
+    ((torch.int64,), {}, r"^Module.to: parameters can only take a floating point dtype, got torch.int64$"),
+    ((torch.zeros(1, dtype=torch.long),), {}, r"floating point dtype, got torch.int64$"),
+    ((1.5,), {}, r"^Module.to expects a device, a dtype or a tensor, got float: 1.5$"),
+    ((True,), {}, r"^Module.to expects a device, a dtype or a tensor, got bool: True$"),
+    ((), {"dtype": "float64"}, r"^Module.to: dtype must be a torch.dtype \(e.g. torch.float64\), got str: 'float64'$"),
+    ((), {"device": torch.float64}, r"^Module.to: device must be a str, torch.device or int, got dtype"),
+    ((torch.float64, torch.float32), {}, r"^Module.to: two dtypes given \(torch.float64 and torch.float32\)$"),
+    ((torch.float64,), {"dtype": torch.float32}, r"^Module.to: two dtypes given"),
+    (("cpu", torch.zeros(1, dtype=torch.float64)), {}, r"^Module.to: two devices given \(cpu and cpu\)$"),
+    (("gpu0",), {}, r"^Module.to: 'gpu0' is not a device \("),
+])
+def test_to_rejects_what_torch_rejects_with_one_line(args, kwargs, message):
     model = hg.Linear(3, 2)
-    with pytest.raises(TypeError, match=message):
-        model.to(arg)
-    assert model.weight.dtype == torch.float32  # nothing changed
+    model.weight.g = torch.ones(3, 2)
+    with pytest.raises(TypeError, match=message) as info:
+        model.to(*args, **kwargs)
+    assert "\n" not in str(info.value)
+    assert model.weight.dtype == torch.float32 and model.weight.g is not None  # nothing changed
+
+
+def test_to_takes_non_blocking_and_none_and_keeps_gradients_when_nothing_moves():
+    model = hg.Linear(3, 2)
+    model.weight.g = torch.ones(3, 2)
+    assert model.to("cpu").weight.g is not None and model.to(None).weight.g is not None
+    assert model.to("cpu", torch.float64, False).weight.dtype == torch.float64  # non_blocking positionally
+    assert model.weight.g is None  # cast: the old gradient no longer matches
+    assert model.to(torch.float32, non_blocking=True).weight.dtype == torch.float32
+    conv = hg.Conv2d(2, 3, 3).to(memory_format=torch.channels_last)
+    assert conv.weight.is_contiguous(memory_format=torch.channels_last) and conv.bias.dim() == 1
+
+
+@pytest.mark.parametrize("make_opt", [lambda ps: hg.AdamW(ps, lr=1e-2, weight_decay=0.1),
+                                      lambda ps: hg.SGD(ps, lr=0.1, momentum=0.9), lambda ps: hg.Adam(ps)])
+def test_an_optimizer_with_state_follows_its_model_to_another_dtype(make_opt):
+    """Cast after some steps (state in float32): the next step moves the state to float64 and gives what a
+    model cast together with its state gives (torch.optim raises a dtype error there)."""
+    from handgrad.fused import training_step
+
+    torch.manual_seed(0)
+    model = hg.Sequential(hg.Linear(4, 3), hg.ReLU(), hg.Linear(3, 2))
+    x, y = torch.randn(5, 4), torch.randint(0, 2, (5,))
+    opt = make_opt(model.parameters())
+    training_step(model, hg.CrossEntropyLoss(), opt)(x, y)
+    twin, twin_opt = copy.deepcopy((model, opt))
+    twin.double()
+    twin_opt.state = [{k: v.double() if v.shape == p.shape else v for k, v in s.items()}
+                      for s, p in zip(twin_opt.state, twin_opt.params)]
+    model.double()
+    for m, o in ((model, opt), (twin, twin_opt)):
+        training_step(m, hg.CrossEntropyLoss(), o)(x.double(), y)
+    assert {v.dtype for s in opt.state for k, v in s.items() if k != "step"} == {torch.float64}
+    for a, b in zip(model.parameters(), twin.parameters()):
+        assert torch.equal(a, b)
 
 
 def test_state_dict_round_trips_with_torch_linear_both_ways():

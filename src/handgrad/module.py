@@ -136,6 +136,61 @@ def lean(enabled: bool = True) -> Iterator[None]:
         Module.lean = previous
 
 
+
+def _parse_to(args: tuple, device: Any, dtype: Any, non_blocking: Any) -> tuple[torch.device | None,
+                                                                              torch.dtype | None, bool]:
+    """Module.to's arguments as torch.nn.Module.to reads them: (device, dtype, non_blocking); a wrong type, a
+    device or dtype given twice, or a non-floating dtype is a one-line TypeError."""
+    given: dict[str, Any] = {}
+
+    def put(kind: str, value: Any) -> None:
+        if value is None:
+            return
+        if kind in given:
+            raise TypeError(f"Module.to: two {kind}s given ({given[kind]} and {value})")
+        given[kind] = value
+
+    if device is not None and (isinstance(device, bool) or not isinstance(device, (str, torch.device, int))):
+        raise TypeError(f"Module.to: device must be a str, torch.device or int, got {type(device).__name__}: "
+                        f"{device!r}")
+    if dtype is not None and not isinstance(dtype, torch.dtype):
+        raise TypeError(f"Module.to: dtype must be a torch.dtype (e.g. torch.float64), got "
+                        f"{type(dtype).__name__}: {dtype!r}")
+    if not isinstance(non_blocking, bool):
+        raise TypeError(f"Module.to: non_blocking must be a bool, got {type(non_blocking).__name__}")
+    put("device", device)
+    put("dtype", dtype)
+    for i, a in enumerate(args):
+        if isinstance(a, bool) and i == len(args) - 1 and i > 0:  # to(device, dtype, non_blocking)
+            non_blocking = a
+        elif isinstance(a, torch.dtype):
+            put("dtype", a)
+        elif isinstance(a, Tensor):
+            put("device", a.device)
+            put("dtype", a.dtype)
+        elif a is None or (isinstance(a, (torch.device, str, int)) and not isinstance(a, bool)):
+            put("device", a)
+        else:
+            raise TypeError(f"Module.to expects a device, a dtype or a tensor, got {type(a).__name__}: {a!r}")
+    dev, dt = given.get("device"), given.get("dtype")
+    if dt is not None and not dt.is_floating_point:
+        raise TypeError(f"Module.to: parameters can only take a floating point dtype, got {dt}")
+    if dev is not None:
+        try:
+            dev = torch.device(dev)
+        except (RuntimeError, TypeError) as e:
+            raise TypeError(f"Module.to: {dev!r} is not a device ({str(e).splitlines()[0]})") from None
+    return dev, dt, non_blocking
+
+
+def _moved(t: Tensor, device: torch.device | None, dtype: torch.dtype | None, non_blocking: bool,
+           memory_format: torch.memory_format | None) -> Tensor:
+    """t on device in dtype (t itself when nothing changes); memory_format for 4-D tensors."""
+    if memory_format is not None and t.dim() == 4:
+        return t.to(device=device, dtype=dtype, non_blocking=non_blocking, memory_format=memory_format)
+    return t.to(device=device, dtype=dtype, non_blocking=non_blocking)
+
+
 class Module:
     """Base class of every layer, loss and model.
 
@@ -390,34 +445,29 @@ class Module:
     def eval(self) -> Module:
         return self.train(False)
 
-    def to(self, *args: torch.device | str | int | torch.dtype | Tensor,
-           device: torch.device | str | int | None = None, dtype: torch.dtype | None = None) -> Module:
+    def to(self, *args: torch.device | str | int | torch.dtype | Tensor | bool | None,
+           device: torch.device | str | int | None = None, dtype: torch.dtype | None = None,
+           non_blocking: bool = False, memory_format: torch.memory_format | None = None) -> Module:
         """Move (or cast) every parameter and buffer in place; returns self. Called as torch.nn.Module.to:
-        to(device), to(dtype), to(device, dtype), to(tensor) (its device and dtype), or by keyword.
+        to(device), to(dtype), to(device, dtype[, non_blocking]), to(tensor) (its device and dtype), or by
+        keyword; memory_format applies to 4-D parameters and buffers. Integer buffers keep their dtype.
 
-        Parameters keep their identity (an optimizer holding them still updates the
-        model); their `.g` is dropped, since it no longer matches.
+        Parameters keep their identity (an optimizer holding them still updates the model; its state follows
+        at its next step); a parameter that moved or changed dtype drops its `.g`, which no longer matches.
         """
-        for a in args:
-            if isinstance(a, torch.dtype):
-                dtype = a
-            elif isinstance(a, Tensor):
-                device, dtype = a.device, a.dtype
-            elif isinstance(a, (torch.device, str, int)):
-                device = a
-            else:
-                raise TypeError(f"Module.to expects a device, a dtype or a tensor, got {type(a).__name__}: {a!r}")
-        if dtype is not None and not dtype.is_floating_point:
-            raise TypeError(f"Module.to: parameters can only take a floating point dtype, got {dtype}")
+        device, dtype, non_blocking = _parse_to(args, device, dtype, non_blocking)
         for m in self.modules():
             for _, p in m._own_parameters():
-                p.data = p.data.to(device=device, dtype=dtype)
-                p.g = None
-                p.__dict__.pop("_gbuf", None)
+                old = p.data
+                data = _moved(old, device, dtype, non_blocking, memory_format)
+                if data is not old:  # .to returns the tensor itself when nothing changes
+                    p.data = data
+                    p.g = None
+                    p.__dict__.pop("_gbuf", None)
             for bname in m.buffer_names():
                 b = getattr(m, bname)
                 b_dtype = dtype if (dtype is not None and b.is_floating_point()) else None
-                setattr(m, bname, b.to(device=device, dtype=b_dtype))
+                setattr(m, bname, _moved(b, device, b_dtype, non_blocking, memory_format))
         return self
 
     def double(self) -> Module:

@@ -23,6 +23,13 @@ def _real(v: Any) -> bool:
     return isinstance(v, numbers.Real) and not isinstance(v, bool)
 
 
+def _like_param(v: Tensor, p: Tensor) -> Tensor:
+    """A state tensor on its parameter's device, and in its dtype when it is per element (momentum, moments;
+    not a step count)."""
+    per_element = v.shape == p.shape and v.is_floating_point()
+    return v.to(device=p.device, dtype=p.dtype if per_element else None)
+
+
 class Optimizer:
     """Base of the optimizers: parameter groups, the step loop, the state to save and load.
 
@@ -129,6 +136,10 @@ class Optimizer:
             elif g.shape != p.shape:  # a broadcastable mistake (a bias gradient not summed) must not pass
                 raise ValueError(f"{type(self).__name__}: parameter {k} (shape {list(p.shape)}) has a gradient of "
                                  f"shape {list(g.shape)}; expected the parameter's shape")
+        for p, state in zip(self.params, self.state):  # the model moved or was cast (Module.to): state follows
+            for name, v in state.items():
+                if v.device != p.device or (v.dtype != p.dtype and v.shape == p.shape and v.is_floating_point()):
+                    state[name] = _like_param(v, p)
         self.steps += 1
         start = 0
         for group in self.param_groups:
@@ -208,7 +219,7 @@ class Optimizer:
             for k, v in hyper.items():
                 setattr(self, k, v)
         self.steps = int(state["steps"])
-        self.state = [{k: v.to(p.device) for k, v in s.items()} for s, p in zip(state["state"], self.params)]
+        self.state = [{k: _like_param(v, p) for k, v in s.items()} for s, p in zip(state["state"], self.params)]
 
 
 class SGD(Optimizer):
