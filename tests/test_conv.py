@@ -108,3 +108,24 @@ def test_pointwise_gemm_gradients_of_1x1_kernels(stride, padding, groups):
     assert conv._pointwise()
     x = torch.randn(3, 4, 7, 8, dtype=torch.float64)
     check_against_torch(conv, lambda x, weight, bias: F.conv2d(x, weight, bias, stride, padding, 1, groups), x)
+
+
+@pytest.mark.parametrize("kernel, stride, groups, pointwise, unfold", [
+    (3, 1, 1, True, 9), (3, 2, 1, False, 0), (1, 2, 1, True, 9), (1, 1, 2, True, 9), (3, 1, 2, False, 0),
+    (3, 1, 1, True, 10**9)])
+def test_an_empty_batch_gives_zero_weight_gradients_of_the_weights_shape(kernel, stride, groups, pointwise, unfold):
+    """N = 0: dW is an empty sum, zeros shaped as W, as torch's autograd gives (the convolution form swapped the
+    empty batch into the channels and gave [0, C, kh, kw])."""
+    torch.manual_seed(0)
+    conv = hg.Conv2d(4, 6, kernel, stride=stride, padding=kernel // 2, groups=groups)
+    conv.POINTWISE, conv.UNFOLD_MAX = pointwise, unfold
+    x = torch.randn(0, 4, 5, 5)
+    out = conv(x)
+    conv.backward(torch.zeros(out.shape))
+    w = conv.weight.detach().clone().requires_grad_(True)
+    b = conv.bias.detach().clone().requires_grad_(True)
+    xt = x.clone().requires_grad_(True)
+    ref = torch.autograd.grad(F.conv2d(xt, w, b, stride, kernel // 2, 1, groups).sum(), [xt, w, b])
+    for hand, r in zip([x.g, conv.weight.g, conv.bias.g], ref):
+        assert hand.shape == r.shape
+        torch.testing.assert_close(hand, r)

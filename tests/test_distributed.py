@@ -447,3 +447,15 @@ def test_a_data_parallel_cnn_resumed_mid_epoch_ends_bit_for_bit_as_one_never_sto
     for k in a:
         if k.startswith("model."):
             assert torch.equal(a[k], b[k]), k
+
+
+def test_the_first_batch_check_runs_whole_where_rank_0_has_no_share_of_it(tmp_path, npz):
+    """One training sample, 2 ranks: rank 0's slice of the first batch is empty; the gradient check takes the
+    whole batch (it failed on a gradient of shape [0, 4, 3, 3] for a CNN, and passed vacuously for an MLP)."""
+    run = subprocess.run(train_argv(npz, "--subset", "1", "--bs", "4", "--nproc", "2", "--model", "cnn",
+                                    "--channels", "4,8", "--epochs", "1"),
+                         capture_output=True, text=True, timeout=180)
+    assert run.returncode == 0, run.stderr
+    line = next(s for s in run.stdout.splitlines() if "gradient check on the first batch" in s)
+    assert re.search(r"input and \d+ parameters match autograd \(max rel err (\d\.\de-\d+)\)", line), line
+    assert "max rel err 0.0e+00" not in line  # a real comparison, not an empty one

@@ -324,3 +324,28 @@ def test_an_empty_batch_is_refused_before_anything_changes(model, loss):
     for k, v in net.state_dict().items():
         assert torch.equal(v, before[k]), k
     assert opt.steps == 0 and not any(opt.state_dict()["state"][i] for i in range(len(opt.params)))
+
+
+@pytest.mark.parametrize("path", ["module_step", "learner"])
+def test_sequences_of_length_zero_are_refused_before_anything_changes(path):
+    """A GPT on [N, 0] tokens gave loss nan, counted a step and decayed the weights (AdamW)."""
+    from handgrad.data import DataLoader
+    from handgrad.fused import module_step
+    from handgrad.models import gpt
+    from handgrad.train import Learner
+
+    torch.manual_seed(0)
+    model = gpt(11, 1, 2, 8, 6)
+    opt = AdamW(model.parameters(), lr=0.1, weight_decay=0.5)
+    before = copy.deepcopy(model.state_dict())
+    x, y = torch.zeros(2, 0, dtype=torch.long), torch.zeros(2, 0, dtype=torch.long)
+    with pytest.raises(ValueError, match=r"^training step: expected examples with at least one value, got an "
+                                         r"empty input \[2, 0\]$"):
+        if path == "module_step":
+            module_step(WithLoss(model, hg.CrossEntropyLoss()), opt, x, y)
+        else:
+            learn = Learner(model, hg.CrossEntropyLoss(), opt, DataLoader(x, y, 2), x, y, 11, fused=False)
+            learn._forward_backward(x, y)
+    assert opt.steps == 0
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, before[k]), k

@@ -211,6 +211,9 @@ def check_batch(x: Tensor) -> None:
     if x.dim() and x.shape[0] == 0:
         raise ValueError(f"training step: expected a batch of at least one example, got an empty batch (input "
                          f"{list(x.shape)})")
+    if x.numel() == 0:  # e.g. sequences of length 0: nothing to learn from, and a mean over nothing
+        raise ValueError(f"training step: expected examples with at least one value, got an empty input "
+                         f"{list(x.shape)}")
 
 
 def module_step(with_loss: WithLoss, opt: Optimizer, x: Tensor, y: Tensor, step: bool = True) -> Tensor:

@@ -133,6 +133,8 @@ class Conv2d(Module):
         (kh, kw), g = self.kernel_size, self.groups
         cg, og = self.in_channels // g, self.out_channels // g
         n, (ho, wo) = x.shape[0], dy.shape[2:]
+        if n == 0:  # an empty sum (the convolution form would swap an empty batch into the channels)
+            return self.weight.new_zeros(self.weight.shape)
         pointwise = self._pointwise()
         if pointwise:
             (ph, pw), (sh, sw) = self.padding, self.stride

@@ -29,7 +29,7 @@ from torch import Tensor
 
 from ..data import DataLoader
 from ..distributed import Dist, GradSync, average_buffers
-from ..fused import FusedStep, fused_step
+from ..fused import FusedStep, check_batch, fused_step
 from ..fused_cnn import FusedCNNStep
 from ..module import Module, WithLoss, lean
 from ..optim import Optimizer
@@ -159,6 +159,7 @@ class Learner:
 
     def _forward_backward(self, xb: Tensor, yb: Tensor) -> None:
         """The module path: forward, after_loss, hand-written backward into `.g`, inside lean()."""
+        check_batch(xb)
         with lean():
             self.loss = self.step_module(xb, yb)
             self("after_loss")

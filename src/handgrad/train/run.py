@@ -317,6 +317,8 @@ def _train(cfg: TrainConfig, d: Dist | None, log: Callable[[str], None], progres
         broadcast_module(d, model)
     if cfg.check and checkpoint is None and main:
         xb, yb = next(train_dl.epoch_batches(0))
+        if xb.shape[0] == 0 and isinstance(train_dl, DataLoader):  # rank 0 has no share of a tiny first batch:
+            xb, yb = next(DataLoader(train_dl.x, train_dl.y, train_dl.batch_size).epoch_batches(0))  # check it whole
         log(first_batch_check(model, loss_fn, xb[:4] if text else xb, yb[:4] if text else yb))
     if resume is None and cfg.out is not None:  # the new run is ready: only now is an old one replaced
         if new_folder is not None:
