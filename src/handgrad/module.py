@@ -136,7 +136,6 @@ def lean(enabled: bool = True) -> Iterator[None]:
         Module.lean = previous
 
 
-
 def _parse_to(args: tuple, device: Any, dtype: Any, non_blocking: Any) -> tuple[torch.device | None,
                                                                               torch.dtype | None, bool]:
     """Module.to's arguments as torch.nn.Module.to reads them: (device, dtype, non_blocking); a wrong type, a
