@@ -11,9 +11,8 @@ Two ways through a batch:
   with SGD without momentum on an MLP, forward, backward and update in one pass, then after_backward
   (no `.g` exists; a batch with a non-finite loss was not applied); otherwise forward, loss and
   backward into `.g` (a CNN's keeping only the convolutions' outputs), after_backward, the optimizer's
-  step. Either is
-  used only when no callback sets `needs_module_step` (callbacks acting between forward and step, or on
-  activations and `.g`).
+  step. Either is used only when no callback sets `needs_module_step` or defines after_loss (callbacks
+  acting between forward and step, or on activations and `.g`).
 
 Data-parallel (`dist`): each rank runs either path on its slice of the global batch without stepping,
 `GradSync` sums the weighted gradients over the ranks, then after_backward and the step. Every rank
