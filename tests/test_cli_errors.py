@@ -330,6 +330,15 @@ CASES = {
     "checkpoint missing a tensor": (lambda t, n, r: resave(r, drop=("model.2.weight",)) or ["eval", r], 1,
                                     "tensor model.2.weight is missing"),
     "checkpoint without rng state": (lambda t, n, r: resave(r, drop=("rng.cpu",)) or ["eval", r], 1, "rng.cpu"),
+    "checkpoint rank rng state cut short": (
+        lambda t, n, r: resave(r, **{"rng.cpu.rank1": torch.zeros(7, dtype=torch.uint8)}) or
+        ["train", "--resume", r, "--epochs", "2"], 1, "tensor rng.cpu.rank1: expected a random generator's state"),
+    "checkpoint rng state of rank 0 by name": (
+        lambda t, n, r: resave(r, **{"rng.cpu.rank0": torch.zeros(5056, dtype=torch.uint8)}) or
+        ["train", "--resume", r, "--epochs", "2"], 1, "tensor rng.cpu.rank0: expected rng.cpu, rng.cpu.rankR"),
+    "checkpoint rng state of a device as floats": (
+        lambda t, n, r: resave(r, **{"rng.cuda.0": torch.zeros(16)}) or ["eval", r], 1,
+        "tensor rng.cuda.0: expected a random generator's state (uint8, 1-d), got float32"),
     "checkpoint metadata missing epoch": (
         lambda t, n, r: resave(r, meta=lambda m: {k: v for k, v in m.items() if k != "epoch"}) or ["eval", r], 1,
         "missing key 'epoch'"),

@@ -138,7 +138,7 @@ def test_nproc_2_trains_like_one_process_and_only_rank_0_writes(tmp_path, npz):
                          capture_output=True, text=True, timeout=180)
     assert two.returncode == 0, two.stderr
     assert two.stdout.count("done:") == 1 and two.stdout.count("epoch 1/2") == 1  # rank 0 speaks, once
-    assert "data-parallel over 2 processes (gloo)" in two.stdout
+    assert "data-parallel over 2 processes (gloo): each global batch of 64 split 32 per rank" in two.stdout
     assert abs(final_accuracy(one.stdout) - final_accuracy(two.stdout)) <= 0.005
     tensors, meta = RunFolder.open(tmp_path / "run").load_checkpoint()
     assert meta["epoch"] == 2
@@ -456,6 +456,35 @@ def test_the_first_batch_check_runs_whole_where_rank_0_has_no_share_of_it(tmp_pa
                                     "--channels", "4,8", "--epochs", "1"),
                          capture_output=True, text=True, timeout=180)
     assert run.returncode == 0, run.stderr
+    assert "each global batch of 1 split 0-1 per rank" in run.stdout  # (not of 4: there is one sample)
     line = next(s for s in run.stdout.splitlines() if "gradient check on the first batch" in s)
     assert re.search(r"input and \d+ parameters match autograd \(max rel err (\d\.\de-\d+)\)", line), line
     assert "max rel err 0.0e+00" not in line  # a real comparison, not an empty one
+
+
+@pytest.mark.slow
+def test_a_data_parallel_model_with_dropout_resumes_each_rank_from_its_own_random_state(tmp_path, npz):
+    """Each rank draws its own dropout masks from its own generator; over an uneven last slice (999 samples, batch
+    64: 20 and 19) the ranks draw different numbers of values, so their generators part. A checkpoint holds every
+    rank's state and each rank resumes from its own: resumed runs end bit for bit as one never stopped (before,
+    every rank took rank 0's state, and rank 1's masks changed)."""
+    (tmp_path / "net.py").write_text(
+        "import handgrad as hg\n\n\nclass Net(hg.Sequential):\n    def __init__(self):\n"
+        "        super().__init__(hg.Linear(784, 32), hg.ReLU(), hg.Dropout(0.5), hg.Linear(32, 10))\n")
+    args = ["net.py:Net", "--subset", "999", "--bs", "64", "--nproc", "2", "--schedule", "constant", "--no-check"]
+    whole = subprocess.run(train_argv(npz, *args, "--epochs", "2", "--out", "whole"), cwd=tmp_path,
+                           capture_output=True, text=True, timeout=180)
+    assert whole.returncode == 0, whole.stderr
+    first = subprocess.run(train_argv(npz, *args, "--epochs", "1", "--out", "stopped"), cwd=tmp_path,
+                           capture_output=True, text=True, timeout=180)
+    assert first.returncode == 0, first.stderr
+    resumed = subprocess.run([sys.executable, "-m", "handgrad", "train", "--resume", "stopped", "--epochs", "2",
+                              "--no-progress"], cwd=tmp_path, capture_output=True, text=True, timeout=180)
+    assert resumed.returncode == 0, resumed.stderr
+    a, meta_a = RunFolder.open(tmp_path / "whole").load_checkpoint()
+    b, meta_b = RunFolder.open(tmp_path / "stopped").load_checkpoint()
+    assert meta_a["epoch"] == meta_b["epoch"] == 2
+    assert {k for k in a if k.startswith("rng.cpu")} == {"rng.cpu", "rng.cpu.rank1"}
+    assert not torch.equal(a["rng.cpu"], a["rng.cpu.rank1"])  # the ranks' generators did part
+    for k in a:
+        assert torch.equal(a[k], b[k]), k

@@ -220,6 +220,15 @@ def average_buffers(d: Dist, model: Module) -> None:
             d.all_reduce_(b, "averaging BatchNorm statistics").div_(d.world_size)
 
 
+def gather_states(d: Dist, state: Tensor, what: str) -> list[Tensor]:
+    """Every rank's `state` (a 1-d uint8 tensor of one length on every rank, e.g. a random generator's), in rank
+    order, on every rank."""
+    rows = torch.zeros(d.world_size, state.numel(), dtype=torch.int32, device=d.device)
+    rows[d.rank] = state.to(d.device, torch.int32)
+    d.all_reduce_(rows, what)
+    return [r.to("cpu", torch.uint8) for r in rows]
+
+
 class GradSync:
     """Sums weighted gradients over the ranks, in buckets, overlapping backward.
 

@@ -9,7 +9,7 @@ from collections.abc import Callable
 import torch
 from tqdm.auto import tqdm
 
-from ..distributed import average_buffers
+from ..distributed import average_buffers, gather_states
 from ..errors import TrainingError
 from ..module import lean
 from ..optim import clip_grad_norm
@@ -260,23 +260,33 @@ class CheckpointCB(Callback):
         metrics = learn.callback(MetricsCB)
         if metrics is not None:
             metrics.flush()
+        rngs = {"rng.cpu": torch.get_rng_state()}
+        if torch.cuda.is_available():
+            for i, s in enumerate(torch.cuda.get_rng_state_all()):
+                rngs[f"rng.cuda.{i}"] = s
         if learn.dist is not None:
+            d = learn.dist
             # every rank holds the same weights, but BatchNorm running statistics of its own slices: averaged
             # here mid-epoch (at an epoch's end validating has just averaged them), so that every rank, resumed
             # from rank 0's, holds what it held
             if batch:
-                average_buffers(learn.dist, learn.model)
-            if not learn.dist.is_main:
+                average_buffers(d, learn.model)
+            # and its own random generators (dropout draws as many values as its slice has): each rank's kept,
+            # rank r's as rng.cpu.rankR (and its device's as rng.cuda.rankR), for each to resume from its own
+            for r, s in enumerate(gather_states(d, rngs["rng.cpu"], "gathering the random states")[1:], 1):
+                rngs[f"rng.cpu.rank{r}"] = s
+            if d.device.type == "cuda":
+                own = torch.cuda.get_rng_state(d.device)
+                for r, s in enumerate(gather_states(d, own, "gathering the random states")[1:], 1):
+                    rngs[f"rng.cuda.rank{r}"] = s
+            if not d.is_main:
                 return  # only rank 0 writes
         tensors = {f"model.{k}": v for k, v in learn.model.state_dict().items()}
         opt_state = learn.opt.state_dict()
         for i, state in enumerate(opt_state["state"]):
             for k, v in state.items():
                 tensors[f"opt.{i}.{k}"] = v
-        tensors["rng.cpu"] = torch.get_rng_state()
-        if torch.cuda.is_available():
-            for i, s in enumerate(torch.cuda.get_rng_state_all()):
-                tensors[f"rng.cuda.{i}"] = s
+        tensors.update(rngs)
         meta = {**self.info, "epoch": epoch, "batch": batch, "t": learn.t, "opt_steps": opt_state["steps"],
                 "opt_hyper": opt_state["hyper"], "n_params": len(opt_state["state"]),
                 "callbacks": {type(cb).__name__: cb.state_dict() for cb in learn.callbacks if cb.state_dict()}}
@@ -297,11 +307,16 @@ def restore(learn: Learner, tensors: dict[str, torch.Tensor], meta: dict) -> tup
         state = meta["callbacks"].get(type(cb).__name__)
         if state is not None:
             cb.load_state_dict(state)
-    torch.set_rng_state(tensors["rng.cpu"])
+    rank = 0 if learn.dist is None else learn.dist.rank
+    # data-parallel: each rank its own state where the checkpoint has it (a run resumed with more ranks than it
+    # was saved with gives the new ones rank 0's)
+    torch.set_rng_state(tensors.get(f"rng.cpu.rank{rank}", tensors["rng.cpu"]))
     if torch.cuda.is_available():
-        cuda = [tensors[k] for k in sorted(k for k in tensors if k.startswith("rng.cuda."))]
+        cuda = [tensors[f"rng.cuda.{i}"] for i in range(torch.cuda.device_count()) if f"rng.cuda.{i}" in tensors]
         if len(cuda) == torch.cuda.device_count():
             torch.cuda.set_rng_state_all(cuda)
+        if rank and learn.dist.device.type == "cuda" and f"rng.cuda.rank{rank}" in tensors:
+            torch.cuda.set_rng_state(tensors[f"rng.cuda.rank{rank}"], learn.dist.device)
     learn.t = meta["t"]
     return meta["epoch"], meta["batch"]
 

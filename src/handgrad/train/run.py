@@ -312,8 +312,10 @@ def _train(cfg: TrainConfig, d: Dist | None, log: Callable[[str], None], progres
     if d is not None:
         if cfg.torch_twin:
             raise ValueError("--torch-twin trains in one process: run it without torchrun / --nproc")
+        full = bs if cfg.is_text else min(bs, data.x_train.shape[0])  # (fewer samples than bs: one smaller batch)
+        lo, hi = full // d.world_size, -(-full // d.world_size)
         log(f"data-parallel over {d.world_size} processes ({torch.distributed.get_backend()}): each global batch "
-            f"of {bs} split {bs // d.world_size}-{-(-bs // d.world_size)} per rank, gradients summed with all_reduce")
+            f"of {full} split {lo if lo == hi else f'{lo}-{hi}'} per rank, gradients summed with all_reduce")
         broadcast_module(d, model)
     if cfg.check and checkpoint is None and main:
         xb, yb = next(train_dl.epoch_batches(0))

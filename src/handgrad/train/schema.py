@@ -232,6 +232,20 @@ def check_rng(tensors: dict[str, Tensor], path: Path) -> None:
     if rng is None or rng.dtype != torch.uint8 or rng.dim() != 1:
         got = "nothing" if rng is None else f"{str(rng.dtype)[6:]} of shape {list(rng.shape)}"
         raise DataError(f"{path}: tensor rng.cpu: expected the random generator's state (uint8, 1-d), got {got}")
+    for key, value in tensors.items():  # the other ranks' (rng.cpu.rankR) and the devices' (rng.cuda.I, .rankR)
+        if not key.startswith("rng.") or key == "rng.cpu":
+            continue
+        kind, _, which = key[4:].partition(".")
+        index = which[4:] if which.startswith("rank") else which
+        if kind not in ("cpu", "cuda") or not index.isdigit() or (kind == "cpu" and which == index) or \
+                (which != index and int(index) == 0):
+            raise DataError(f"{path}: tensor {key}: expected rng.cpu, rng.cpu.rankR or rng.cuda.I / rng.cuda.rankR "
+                            "(R >= 1)")
+        like = rng if kind == "cpu" else None
+        if value.dtype != torch.uint8 or value.dim() != 1 or (like is not None and value.shape != like.shape):
+            shape = f"{list(like.shape)}" if like is not None else "1-d"
+            raise DataError(f"{path}: tensor {key}: expected a random generator's state (uint8, {shape}), got "
+                            f"{str(value.dtype)[6:]} of shape {list(value.shape)}")
 
 
 OPTIMIZER_STATE = {"SGD": ({"momentum_buffer"}, set()), "Adam": ({"step", "exp_avg", "exp_avg_sq"},) * 2,
