@@ -335,7 +335,7 @@ CASES = {
         ["train", "--resume", r, "--epochs", "2"], 1, "tensor rng.cpu.rank1: expected a random generator's state"),
     "checkpoint rng state of rank 0 by name": (
         lambda t, n, r: resave(r, **{"rng.cpu.rank0": torch.zeros(5056, dtype=torch.uint8)}) or
-        ["train", "--resume", r, "--epochs", "2"], 1, "tensor rng.cpu.rank0: expected rng.cpu, rng.cpu.rankR"),
+        ["train", "--resume", r, "--epochs", "2"], 1, "tensor rng.cpu.rank0: expected rng.cpu, rng.cpu.rankR (R >= 1)"),
     "checkpoint rng state of a device as floats": (
         lambda t, n, r: resave(r, **{"rng.cuda.0": torch.zeros(16)}) or ["eval", r], 1,
         "tensor rng.cuda.0: expected a random generator's state (uint8, 1-d), got float32"),

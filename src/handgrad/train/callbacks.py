@@ -261,26 +261,26 @@ class CheckpointCB(Callback):
         if metrics is not None:
             metrics.flush()
         rngs = {"rng.cpu": torch.get_rng_state()}
-        if torch.cuda.is_available():
-            for i, s in enumerate(torch.cuda.get_rng_state_all()):
-                rngs[f"rng.cuda.{i}"] = s
-        if learn.dist is not None:
-            d = learn.dist
+        d = learn.dist
+        if d is not None:
             # every rank holds the same weights, but BatchNorm running statistics of its own slices: averaged
             # here mid-epoch (at an epoch's end validating has just averaged them), so that every rank, resumed
             # from rank 0's, holds what it held
             if batch:
                 average_buffers(d, learn.model)
-            # and its own random generators (dropout draws as many values as its slice has): each rank's kept,
-            # rank r's as rng.cpu.rankR (and its device's as rng.cuda.rankR), for each to resume from its own
+            # and random generators of its own (dropout draws as many values as its slice has): rank R's kept as
+            # rng.cpu.rankR (R >= 1) and, on GPUs, its own device's as rng.cuda.rankR, each rank to resume from its own
             for r, s in enumerate(gather_states(d, rngs["rng.cpu"], "gathering the random states")[1:], 1):
                 rngs[f"rng.cpu.rank{r}"] = s
             if d.device.type == "cuda":
                 own = torch.cuda.get_rng_state(d.device)
-                for r, s in enumerate(gather_states(d, own, "gathering the random states")[1:], 1):
+                for r, s in enumerate(gather_states(d, own, "gathering the random states")):
                     rngs[f"rng.cuda.rank{r}"] = s
             if not d.is_main:
                 return  # only rank 0 writes
+        if torch.cuda.is_available() and (d is None or d.device.type != "cuda"):
+            for i, s in enumerate(torch.cuda.get_rng_state_all()):
+                rngs[f"rng.cuda.{i}"] = s
         tensors = {f"model.{k}": v for k, v in learn.model.state_dict().items()}
         opt_state = learn.opt.state_dict()
         for i, state in enumerate(opt_state["state"]):
@@ -307,16 +307,21 @@ def restore(learn: Learner, tensors: dict[str, torch.Tensor], meta: dict) -> tup
         state = meta["callbacks"].get(type(cb).__name__)
         if state is not None:
             cb.load_state_dict(state)
-    rank = 0 if learn.dist is None else learn.dist.rank
+    d = learn.dist
+    rank = 0 if d is None else d.rank
     # data-parallel: each rank its own state where the checkpoint has it (a run resumed with more ranks than it
     # was saved with gives the new ones rank 0's)
     torch.set_rng_state(tensors.get(f"rng.cpu.rank{rank}", tensors["rng.cpu"]))
-    if torch.cuda.is_available():
+    if d is not None and d.device.type == "cuda":  # a rank on a GPU: only its own device's
+        own = tensors.get(f"rng.cuda.rank{rank}", tensors.get(f"rng.cuda.{d.device.index}"))
+        if own is not None:
+            torch.cuda.set_rng_state(own, d.device)
+    elif torch.cuda.is_available():
         cuda = [tensors[f"rng.cuda.{i}"] for i in range(torch.cuda.device_count()) if f"rng.cuda.{i}" in tensors]
         if len(cuda) == torch.cuda.device_count():
             torch.cuda.set_rng_state_all(cuda)
-        if rank and learn.dist.device.type == "cuda" and f"rng.cuda.rank{rank}" in tensors:
-            torch.cuda.set_rng_state(tensors[f"rng.cuda.rank{rank}"], learn.dist.device)
+        elif "rng.cuda.rank0" in tensors:  # saved by ranks on GPUs: rank 0's device is this process's
+            torch.cuda.set_rng_state(tensors["rng.cuda.rank0"])
     learn.t = meta["t"]
     return meta["epoch"], meta["batch"]
 

@@ -238,9 +238,9 @@ def check_rng(tensors: dict[str, Tensor], path: Path) -> None:
         kind, _, which = key[4:].partition(".")
         index = which[4:] if which.startswith("rank") else which
         if kind not in ("cpu", "cuda") or not index.isdigit() or (kind == "cpu" and which == index) or \
-                (which != index and int(index) == 0):
-            raise DataError(f"{path}: tensor {key}: expected rng.cpu, rng.cpu.rankR or rng.cuda.I / rng.cuda.rankR "
-                            "(R >= 1)")
+                (kind == "cpu" and int(index) == 0):
+            raise DataError(f"{path}: tensor {key}: expected rng.cpu, rng.cpu.rankR (R >= 1), rng.cuda.I or "
+                            "rng.cuda.rankR")
         like = rng if kind == "cpu" else None
         if value.dtype != torch.uint8 or value.dim() != 1 or (like is not None and value.shape != like.shape):
             shape = f"{list(like.shape)}" if like is not None else "1-d"
