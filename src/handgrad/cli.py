@@ -462,14 +462,18 @@ def _check_target(args: argparse.Namespace) -> int:
 
     from .check import check_module, format_table
     from .check.assertions import explain
-    from .check.core import stream
-    from .check.target import check_arity, instantiate, load_class, parse_args, parse_input_spec
+    from .check.core import NotDifferentiable, stream
+    from .check.target import MAX_CHECK_ELEMENTS, check_arity, instantiate, load_class, parse_args, parse_input_spec
 
     cls = load_class(args.target)
     module = instantiate(cls, parse_args(args.args))
     if not args.input_shape:
         raise UsageError("--input-shape is needed with a TARGET, e.g. --input-shape 8,16 (once per input of forward)")
     specs = [parse_input_spec(text) for text in args.input_shape]
+    total = sum(math.prod(s.shape) for s in specs)
+    if total > 2 * MAX_CHECK_ELEMENTS:
+        raise UsageError(f"the inputs have {total:,} elements in all; a gradient check takes at most "
+                         f"{2 * MAX_CHECK_ELEMENTS:,} (use small shapes: the check does not depend on size)")
     check_arity(module, len(specs))
     if all(s.high is not None for s in specs) and not module.parameters():
         raise UsageError(f"nothing to check: {cls.__name__} has no parameters and every input is int "
@@ -480,14 +484,21 @@ def _check_target(args: argparse.Namespace) -> int:
     given = (f"an input of shape {specs[0]}" if len(specs) == 1
              else "inputs of shapes " + ", ".join(str(s) for s in specs))
     try:
-        out = copy.deepcopy(module).to(dtype=dtype)(*inputs)
+        out = copy.deepcopy(module).to(dtype=dtype)(*(x.clone() for x in inputs))  # (clones: a forward may write)
     except Exception as e:
         raise UsageError(f"{cls.__name__}.forward rejected {given}: {type(e).__name__}: {e}") from None
-    if not (isinstance(out, torch.Tensor) and out.is_floating_point()):
-        what = f"a {out.dtype} tensor" if isinstance(out, torch.Tensor) else f"a {type(out).__name__}"
-        raise UsageError(f"{cls.__name__}.forward returned {what} on {given}, expected a floating-point tensor")
+    outs = list(out) if isinstance(out, (tuple, list)) else [out]  # (a tuple: an LSTM's output and state)
+    bad = next((o for o in outs if not (isinstance(o, torch.Tensor) and o.is_floating_point())), None)
+    if bad is not None or not outs:
+        what = "an empty tuple" if not outs else (f"a {bad.dtype} tensor" if isinstance(bad, torch.Tensor)
+                                                  else f"a {type(bad).__name__}")
+        raise UsageError(f"{cls.__name__}.forward returned {what} on {given}, expected a floating-point tensor "
+                         "(or a tuple of them)")
     try:
         report = check_module(module, *inputs, dtype=dtype, name=cls.__name__, seed=args.seed)
+    except NotDifferentiable as e:  # no reference to compare with
+        print(f"FAILED: {e}")
+        return 1
     except Exception as e:  # the user's backward itself broke: a failed check, said in one line
         print(f"FAILED: {cls.__name__}.backward raised {type(e).__name__}: {e}")
         return 1
@@ -495,7 +506,10 @@ def _check_target(args: argparse.Namespace) -> int:
     if not report.passed:
         for line in explain(report).splitlines():
             print("diagnosis: " + line)
-        print(f"FAILED: {len(report.failures())} of {len(report.tensors)} gradients of {cls.__name__} are wrong")
+        wrong = len(report.failures())
+        said = ([f"{wrong} of {len(report.tensors)} gradients of {cls.__name__} are wrong"] if wrong else []) + \
+            ([f"{cls.__name__} changes in place what it is given"] if report.problems else [])
+        print("FAILED: " + "; ".join(said))
         return 1
     print(f"{cls.__name__}: all {len(report.tensors)} gradients match autograd"
           + (" and finite differences" if dtype == torch.float64 else ""))

@@ -12,8 +12,10 @@ from .table import format_table
 
 
 def explain(report: CheckReport) -> str:
-    """One line per failing tensor: its name and what is wrong with its gradient."""
-    return "\n".join(f"{t.name}: {why}" for t, why in diagnose_report(report))
+    """One line per problem of the layer as a whole (it changed dY or its input in place), then one per failing
+    tensor: its name and what is wrong with its gradient."""
+    return "\n".join([f"{report.module}: {p}" for p in report.problems] +
+                     [f"{t.name}: {why}" for t, why in diagnose_report(report)])
 
 
 def assert_gradients_correct(module: Module, *inputs: Tensor, dtype: torch.dtype = torch.float64,

@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from .core import STALE, CheckReport, TensorCheck
+from .core import SKIPPED_INPUT, STALE, CheckReport, TensorCheck
 
 
 def _close(a: Tensor, b: Tensor, rtol: float = 1e-4) -> bool:
@@ -83,8 +83,21 @@ def diagnose_report(report: CheckReport) -> list[tuple[TensorCheck, str]]:
     """(tensor, diagnosis) for each failing tensor of a report that kept the gradients it compared."""
     out = []
     for t in report.failures():
-        if t.problem == STALE and t.autograd is not None and t.autograd.passed:
-            out.append((t, STALE))
+        if t.problem in (STALE, SKIPPED_INPUT) and t.autograd is not None and t.autograd.passed:
+            out.append((t, t.problem))
+            continue
+        if not t.problem and t.autograd is not None and t.fd is not None and t.autograd.passed != t.fd.passed:
+            if t.autograd.passed:  # the hand-written gradient is autograd's; the differences disagree with both
+                out.append((t, f"matches autograd but not finite differences (off by {t.fd.max_rel:.1e} of the "
+                               "largest value): the forward is not smooth where it was evaluated (a kink, a jump, "
+                               "a log or sqrt of a negative, a period shorter than the step 1e-6?), or it hides part "
+                               "of itself from autograd (.detach(), .data) and the backward follows autograd"))
+            else:
+                off = "autograd's gradient is zero" if t.autograd.max_rel == float("inf") else \
+                    f"off by {t.autograd.max_rel:.1e}"
+                out.append((t, f"matches finite differences but not autograd ({off}): "
+                               "the forward computes part of its output where autograd does not follow it (.data, "
+                               ".item(), float(), .detach(), numpy)?"))
             continue
         if t.problem and t.autograd is not None and t.autograd.passed:  # right values, wrong bookkeeping
             out.append((t, f"right for one call, but its backward {t.problem.split(' (')[0]}: add to it with "

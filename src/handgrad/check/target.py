@@ -6,6 +6,7 @@ import importlib
 import importlib.util
 import inspect
 import json
+import math
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -76,7 +77,9 @@ def parse_args(text: str | None) -> dict:
 MAX_ARGS_DEPTH = 32  # constructor arguments: sizes, lists of sizes, a few options
 
 
-MAX_CHECK_ELEMENTS = 2**26  # per input: a gradient check runs many forwards; this is far beyond what it needs
+MAX_CHECK_ELEMENTS = 2**20  # per input, and 2x that over all inputs: a check runs a few forwards and backwards,
+# autograd's among them, and finite differences on 256 elements per tensor (measured: 2^21 elements took 20 s and
+# 0.8 GB); a layer's mistakes show at small sizes
 
 
 def parse_shape(text: str) -> tuple[int, ...]:
@@ -97,8 +100,9 @@ def parse_shape(text: str) -> tuple[int, ...]:
     return shape
 
 
-INPUT_SPEC_HELP = ("SHAPE for a random float input (e.g. 8,16), SHAPE:int:HIGH for int64 values in [0, HIGH) "
-                   "such as indices or class labels (e.g. 8:int:10)")
+INPUT_SPEC_HELP = ("SHAPE for a random float input drawn from N(0, 1) (e.g. 8,16), SHAPE:float:LOW:HIGH for floats "
+                   "uniform in [LOW, HIGH) (e.g. 8,16:float:0.1:2 for a layer that takes a sqrt or a log), "
+                   "SHAPE:int:HIGH for int64 values in [0, HIGH) such as indices or class labels (e.g. 8:int:10)")
 
 
 @dataclass(frozen=True)
@@ -107,11 +111,17 @@ class InputSpec:
 
     shape: tuple[int, ...]
     high: int | None = None
+    uniform: tuple[float, float] | None = None  # a float input uniform in [low, high) instead of N(0, 1)
 
     def __str__(self) -> str:
+        if self.uniform is not None:
+            return str(list(self.shape)) + f" uniform in [{self.uniform[0]:g}, {self.uniform[1]:g})"
         return str(list(self.shape)) + ("" if self.high is None else f" int64 in [0, {self.high})")
 
     def draw(self, gen: torch.Generator, dtype: torch.dtype) -> Tensor:
+        if self.uniform is not None:
+            low, high = self.uniform
+            return torch.rand(self.shape, generator=gen, dtype=torch.float64).mul_(high - low).add_(low).to(dtype)
         if self.high is None:
             return torch.randn(self.shape, generator=gen, dtype=dtype)
         return torch.randint(0, self.high, self.shape, generator=gen, dtype=torch.int64)
@@ -130,10 +140,20 @@ def parse_input_spec(text: str) -> InputSpec:
     if not kind or kind == ["float"]:
         return InputSpec(shape)
     if kind[0] == "float":
-        raise UsageError(f"--input-shape {text!r}: a float input takes no value range, expected SHAPE or "
-                         f"SHAPE:float")
+        if len(kind) != 3:
+            raise UsageError(f"--input-shape {text!r}: a float input's range is SHAPE:float:LOW:HIGH, e.g. "
+                             f"{shape_text}:float:0.1:2")
+        try:
+            low, high = float(kind[1]), float(kind[2])
+        except ValueError:
+            raise UsageError(f"--input-shape {text!r}: LOW and HIGH in SHAPE:float:LOW:HIGH must be numbers, got "
+                             f"{kind[1]!r} and {kind[2]!r}") from None
+        if not (math.isfinite(low) and math.isfinite(high) and low < high):
+            raise UsageError(f"--input-shape {text!r}: SHAPE:float:LOW:HIGH needs finite LOW < HIGH, got {low:g} "
+                             f"and {high:g}")
+        return InputSpec(shape, uniform=(low, high))
     if kind[0] != "int":
-        raise UsageError(f"--input-shape {text!r}: expected SHAPE, SHAPE:float or SHAPE:int:HIGH, got kind "
+        raise UsageError(f"--input-shape {text!r}: expected SHAPE, SHAPE:float:LOW:HIGH or SHAPE:int:HIGH, got kind "
                          f"{kind[0]!r}")
     if len(kind) == 1:
         raise UsageError(f"--input-shape {text!r}: an int input needs its value range as SHAPE:int:HIGH, "
