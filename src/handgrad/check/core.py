@@ -30,9 +30,9 @@ from ..module import Module
 
 # (rtol, atol): a tensor passes when max |hand - ref| <= atol S + rtol * max |ref|, S the objective's rounding
 # scale (the sum of |out * dY|) or the largest reference gradient of the check if larger: the verdict does not
-# change when a layer's output is scaled. float64
-# agrees with autograd up to summation order; float32 sums over a few hundred terms differ from autograd's in
-# the last bits. The atol only matters for gradients that are ~0 through cancellation.
+# change when a layer's output is scaled. float64 agrees with autograd up to summation order; float32 sums over
+# a few hundred terms differ from autograd's in the last bits. The atol only matters for gradients that are ~0
+# through cancellation.
 TOLERANCES = {
     torch.float64: {"autograd": (1e-10, 1e-13), "fd": (1e-6, None)},
     torch.float32: {"autograd": (1e-5, 1e-6), "fd": (None, None)},
