@@ -218,6 +218,7 @@ def test_a_forward_autograd_cannot_follow_is_refused_with_one_line():
     (W.TwoOutputs, lambda: torch.randn(8, 4)),
     (lambda: W.GoodLinear(8, 3), lambda: torch.randn(8, 8, dtype=torch.float64).t()),  # a non-contiguous input
     (W.Sqrt, lambda: torch.rand(8, 4) + 0.1),
+    (W.SqrtOfXMinusOne, lambda: torch.rand(8, 4) * 0.2 + 1.01),  # shrunk below 1 in the second call: not judged
 ])
 def test_right_layers_on_unusual_inputs_pass(make, x):
     torch.manual_seed(0)

@@ -408,6 +408,8 @@ def _check_second_call(m: Module, xs: list[Tensor], seeded: Callable, report: Ch
     for k, (row, h, r) in enumerate(zip(report.tensors, hands2, ref2)):
         if not row.passed or row.hand is None or not isinstance(h, Tensor) or tuple(h.shape) != tuple(r.shape):
             continue
+        if not bool(torch.isfinite(r).all()):  # the second inputs left the forward's domain (sqrt(x - 1) of a
+            continue  # shrunk x): nothing to judge by
         if compare(h, r, tol).passed:
             continue
         is_param = k >= len(diff_inputs)
