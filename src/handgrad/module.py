@@ -588,14 +588,13 @@ def run_backward(call: Call, grad: Tensor | None = None, needs_input_grad: bool 
         calls.SCOPES.pop()
     if isinstance(grads, Tensor):
         grads = (grads,)
-    if grads is not None and not isinstance(grads, (tuple, list)):
-        kind = type(grads).__name__ if type(grads).__module__ == "builtins" else \
-            f"{type(grads).__module__.split('.')[0]}.{type(grads).__name__}"
-        raise TypeError(f"{name}.bwd returned a {kind}; expected the input's gradient as a tensor (a tuple of them "
-                        "for several inputs, None for none)")
-    for g in grads or ():
-        if g is not None and not isinstance(g, (Tensor, tuple, list)):
-            raise TypeError(f"{name}.bwd returned a {type(g).__name__} among its gradients; expected tensors (or None)")
+    bad = grads if grads is not None and not isinstance(grads, (tuple, list)) else \
+        next((g for g in grads or () if g is not None and not isinstance(g, (Tensor, tuple, list))), None)
+    if bad is not None:  # (a numpy array, a number: not added into .g as if it were a gradient)
+        kind = type(bad).__name__ if type(bad).__module__ == "builtins" else \
+            f"{type(bad).__module__.split('.')[0]}.{type(bad).__name__}"
+        raise TypeError(f"{name}.bwd returned a {kind}{'' if bad is grads else ' among its gradients'}; expected "
+                        "the input's gradient as a tensor (a tuple of them for several inputs, None for none)")
     if isinstance(grads, (tuple, list)) and any(g is not None for g in grads[len(call.args):]):
         raise ValueError(f"{name}.bwd returned {len(grads)} gradients for {len(call.args)} inputs; expected at most "
                          "one per input of forward, in order (None for an input without one)")

@@ -41,8 +41,8 @@ TOLERANCES = {
 }
 FD_EPS = 1e-6
 # Central differences cannot resolve gradients below their rounding noise, about 1e-16 * T / FD_EPS with T the
-# objective's rounding scale (the sum of |out * dY| over its terms, or |objective| if larger); the fd atol is
-# FD_NOISE * T, this floor times 100.
+# objective's rounding scale (the sum of |out * dY| over its terms); the fd atol is FD_NOISE * T, this floor
+# times 100.
 FD_NOISE = 1e-8
 
 
@@ -225,7 +225,7 @@ def check_module(module: Module, *inputs: Tensor, dtype: torch.dtype = torch.flo
     xs = [x.detach().to(dtype).clone() if x.is_floating_point() else x.clone() for x in inputs]
     diff_inputs = [i for i, x in enumerate(xs) if x.is_floating_point()]
     in_names = ["input"] if len(diff_inputs) == 1 else [f"input[{i}]" for i in diff_inputs]
-    all_names = ["input" if len(xs) == 1 else f"input[{i}]" for i in range(len(xs))]
+    all_names = [in_names[diff_inputs.index(i)] if i in diff_inputs else f"input[{i}]" for i in range(len(xs))]
     batch = int(inputs[0].shape[0]) if inputs and inputs[0].dim() else None
     report = CheckReport(name or type(module).__name__, dtype, batch_size=batch)
 
@@ -274,7 +274,6 @@ def check_module(module: Module, *inputs: Tensor, dtype: torch.dtype = torch.flo
             return float(_dot(seeded(lambda: m.forward(*xs)), dy))
 
     names = in_names + [n for n, _ in params]
-    f0 = objective() if finite_differences else 0.0
     for k, (tname, t) in enumerate(zip(names, fd_targets)):
         h = hand[k]
         shape = tuple(t.shape)
@@ -312,7 +311,7 @@ def check_module(module: Module, *inputs: Tensor, dtype: torch.dtype = torch.flo
                 numeric[i] = (f_plus - f_minus) / (2 * FD_EPS)
             mask = torch.zeros(t.numel(), dtype=torch.bool)
             mask[idx] = True
-            fd_tol = (tol["fd"][0], FD_NOISE * max(terms, abs(f0)))
+            fd_tol = (tol["fd"][0], FD_NOISE * terms)  # (terms >= |objective|)
             fd = compare(h.reshape(-1), numeric, fd_tol, mask)
             fd = dataclasses.replace(fd, worst_index=_unravel(fd.worst_index, shape))
         report.tensors.append(TensorCheck(tname, shape, ad, fd, "", h, ref[k]))

@@ -6,6 +6,7 @@ are loaded into. Each problem is one DataError line naming the file, the key, wh
 from __future__ import annotations
 
 import math
+import re
 import types
 import typing
 from pathlib import Path
@@ -235,13 +236,10 @@ def check_rng(tensors: dict[str, Tensor], path: Path) -> None:
     for key, value in tensors.items():  # the other ranks' (rng.cpu.rankR) and the devices' (rng.cuda.I, .rankR)
         if not key.startswith("rng.") or key == "rng.cpu":
             continue
-        kind, _, which = key[4:].partition(".")
-        index = which[4:] if which.startswith("rank") else which
-        if kind not in ("cpu", "cuda") or not index.isdigit() or (kind == "cpu" and which == index) or \
-                (kind == "cpu" and int(index) == 0):
+        if not re.fullmatch(r"rng\.(cpu\.rank[1-9]\d*|cuda\.(rank)?\d+)", key):
             raise DataError(f"{path}: tensor {key}: expected rng.cpu, rng.cpu.rankR (R >= 1), rng.cuda.I or "
                             "rng.cuda.rankR")
-        like = rng if kind == "cpu" else None
+        like = rng if key.startswith("rng.cpu") else None
         if value.dtype != torch.uint8 or value.dim() != 1 or (like is not None and value.shape != like.shape):
             shape = f"{list(like.shape)}" if like is not None else "1-d"
             raise DataError(f"{path}: tensor {key}: expected a random generator's state (uint8, {shape}), got "
