@@ -27,7 +27,7 @@ def _hidden(text: str) -> list[int]:
     import re
 
     compact = text.replace(" ", "")
-    if not re.fullmatch(r"\d+([,-]\d+)*", compact):
+    if not re.fullmatch(r"[0-9]+([,-][0-9]+)*", compact):  # ASCII digits (int() takes any script's)
         raise argparse.ArgumentTypeError(f"expected positive sizes like 50 or 100,50, got {text!r}")
     sizes = [int(s) for s in re.split(r"[,-]", compact)]
     if any(s < 1 for s in sizes):
@@ -115,6 +115,7 @@ def _add_train_args(t: argparse.ArgumentParser, d: TrainConfig) -> None:
 
 def _parser() -> argparse.ArgumentParser:
     from . import __version__
+    from .check.target import INPUT_SPEC_HELP
 
     p = _Parser(prog="handgrad", description="Neural networks with hand-written backward passes.")
     p.add_argument("--version", action="version", version=f"handgrad {__version__} (torch {torch.__version__})")
@@ -176,10 +177,9 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("target", nargs="?", default=None,
                    help="your layer: path/to/file.py:ClassName or package.module:ClassName")
     c.add_argument("--input-shape", action="append", default=None, metavar="SPEC",
-                   help="TARGET's input, once per argument of its forward, in order: SHAPE for random floats "
-                        "(e.g. 8,16), SHAPE:int:HIGH for int64 values in [0, HIGH) such as indices or class "
-                        "labels, passed through undifferentiated (e.g. --input-shape 8,10 --input-shape 8:int:10 "
-                        "for forward(logits, labels))")
+                   help="TARGET's input, once per argument of its forward, in order: " + INPUT_SPEC_HELP +
+                        "; int inputs are passed through undifferentiated (e.g. --input-shape 8,10 --input-shape "
+                        "8:int:10 for forward(logits, labels))")
     c.add_argument("--dtype", default=None, choices=["float64", "float32"],
                    help="TARGET: float64 (default; adds finite differences) or float32")
     c.add_argument("--args", default=None, help="TARGET's constructor arguments as JSON, e.g. '{\"n_in\": 16}'")
@@ -784,10 +784,36 @@ def _unexpected(e: BaseException, args: argparse.Namespace | None = None) -> Non
     _error(f"{type(e).__name__}: {e} ({where}; HANDGRAD_DEBUG=1 prints it)")
 
 
+# options whose value may begin with "-" and a digit, e.g. a mistyped size: argparse would take "-8,4" for an
+# option and say "expected one argument"; joined as --input-shape=-8,4 the option's own check says what is wrong
+_SIZE_OPTIONS = ("--input-shape", "--hidden", "--channels")
+
+
+def _join_dash_values(argv: list[str]) -> list[str]:
+    out: list[str] = []
+    it = iter(argv)
+    for arg in it:
+        if arg == "--":
+            out.append(arg)
+            out.extend(it)
+            break
+        if arg in _SIZE_OPTIONS:
+            value = next(it, None)
+            if value is not None and len(value) > 1 and value[0] == "-" and value[1].isdigit():
+                out.append(f"{arg}={value}")
+                continue
+            out.append(arg)
+            if value is not None:
+                out.append(value)
+            continue
+        out.append(arg)
+    return out
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     try:
-        args = _parser().parse_args(argv)
+        args = _parser().parse_args(_join_dash_values(argv))
     except _UsageExit as e:
         _error(e)
         return 2

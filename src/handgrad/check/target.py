@@ -86,6 +86,8 @@ def parse_shape(text: str) -> tuple[int, ...]:
     """`8,16` or `8x16`: every part a positive integer (an empty or stray part is an error, not skipped)."""
     parts = text.replace("x", ",").split(",")
     try:
+        if not all(s.strip().isascii() and s.strip().isdigit() for s in parts):  # int() takes any script's digits
+            raise ValueError
         shape = tuple(int(s) for s in parts)
     except ValueError:
         raise UsageError(f"--input-shape must be sizes like 8,16, got {text!r}") from None
@@ -136,7 +138,7 @@ def parse_input_spec(text: str) -> InputSpec:
         if "elements" in str(e):  # too large: that message says it
             raise
         raise UsageError(f"--input-shape {text!r}: SHAPE must be positive sizes like 8,16 "
-                         f"(then optionally :int:HIGH), got {shape_text!r}") from None
+                         f"(then optionally :int:HIGH or :float:LOW:HIGH), got {shape_text!r}") from None
     if not kind or kind == ["float"]:
         return InputSpec(shape)
     if kind[0] == "float":
